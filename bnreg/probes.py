@@ -1,0 +1,77 @@
+"""Probes of hidden layers, computed inside the compiled evaluation.
+
+* Percentiles of a unit's pre-activation over the evaluation set: Ioffe & Szegedy 2015, Fig. 1b,c
+  show the {15, 50, 85}th percentiles of the input to one sigmoid of the last hidden layer over
+  training — drifting without BN, stable with BN.
+* Histograms and the mean of hidden activations: Srivastava et al. 2014, Fig. 8 — dropout makes
+  the activations of an autoencoder's hidden units sparser (mean ≈ 0.7 vs ≈ 2.0 without).
+
+The models (:mod:`bnreg.models`) sow each hidden layer's pre-activation as ``preactivation_{i}``
+and activation as ``activation_{i}`` in the ``intermediates`` collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def sown(intermediates: Mapping[str, Any], kind: str) -> list[jax.Array]:
+    """The sown arrays of one kind (``"preactivation"`` or ``"activation"``), by layer index.
+
+    Args:
+      intermediates: the ``intermediates`` collection returned by ``model.apply``.
+      kind: the name prefix.
+
+    Raises:
+      ValueError: the model sowed no array of that kind.
+    """
+    arrays = {
+        int(name.rsplit("_", 1)[1]): value[0]
+        for name, value in intermediates.items()
+        if name.rsplit("_", 1)[0] == kind
+    }
+    if not arrays:
+        raise ValueError(
+            f"No '{kind}_<i>' arrays in the intermediates collection; probes need a model from "
+            "bnreg.models (or one that sows them) applied with mutable=['intermediates']."
+        )
+    return [arrays[index] for index in sorted(arrays)]
+
+
+def unit_columns(x: jax.Array, units: Sequence[int]) -> jax.Array:
+    """The values of the chosen units (features on the last axis) as ``(samples, len(units))``.
+
+    For conv feature maps every spatial position of an example is a sample of the unit's input,
+    the same population BN normalises over (``m' = m·p·q``).
+    """
+    num_features = x.shape[-1]
+    bad = [u for u in units if not -num_features <= u < num_features]
+    if bad:
+        raise ValueError(f"probe units {bad} out of range for a layer of {num_features} units.")
+    return x.reshape(-1, num_features)[:, jnp.asarray(units)]
+
+
+def percentiles(samples: jax.Array, q: Sequence[float]) -> jax.Array:
+    """Per-column percentiles ``q`` of ``samples`` ``(n, units)``, as ``(units, len(q))``."""
+    return jnp.percentile(samples, jnp.asarray(q), axis=0).T
+
+
+def histogram(
+    x: jax.Array,
+    *,
+    bins: int,
+    value_range: tuple[float, float],
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """Counts of ``x``'s values in ``bins`` equal bins over ``value_range``, each value counted
+    with its weight (1 by default; 0 masks padding). Values outside the range go to the end
+    bins, so the counts add up to ``weights.sum()`` (``x.size`` unweighted)."""
+    low, high = value_range
+    clipped = jnp.clip(x.reshape(-1), low, high)
+    flat_weights = None if weights is None else weights.reshape(-1)
+    counts, _ = jnp.histogram(clipped, bins=bins, range=(low, high), weights=flat_weights)
+    return counts

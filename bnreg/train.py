@@ -1,0 +1,776 @@
+"""The training engine: one loop for every study.
+
+A *run* trains several *members* — the pairs (learning rate, seed) of ``config.learning_rates ×
+config.seeds`` — as one compiled program: every per-member function is written for one member and
+``jax.vmap``-ed over a leading member axis, so 3 seeds (or a learning-rate sweep) cost one
+compilation and one pass of Python per chunk of steps, not one per member.
+
+Speed comes from fusing whole chunks of steps with ``lax.scan`` (no Python per step): the training
+split lives on the device, each step's batch is drawn inside the compiled loop from a per-epoch
+permutation (:mod:`bnreg.data`), and the state buffers are donated to the next chunk.
+
+Keys: each member's key comes from its seed; ``jax.random.fold_in`` derives independent streams
+for initialisation, data order, dropout (then folded with the step) and Alg. 2's batches. Two
+models trained with the same seed therefore see the same data order, and layers with the same
+name get the same initial weights (flax derives parameter keys from module names).
+
+After training, BN's inference statistics are computed both ways: the EMA tracked during training
+(``batch_stats``) and Alg. 2's population statistics (Ioffe & Szegedy 2015), and the model is
+evaluated with each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from bnreg import data as data_lib
+from bnreg import probes
+from bnreg.batch_norm import PopulationStatsAccumulator, population_stats_finalize
+from bnreg.config import validate_config
+from bnreg.max_norm import is_kernel, max_norm
+from bnreg.models import MLP, ConvNet
+
+# Streams folded into a member's key.
+_INIT, _DATA, _DROPOUT, _POPULATION = range(4)
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainState(NamedTuple):
+    """Everything a run carries from step to step.
+
+    ``step`` is shared by all members (they advance together); every other field has a leading
+    member axis when the state describes several members.
+
+    Attributes:
+      step: int32 scalar, the number of steps taken.
+      params: the flax ``params`` collection.
+      batch_stats: the flax ``batch_stats`` collection (BN's EMA statistics; ``{}`` without BN).
+      opt_state: the optax state; the learning rate lives in it (``optax.inject_hyperparams``),
+        so members may differ in learning rate.
+      key: the member's raw ``uint32`` PRNG key data, from its seed.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+# vmap axes of a TrainState: the step is shared, everything else is per member.
+MEMBER_AXES = TrainState(step=None, params=0, batch_stats=0, opt_state=0, key=0)
+
+
+class Member(NamedTuple):
+    """One trained network of a run: its learning rate and its seed."""
+
+    learning_rate: float
+    seed: int
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """A run's data, preprocessed, as host arrays."""
+
+    train: data_lib.Split
+    evaluation: data_lib.Split
+    evaluation_split: str  # "test" or "validation"
+    num_classes: int
+    source: str
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`train_and_evaluate` returns.
+
+    Attributes:
+      history: the metrics records, one per (evaluation, member), as in ``metrics.jsonl``.
+      summary: final evaluation per member with EMA and Alg. 2 statistics (``summary.json``).
+      state: the final :class:`TrainState` (members on the leading axis).
+      members: the members, in the order of the member axis.
+    """
+
+    history: list[dict]
+    summary: dict
+    state: TrainState
+    members: list[Member]
+
+
+def members_from_config(config: ml_collections.ConfigDict) -> list[Member]:
+    """The run's members: every learning rate × every seed, learning rate major."""
+    learning_rates = tuple(config.learning_rates) or (config.optimizer.learning_rate,)
+    return [Member(float(lr), int(seed)) for lr in learning_rates for seed in config.seeds]
+
+
+def load_run_data(config: ml_collections.ConfigDict) -> RunData:
+    """Loads ``config.dataset`` and applies the configured preprocessing.
+
+    Order: carve the validation split (if any) from train, take the stratified train subset (if
+    any), binarize, then standardize with statistics of the (final) train split.
+    """
+    dataset = data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir
+    )
+    train, evaluation, split = dataset.train, dataset.test, "test"
+    if config.validation_size:
+        train, evaluation = data_lib.train_validation_split(
+            train, config.validation_size, seed=0
+        )
+        split = "validation"
+    if config.train_subset:
+        train = data_lib.stratified_subset(train, config.train_subset, seed=0)
+    train_images, evaluation_images = train.images, evaluation.images
+    binarize = config.dataset == "mnist" if config.binarize is None else config.binarize
+    if binarize:
+        train_images = data_lib.binarize(train_images)
+        evaluation_images = data_lib.binarize(evaluation_images)
+    if config.standardize != "none":
+        train_images, evaluation_images = data_lib.standardize(
+            train_images, evaluation_images, per_pixel=config.standardize == "per_pixel"
+        )
+    if config.batch_size > len(train_images):
+        raise ValueError(
+            f"config.batch_size ({config.batch_size}) exceeds the {len(train_images)} training "
+            "examples."
+        )
+    return RunData(
+        train=data_lib.Split(train_images, train.labels),
+        evaluation=data_lib.Split(evaluation_images, evaluation.labels),
+        evaluation_split=split,
+        num_classes=dataset.num_classes,
+        source=dataset.source,
+    )
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The network named by ``model_config.name`` (``"mlp"`` or ``"convnet"``)."""
+    common = dict(
+        hidden_sizes=tuple(model_config.hidden_sizes),
+        num_classes=num_classes,
+        activation=model_config.activation,
+        norm=model_config.norm,
+        input_dropout=model_config.input_dropout,
+        hidden_dropout=model_config.hidden_dropout,
+        kernel_init=model_config.kernel_init,
+        init_stddev=model_config.init_stddev,
+        bn_momentum=model_config.bn_momentum,
+        bn_epsilon=model_config.bn_epsilon,
+        bn_backward=model_config.bn_backward,
+    )
+    if model_config.name == "mlp":
+        return MLP(dropconnect=model_config.dropconnect, **common)
+    if model_config.dropconnect:
+        raise ValueError("model.dropconnect is implemented for the MLP's dense layers only.")
+    return ConvNet(conv_features=tuple(model_config.conv_features), **common)
+
+
+def _schedule_shape(optimizer_config: ml_collections.ConfigDict) -> optax.Schedule:
+    """The learning-rate schedule as a multiplier of the base rate (1 at step 0)."""
+    if optimizer_config.schedule == "exponential":
+        return optax.exponential_decay(
+            1.0, optimizer_config.decay_steps, optimizer_config.decay_rate
+        )
+    if optimizer_config.schedule == "step":
+        return optax.piecewise_constant_schedule(
+            1.0, {int(b): optimizer_config.step_factor for b in optimizer_config.step_boundaries}
+        )
+    return optax.constant_schedule(1.0)
+
+
+def build_optimizer(
+    optimizer_config: ml_collections.ConfigDict,
+) -> optax.GradientTransformation:
+    """The optimizer: ``[L2 weight decay] → SGD(+momentum) or Adam → [max-norm projection]``.
+
+    The base learning rate is an injected hyperparameter (``opt_state.hyperparams
+    ["learning_rate"]``) multiplying the schedule, so members of one run can differ in it.
+    Weight decay adds ``λ·w`` to the gradient of every kernel (an L2 penalty ``λ/2‖w‖²``);
+    max-norm (:func:`bnreg.max_norm.max_norm`) comes last so the constraint holds after
+    ``optax.apply_updates``.
+    """
+    shape = _schedule_shape(optimizer_config)
+
+    def make(learning_rate: jax.Array) -> optax.GradientTransformation:
+        schedule = lambda count: learning_rate * shape(count)  # noqa: E731
+        parts = []
+        if optimizer_config.weight_decay:
+            parts.append(optax.add_decayed_weights(
+                    optimizer_config.weight_decay,
+                    lambda params: jax.tree_util.tree_map_with_path(is_kernel, params),
+                ))
+        if optimizer_config.name == "sgd":
+            parts.append(
+                optax.sgd(
+                    schedule,
+                    momentum=optimizer_config.momentum or None,
+                    nesterov=optimizer_config.nesterov,
+                )
+            )
+        else:
+            parts.append(optax.adam(schedule))
+        if optimizer_config.max_norm:
+            parts.append(max_norm(optimizer_config.max_norm))
+        return optax.chain(*parts)
+
+    return optax.inject_hyperparams(make, hyperparam_dtype=jnp.float32)(
+        learning_rate=optimizer_config.learning_rate
+    )
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of integer ``labels``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def init_member(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    learning_rate: jax.Array,
+    sample_images: jax.Array,
+) -> TrainState:
+    """The initial state of one member (``step`` 0)."""
+    variables = model.init(jax.random.fold_in(key, _INIT), sample_images, train=False)
+    params = variables["params"]
+    opt_state = tx.init(params)
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=opt_state,
+        key=key,
+    )
+
+
+def init_members(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    members: list[Member],
+    sample_images: jax.Array,
+) -> TrainState:
+    """The initial states of ``members``, stacked on a leading member axis."""
+    keys = jnp.stack([jax.random.key_data(jax.random.key(m.seed)) for m in members])
+    learning_rates = jnp.asarray([m.learning_rate for m in members], jnp.float32)
+    init = jax.vmap(
+        functools.partial(init_member, model, tx),
+        in_axes=(0, 0, None),
+        out_axes=MEMBER_AXES,
+    )
+    return jax.jit(init)(keys, learning_rates, sample_images)
+
+
+def train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+) -> tuple[TrainState, jax.Array]:
+    """One SGD step of one member on one batch; returns the new state and the batch's loss.
+
+    BN normalises with the batch's statistics and updates its EMA statistics; dropout draws its
+    masks from ``fold_in(fold_in(key, DROPOUT), step)``.
+    """
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"],
+        )
+        return cross_entropy_loss(logits, labels), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, param_updates),
+        batch_stats=updates.get("batch_stats", state.batch_stats),
+        opt_state=opt_state,
+        key=state.key,
+    )
+    return new_state, loss
+
+
+def make_train_chunk(
+    model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """A jitted ``chunk(state, images, labels, num_steps) -> (state, losses)`` that advances all
+    members by ``num_steps`` steps in one ``lax.scan``.
+
+    Each member draws its batches from its own per-epoch permutation of the training split
+    (:func:`bnreg.data.epoch_permutation`); the permutations are recomputed only at epoch starts.
+    ``losses`` is ``(num_steps, members)``. ``state`` is donated.
+    """
+    member_step = jax.vmap(
+        functools.partial(train_step, model, tx),
+        in_axes=(MEMBER_AXES, 0, 0),
+        out_axes=(MEMBER_AXES, 0),
+    )
+
+    def chunk(state: TrainState, images: jax.Array, labels: jax.Array, num_steps: int):
+        num_examples = images.shape[0]
+        steps_per_epoch = num_examples // batch_size
+        data_keys = jax.vmap(lambda key: jax.random.fold_in(key, _DATA))(state.key)
+
+        def permutations_at(step):
+            epoch = step // steps_per_epoch
+            return jax.vmap(
+                lambda key: data_lib.epoch_permutation(key, epoch, num_examples)
+            )(data_keys)
+
+        def body(carry, _):
+            state, permutations = carry
+            position = state.step % steps_per_epoch
+            # The step is shared by all members, so this stays a real branch under vmap.
+            permutations = jax.lax.cond(
+                position == 0, permutations_at, lambda _: permutations, state.step
+            )
+            batch_images, batch_labels = jax.vmap(
+                lambda permutation: data_lib.batch_from_permutation(
+                    images, labels, permutation, position, batch_size
+                )
+            )(permutations)
+            state, loss = member_step(state, batch_images, batch_labels)
+            return (state, permutations), loss
+
+        initial = (state, permutations_at(state.step))
+        (state, _), losses = jax.lax.scan(body, initial, None, length=num_steps)
+        return state, losses
+
+    return jax.jit(chunk, static_argnames="num_steps", donate_argnames="state")
+
+
+class ProbeSpec(NamedTuple):
+    """What the evaluation records of the hidden layers (see :mod:`bnreg.probes`)."""
+
+    layer: int
+    units: tuple[int, ...]
+    percentiles: tuple[float, ...]
+    histogram_bins: int
+    histogram_range: tuple[float, float]
+
+    @classmethod
+    def from_config(cls, probe_config: ml_collections.ConfigDict) -> ProbeSpec:
+        return cls(
+            layer=int(probe_config.layer),
+            units=tuple(int(u) for u in probe_config.units),
+            percentiles=tuple(float(q) for q in probe_config.percentiles),
+            histogram_bins=int(probe_config.histogram_bins),
+            histogram_range=tuple(float(v) for v in probe_config.histogram_range),
+        )
+
+
+def evaluate(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    probe: ProbeSpec,
+    batch_size: int,
+) -> dict[str, jax.Array]:
+    """Evaluates one member on a whole split, in batches of ``batch_size``, with probes.
+
+    BN uses the statistics in ``variables["batch_stats"]``; dropout is off.
+
+    Returns:
+      ``loss`` and ``accuracy`` over the split; ``probe_percentiles`` ``(units, percentiles)`` of
+      the chosen units' pre-activations in ``probe.layer``; per hidden layer, ``mean_activation``
+      and ``activation_histogram`` ``(layers, bins)``.
+    """
+    num_examples = images.shape[0]
+    num_batches = math.ceil(num_examples / batch_size)
+    padding = num_batches * batch_size - num_examples
+
+    def pad(x):
+        return jnp.pad(x, [(0, padding)] + [(0, 0)] * (x.ndim - 1)).reshape(
+            (num_batches, batch_size) + x.shape[1:]
+        )
+
+    weights = pad(jnp.ones((num_examples,), jnp.float32))
+
+    def one_batch(batch):
+        batch_images, batch_labels, batch_weights = batch
+        logits, state = model.apply(
+            variables, batch_images, train=False, mutable=["intermediates"]
+        )
+        intermediates = state["intermediates"]
+        activations = probes.sown(intermediates, "activation")
+        probed = probes.unit_columns(
+            probes.sown(intermediates, "preactivation")[probe.layer], probe.units
+        )
+
+        def per_example_weights(x):
+            return jnp.broadcast_to(
+                batch_weights.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape
+            )
+
+        return {
+            "loss_sum": jnp.sum(
+                optax.softmax_cross_entropy_with_integer_labels(logits, batch_labels)
+                * batch_weights
+            ),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == batch_labels) * batch_weights),
+            "probed": probed,
+            "activation_sum": jnp.stack(
+                [jnp.sum(a * per_example_weights(a)) / (a.size // a.shape[0]) for a in activations]
+            ),
+            "histogram": jnp.stack(
+                [
+                    probes.histogram(
+                        a,
+                        bins=probe.histogram_bins,
+                        value_range=probe.histogram_range,
+                        weights=per_example_weights(a),
+                    )
+                    for a in activations
+                ]
+            ),
+        }
+
+    totals = jax.lax.map(one_batch, (pad(images), pad(labels), weights))
+    probed = totals["probed"]
+    samples_per_example = probed.shape[1] // batch_size
+    probed = probed.reshape(-1, probed.shape[-1])[: num_examples * samples_per_example]
+    return {
+        "loss": totals["loss_sum"].sum() / num_examples,
+        "accuracy": totals["correct"].sum() / num_examples,
+        "probe_percentiles": probes.percentiles(probed, probe.percentiles),
+        "mean_activation": totals["activation_sum"].sum(0) / num_examples,
+        "activation_histogram": totals["histogram"].sum(0),
+    }
+
+
+def make_evaluate(
+    model: nn.Module, *, probe: ProbeSpec, batch_size: int
+) -> Callable[..., dict[str, jax.Array]]:
+    """A jitted ``evaluate(params, batch_stats, images, labels)`` over all members at once."""
+
+    def one_member(params, batch_stats, images, labels):
+        return evaluate(
+            model,
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            labels,
+            probe=probe,
+            batch_size=batch_size,
+        )
+
+    return jax.jit(jax.vmap(one_member, in_axes=(0, 0, None, None)))
+
+
+def _finalize_accumulators(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Maps the ``population_stats`` collection to the ``batch_stats`` layout."""
+    result = {}
+    for name, value in tree.items():
+        if isinstance(value, PopulationStatsAccumulator):
+            return dict(population_stats_finalize(value)._asdict())
+        result[name] = _finalize_accumulators(value)
+    return result
+
+
+def population_statistics(
+    model: nn.Module,
+    params: Any,
+    batch_stats: Any,
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    batch_size: int,
+    num_batches: int,
+) -> dict[str, Any]:
+    """BN's inference statistics of one member by Alg. 2 (Ioffe & Szegedy 2015).
+
+    .. math::
+        E[x] = E_B[\\mu_B], \\qquad \\mathrm{Var}[x] = \\frac{m}{m-1} E_B[\\sigma_B^2]
+
+    over ``num_batches`` training batches of ``m = batch_size`` examples, drawn like training
+    batches from the member's ``POPULATION`` key stream. The network runs as in training (BN
+    normalises with each batch's statistics, dropout on), with frozen parameters; this is the
+    distribution the EMA statistics track too.
+
+    Returns:
+      A collection in the layout of ``batch_stats`` (``{"BatchNorm_i": {"mean", "var"}}``).
+    """
+    population_key = jax.random.fold_in(key, _POPULATION)
+
+    def accumulate(step, accumulators):
+        batch_images, _ = data_lib.batch_at_step(
+            population_key, images, labels, step, batch_size=batch_size
+        )
+        variables = {"params": params, "batch_stats": batch_stats}
+        if accumulators is not None:
+            variables["population_stats"] = accumulators
+        _, updates = model.apply(
+            variables,
+            batch_images,
+            train=True,
+            rngs={"dropout": jax.random.fold_in(population_key, step)},
+            mutable=["batch_stats", "population_stats"],
+        )
+        return updates["population_stats"]
+
+    accumulators = accumulate(0, None)
+    accumulators = jax.lax.fori_loop(1, num_batches, accumulate, accumulators)
+    return _finalize_accumulators(accumulators)
+
+
+def make_population_statistics(
+    model: nn.Module, *, batch_size: int, num_batches: int
+) -> Callable[..., dict[str, Any]]:
+    """A jitted :func:`population_statistics` over all members of a :class:`TrainState`."""
+
+    def one_member(params, batch_stats, key, images, labels):
+        return population_statistics(
+            model, params, batch_stats, key, images, labels,
+            batch_size=batch_size, num_batches=num_batches,
+        )
+
+    return jax.jit(jax.vmap(one_member, in_axes=(0, 0, 0, None, None)))
+
+
+def _to_json(value: Any) -> Any:
+    array = np.asarray(value)
+    return array.tolist() if array.ndim else array.item()
+
+
+def _metrics_records(
+    step: int,
+    members: list[Member],
+    evaluation: Mapping[str, jax.Array],
+    split: str,
+    train_losses: np.ndarray | None,
+) -> list[dict]:
+    records = []
+    for index, member in enumerate(members):
+        record = {
+            "step": step,
+            "member": index,
+            "learning_rate": member.learning_rate,
+            "seed": member.seed,
+            "train_loss": None if train_losses is None else float(train_losses[:, index].mean()),
+        }
+        for name, values in evaluation.items():
+            prefix = f"{split}_" if name in ("loss", "accuracy") else ""
+            record[prefix + name] = _to_json(values[index])
+        records.append(record)
+    return records
+
+
+def _check_finite(losses: np.ndarray, first_step: int, members: list[Member], where: str):
+    bad = np.argwhere(~np.isfinite(losses))
+    if bad.size:
+        offset, member = bad[0]
+        m = members[member]
+        raise NonFiniteLossError(
+            f"Non-finite training loss at step {first_step + offset} for member {member} "
+            f"(learning rate {m.learning_rate}, seed {m.seed}). {where} Lower the learning "
+            "rate, or add BN or max-norm."
+        )
+
+
+def _read_history(path: Path, last_step: int) -> list[dict]:
+    """The metrics records up to ``last_step``; later ones (written after the checkpoint that
+    is being resumed from) and a line cut by a kill are dropped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record["step"] > last_step:
+            break
+        records.append(record)
+    return records
+
+
+def _write_jsonl(path: Path, records: list[dict], mode: str) -> None:
+    with path.open(mode) as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    path = workdir / CONFIG_FILE
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if path.exists() and (workdir / CHECKPOINT_DIR).exists():
+        saved = json.loads(path.read_text())
+        current = json.loads(text)
+        # Progress display does not change results, so it may differ between attempts.
+        saved.pop("progress", None)
+        current.pop("progress", None)
+        if saved != current:
+            raise ValueError(
+                f"{workdir} holds a run with a different configuration ({path}). Resume with "
+                "the same configuration, or pass a new --workdir (or delete that one)."
+            )
+    path.write_text(text)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
+    """Trains every member of the run described by ``config`` and evaluates it.
+
+    Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (one record per evaluation and
+    member, every ``config.eval_every`` steps and at step 0); orbax checkpoints every
+    ``config.checkpoint_every`` steps and at the end; ``summary.json`` (final accuracy with EMA
+    and with Alg. 2 statistics, per member). Rerunning with the same ``workdir`` and config
+    resumes from the latest checkpoint; the result equals an uninterrupted run bit-for-bit.
+
+    Raises:
+      ValueError: an invalid config, or a workdir that holds a run with another config.
+      NonFiniteLossError: a NaN/inf training loss; the last good checkpoint is kept.
+    """
+    validate_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_config_file(workdir, config)
+
+    run_data = load_run_data(config)
+    model = build_model(config.model, run_data.num_classes)
+    tx = build_optimizer(config.optimizer)
+    members = members_from_config(config)
+    train_images = jnp.asarray(run_data.train.images)
+    train_labels = jnp.asarray(run_data.train.labels)
+    evaluation_images = jnp.asarray(run_data.evaluation.images)
+    evaluation_labels = jnp.asarray(run_data.evaluation.labels)
+    split = run_data.evaluation_split
+
+    state = init_members(model, tx, members, train_images[:1])
+    checkpoints = None
+    if config.checkpoint_every:
+        checkpoints = ocp.CheckpointManager(
+            (workdir / CHECKPOINT_DIR).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
+        )
+        if checkpoints.latest_step() is not None:
+            state = checkpoints.restore(
+                checkpoints.latest_step(), args=ocp.args.StandardRestore(state)
+            )
+
+    metrics_path = workdir / METRICS_FILE
+    step = int(state.step)
+    history = _read_history(metrics_path, step) if step else []
+    _write_jsonl(metrics_path, history, "w")
+
+    train_chunk = make_train_chunk(model, tx, batch_size=config.batch_size)
+    evaluate_members = make_evaluate(
+        model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
+    )
+
+    def log_evaluation(train_losses):
+        evaluation = evaluate_members(
+            state.params, state.batch_stats, evaluation_images, evaluation_labels
+        )
+        records = _metrics_records(step, members, evaluation, split, train_losses)
+        history.extend(records)
+        _write_jsonl(metrics_path, records, "a")
+        return float(np.mean([r[f"{split}_accuracy"] for r in records]))
+
+    if step == 0:
+        log_evaluation(None)
+    progress = tqdm(
+        total=config.num_steps, initial=step, unit="step", disable=not config.progress,
+        desc=f"{config.dataset} × {len(members)} members",
+    )
+    with progress:
+        while step < config.num_steps:
+            num_steps = min(config.eval_every - step % config.eval_every, config.num_steps - step)
+            state, losses = train_chunk(state, train_images, train_labels, num_steps)
+            losses = np.asarray(losses)
+            last_good = checkpoints.latest_step() if checkpoints else None
+            _check_finite(
+                losses, step, members,
+                f"The last good checkpoint (step {last_good}) is kept in {workdir}."
+                if last_good is not None else "No checkpoint was written.",
+            )
+            step = int(state.step)
+            accuracy = log_evaluation(losses)
+            if checkpoints and (step % config.checkpoint_every == 0 or step == config.num_steps):
+                checkpoints.save(step, args=ocp.args.StandardSave(state))
+            progress.update(num_steps)
+            progress.set_postfix(loss=f"{losses[-1].mean():.4f}", **{f"{split}_acc": accuracy})
+    if checkpoints:
+        checkpoints.wait_until_finished()
+        checkpoints.close()
+
+    summary = _final_summary(config, model, state, members, run_data, history)
+    (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return RunResult(history=history, summary=summary, state=state, members=members)
+
+
+def _final_summary(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    state: TrainState,
+    members: list[Member],
+    run_data: RunData,
+    history: list[dict],
+) -> dict:
+    """Final accuracy per member with the EMA statistics and, for BN nets, Alg. 2's."""
+    split = run_data.evaluation_split
+    evaluation_images = jnp.asarray(run_data.evaluation.images)
+    evaluation_labels = jnp.asarray(run_data.evaluation.labels)
+    final = [r for r in history if r["step"] == int(state.step)]
+    summary = {
+        "dataset": config.dataset,
+        "source": run_data.source,
+        "evaluation_split": split,
+        "input_shape": list(run_data.train.images.shape[1:]),
+        "num_steps": int(state.step),
+        "members": [
+            {
+                "learning_rate": m.learning_rate,
+                "seed": m.seed,
+                f"{split}_accuracy_ema": final[i][f"{split}_accuracy"],
+            }
+            for i, m in enumerate(members)
+        ],
+    }
+    if state.batch_stats and config.population_batches:
+        population = make_population_statistics(
+            model, batch_size=config.batch_size, num_batches=config.population_batches
+        )(
+            state.params,
+            state.batch_stats,
+            state.key,
+            jnp.asarray(run_data.train.images),
+            jnp.asarray(run_data.train.labels),
+        )
+        evaluation = make_evaluate(
+            model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
+        )(state.params, population, evaluation_images, evaluation_labels)
+        for i, record in enumerate(summary["members"]):
+            record[f"{split}_accuracy_population"] = float(evaluation["accuracy"][i])
+    return summary

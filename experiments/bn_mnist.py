@@ -1,0 +1,425 @@
+"""Batch Normalization on MNIST — Ioffe & Szegedy 2015, Fig. 1 (a, b, c).
+
+The paper's network: 784-100-100-100-10, sigmoid hidden units, weights from a small random
+Gaussian (here N(0, 0.1²)), softmax cross-entropy, 50,000 steps of 60 examples, without BN and with
+BN before every hidden nonlinearity (the dense layer then has no bias). Fig. 1a: test accuracy vs
+steps — BN trains faster and reaches higher accuracy. Fig. 1b,c: the {15, 50, 85}th percentiles of
+the input to one sigmoid of the last hidden layer over training — drifting without BN, stable with
+BN.
+
+Commands::
+
+  # the full study on MNIST (needs MNIST through tfds: internet or a prepared data dir)
+  python -m experiments.bn_mnist --workdir=runs/bn_mnist
+  # the same on Fashion-MNIST, which Debian's dataset-fashion-mnist package provides offline
+  python -m experiments.bn_mnist --workdir=runs/bn_fashion_mnist --config.dataset=fashion_mnist
+  # smoke size: scikit-learn's digits, seconds
+  python -m experiments.bn_mnist --workdir=/tmp/bn_smoke --config=experiments/bn_mnist.py:smoke
+
+Outputs in ``--workdir``: ``results.md`` (tables, the paper's claims beside the measurements),
+``fig1a.png``, ``fig1bc.png``, and one engine run directory per net and phase (``sweep/no_bn``,
+``sweep/bn``, ``study/no_bn``, ``study/bn``: ``metrics.jsonl``, ``summary.json``, checkpoints).
+Rerunning the command resumes where it stopped.
+
+Optimizer and learning rate — the paper states neither, so the comparison is made fair and shown:
+
+1. Plain SGD (no momentum, no decay), the same for both nets. Both nets start from the same
+   weights (same seed, same layer names) and see the same batches in the same order.
+2. A learning-rate sweep on a log grid (``study.sweep_learning_rates``, 0.01 … 2.0) for *both* nets,
+   ``study.sweep_steps`` steps each, scored on a validation split carved from the training set
+   (the test set is not used to choose anything). The grid points and seeds of one net are one
+   compiled program (a vmap over members).
+3. The full study at (i) the no-BN net's best learning rate — the baseline's best shot — and
+   (ii) ``study.high_lr_factor`` (5) times it, BN's claim being that it tolerates higher rates
+   (the paper's "BN-x5"). ``results.md`` records the sweep table and the choice.
+
+Nothing is tuned in BN's favour: the selection uses the baseline's sweep only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bnreg import plots
+from bnreg.config import default_config
+from bnreg.metrics import curves, first_step_reaching, mean_std, select_members
+from bnreg.train import RunResult, train_and_evaluate
+
+FLAGS = flags.FLAGS
+NETS = {"no_bn": None, "bn": "batch"}
+NET_LABELS = {"no_bn": "without BN", "bn": "with BN"}
+
+
+def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    """The study's configuration; ``variant="smoke"`` runs in seconds on scikit-learn's digits."""
+    config = default_config()
+    config.dataset = "mnist"
+    config.model.name = "mlp"
+    config.model.hidden_sizes = (100, 100, 100)
+    config.model.activation = "sigmoid"
+    config.model.kernel_init = "normal"
+    config.model.init_stddev = 0.1
+    config.optimizer.name = "sgd"
+    config.batch_size = 60
+    config.num_steps = 50_000
+    config.eval_every = 500
+    config.checkpoint_every = 5_000
+    config.seeds = (0, 1, 2)
+    config.population_batches = 100
+    config.probe.layer = -1
+    config.probe.units = (0, 1, 2)
+    config.probe.percentiles = (15.0, 50.0, 85.0)
+
+    study = config.study
+    study.sweep_learning_rates = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+    study.sweep_steps = 5_000
+    study.sweep_eval_every = 1_000
+    study.sweep_seeds = (0, 1)
+    study.sweep_validation_size = 5_000
+    study.high_lr_factor = 5.0
+    study.milestones = (5_000, 10_000, 20_000, 50_000)
+
+    if variant == "smoke":
+        config.dataset = "digits"
+        config.num_steps = 200
+        config.eval_every = 50
+        config.checkpoint_every = 100
+        config.seeds = (0, 1)
+        config.population_batches = 10
+        study.sweep_learning_rates = (0.1, 1.0)
+        study.sweep_steps = 100
+        study.sweep_eval_every = 50
+        study.sweep_seeds = (0,)
+        study.sweep_validation_size = 300
+        study.milestones = (50, 100, 200)
+    elif variant != "full":
+        raise ValueError(f"variant must be 'full' or 'smoke', got {variant!r}.")
+    config.lock()
+    return config
+
+
+def _net_config(config: ml_collections.ConfigDict, net: str) -> ml_collections.ConfigDict:
+    engine = ml_collections.ConfigDict(config.to_dict())
+    engine.model.norm = NETS[net]
+    return engine
+
+
+def sweep_config(config: ml_collections.ConfigDict, net: str) -> ml_collections.ConfigDict:
+    """The engine config of one net's learning-rate sweep (validation split, short runs)."""
+    engine = _net_config(config, net)
+    study = config.study
+    engine.num_steps = study.sweep_steps
+    engine.eval_every = study.sweep_eval_every
+    engine.checkpoint_every = study.sweep_steps
+    engine.seeds = tuple(study.sweep_seeds)
+    engine.learning_rates = tuple(study.sweep_learning_rates)
+    engine.validation_size = study.sweep_validation_size
+    engine.population_batches = 0
+    return engine
+
+
+def study_config(
+    config: ml_collections.ConfigDict, net: str, learning_rates: Sequence[float]
+) -> ml_collections.ConfigDict:
+    """The engine config of one net's full run at ``learning_rates``."""
+    engine = _net_config(config, net)
+    engine.learning_rates = tuple(learning_rates)
+    return engine
+
+
+def sweep_scores(history: list[dict]) -> dict[float, tuple[float, float]]:
+    """Final validation accuracy per learning rate: (mean, std) over the sweep's seeds."""
+    final_step = max(r["step"] for r in history)
+    scores = {}
+    for lr in sorted({r["learning_rate"] for r in history}):
+        finals = [
+            r["validation_accuracy"]
+            for r in select_members(history, learning_rate=lr, step=final_step)
+        ]
+        mean, std = mean_std(np.asarray(finals))
+        scores[lr] = (float(mean), float(std))
+    return scores
+
+
+def choose_learning_rates(
+    baseline_scores: dict[float, tuple[float, float]], high_lr_factor: float
+) -> tuple[float, float]:
+    """(i) the no-BN net's best learning rate on validation, (ii) ``high_lr_factor`` × it."""
+    best = max(baseline_scores, key=lambda lr: baseline_scores[lr][0])
+    return best, best * high_lr_factor
+
+
+def percentile_drift(history: list[dict], eval_every: int) -> np.ndarray:
+    """Per member and probed unit: the range (max − min) of the median pre-activation over
+    training, from the first evaluation after step 0 on (at step 0 BN's EMA statistics still hold
+    their initial values).
+
+    Returns:
+      ``(members, units)``.
+    """
+    steps, values = curves(history, "probe_percentiles")  # (members, T, units, percentiles)
+    median = values[:, steps >= eval_every, :, values.shape[-1] // 2]
+    return median.max(axis=1) - median.min(axis=1)
+
+
+@dataclasses.dataclass
+class StudyResult:
+    """The study's runs and the choices made from the sweep."""
+
+    sweep: dict[str, RunResult]
+    study: dict[str, RunResult]
+    learning_rates: tuple[float, float]
+    workdir: Path
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyResult:
+    """Runs the sweep and the full study for both nets, then writes the results and figures."""
+    workdir = Path(workdir)
+    sweep = {
+        net: train_and_evaluate(sweep_config(config, net), workdir / "sweep" / net)
+        for net in NETS
+    }
+    learning_rates = choose_learning_rates(
+        sweep_scores(sweep["no_bn"].history), config.study.high_lr_factor
+    )
+    study = {
+        net: train_and_evaluate(study_config(config, net, learning_rates), workdir / "study" / net)
+        for net in NETS
+    }
+    result = StudyResult(sweep, study, learning_rates, workdir)
+    write_results(config, result)
+    plot_fig1a(config, result, workdir / "fig1a.png")
+    plot_fig1bc(config, result, workdir / "fig1bc.png")
+    return result
+
+
+def _accuracy_at(steps: np.ndarray, values: np.ndarray, milestone: int) -> str:
+    if milestone not in steps:
+        return "—"
+    mean, std = mean_std(values[:, list(steps).index(milestone)])
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _dataset_line(config: ml_collections.ConfigDict, result: StudyResult) -> str:
+    summary = result.study["bn"].summary
+    binarized = (
+        config.dataset == "mnist" if config.binarize is None else config.binarize
+    )
+    return (
+        f"Dataset: **{config.dataset}** ({summary['source']}), input "
+        f"{'binarized' if binarized else 'grey levels in [0, 1]'}. "
+        f"Network {int(np.prod(summary['input_shape']))}-{'-'.join(map(str, config.model.hidden_sizes))}-10 "
+        f"{config.model.activation}, N(0, {config.model.init_stddev}²) init, plain SGD, "
+        f"batch {config.batch_size}, {config.num_steps} steps, seeds {list(config.seeds)}; "
+        "accuracies are mean ± std over seeds, in %."
+    )
+
+
+def _sweep_table(config: ml_collections.ConfigDict, result: StudyResult) -> list[str]:
+    scores = {net: sweep_scores(run.history) for net, run in result.sweep.items()}
+    lines = [
+        f"## Learning-rate sweep ({config.study.sweep_steps} steps, validation split of "
+        f"{config.study.sweep_validation_size} carved from train, seeds "
+        f"{list(config.study.sweep_seeds)})",
+        "",
+        "| learning rate | no-BN validation acc. | BN validation acc. |",
+        "|---|---|---|",
+    ]
+    for lr in scores["no_bn"]:
+        cells = [f"{100 * scores[net][lr][0]:.2f} ± {100 * scores[net][lr][1]:.2f}" for net in NETS]
+        lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
+    low, high = result.learning_rates
+    lines += [
+        "",
+        f"Chosen: (i) **{low:g}**, the no-BN net's best; (ii) **{high:g}** = "
+        f"{config.study.high_lr_factor:g} × (i), to test BN's tolerance of higher rates.",
+        "",
+    ]
+    return lines
+
+
+def _study_tables(config: ml_collections.ConfigDict, result: StudyResult) -> list[str]:
+    milestones = [m for m in config.study.milestones if m <= config.num_steps]
+    header = (
+        "| net | lr | "
+        + " | ".join(f"{m:,} steps" for m in milestones)
+        + " | first step ≥ no-BN final | final, EMA stats | final, Alg. 2 stats |"
+        " paper (Fig. 1a) |"
+    )
+    lines = [
+        "## Test accuracy (Fig. 1a)",
+        "",
+        header,
+        "|" + "---|" * (len(milestones) + 6),
+    ]
+    claims = {
+        "no_bn": "baseline: slower, lower accuracy",
+        "bn": "BN: faster and higher accuracy",
+    }
+    verdicts = []
+    for lr in result.learning_rates:
+        curves_at = {}
+        for net, run in result.study.items():
+            curves_at[net] = curves(select_members(run.history, learning_rate=lr), "test_accuracy")
+        steps, baseline = curves_at["no_bn"]
+        baseline_final = float(baseline[:, -1].mean())
+        for net, run in result.study.items():
+            steps, values = curves_at[net]
+            members = [m for m in run.summary["members"] if m["learning_rate"] == lr]
+            reached = first_step_reaching(steps, values.mean(0), baseline_final)
+            population = [m.get("test_accuracy_population") for m in members]
+            ema = mean_std(np.asarray([m["test_accuracy_ema"] for m in members]))
+            pop = (
+                "—"
+                if None in population
+                else "{:.2f} ± {:.2f}".format(*(100 * v for v in mean_std(np.asarray(population))))
+            )
+            lines.append(
+                f"| {NET_LABELS[net]} | {lr:g} | "
+                + " | ".join(_accuracy_at(steps, values, m) for m in milestones)
+                + f" | {reached if reached is not None else 'never'} | "
+                f"{100 * ema[0]:.2f} ± {100 * ema[1]:.2f} | {pop} | {claims[net]} |"
+            )
+        verdicts.append(_comparison_verdict(lr, steps, curves_at, milestones[0]))
+    lines += ["", "### Is BN above the baseline at every evaluation, by more than the seeds' std?", ""]
+    lines += verdicts
+    lines.append("")
+    return lines
+
+
+def _comparison_verdict(lr, steps, curves_at, from_step) -> str:
+    mask = steps >= from_step
+    bn_mean, bn_std = mean_std(curves_at["bn"][1][:, mask])
+    base_mean, base_std = mean_std(curves_at["no_bn"][1][:, mask])
+    gap = bn_mean - base_mean
+    margin = np.maximum(bn_std, base_std)
+    failing = steps[mask][gap <= margin]
+    text = (
+        f"- lr {lr:g}: BN − baseline from step {from_step:,} on: min {100 * gap.min():+.2f}, "
+        f"mean {100 * gap.mean():+.2f}, max {100 * gap.max():+.2f} points. "
+    )
+    if failing.size == 0:
+        return text + "BN is above by more than the larger seed std at every evaluation."
+    return text + (
+        f"**Not** above by more than the larger seed std at {failing.size} of {mask.sum()} "
+        f"evaluations (first at step {int(failing[0]):,}; last at step {int(failing[-1]):,})."
+    )
+
+
+def _drift_table(config: ml_collections.ConfigDict, result: StudyResult) -> list[str]:
+    low = result.learning_rates[0]
+    lines = [
+        "## Drift of a last-hidden-layer sigmoid's input (Fig. 1b,c)",
+        "",
+        f"Range (max − min) of the median pre-activation over training, from step "
+        f"{config.eval_every:,} on, at lr {low:g}; mean ± std over seeds × probed units "
+        f"{list(config.probe.units)}.",
+        "",
+        "| net | median drift | paper |",
+        "|---|---|---|",
+    ]
+    claims = {
+        "no_bn": "(b) the distribution changes significantly over time",
+        "bn": "(c) much more stable",
+    }
+    drifts = {}
+    for net, run in result.study.items():
+        drift = percentile_drift(select_members(run.history, learning_rate=low), config.eval_every)
+        drifts[net] = drift
+        mean, std = mean_std(drift.reshape(-1))
+        lines.append(f"| {NET_LABELS[net]} | {mean:.3f} ± {std:.3f} | {claims[net]} |")
+    ratio = drifts["no_bn"].mean() / max(drifts["bn"].mean(), 1e-12)
+    lines += ["", f"Drift without BN / with BN: **{ratio:.1f}×**.", ""]
+    return lines
+
+
+def write_results(config: ml_collections.ConfigDict, result: StudyResult) -> Path:
+    """Writes ``results.md``: the sweep, the accuracy table, the verdict and the drift."""
+    lines = [
+        "# Batch Normalization on MNIST — Ioffe & Szegedy 2015, Fig. 1, measured",
+        "",
+        _dataset_line(config, result),
+        "",
+        *_sweep_table(config, result),
+        *_study_tables(config, result),
+        *_drift_table(config, result),
+        "Figures: `fig1a.png` (test accuracy, mean ± std band), `fig1bc.png` "
+        "(15/50/85th percentiles, seed 0, unit "
+        f"{config.probe.units[0]}, lr {result.learning_rates[0]:g}).",
+        "",
+    ]
+    path = result.workdir / "results.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def plot_fig1a(config: ml_collections.ConfigDict, result: StudyResult, path: Path) -> Path:
+    """Test accuracy vs steps, both nets, mean ± std over seeds; one panel per learning rate."""
+    figure, axes = plt.subplots(
+        1, len(result.learning_rates), figsize=(5.5 * len(result.learning_rates), 4),
+        sharey=True, squeeze=False,
+    )
+    for ax, lr in zip(axes[0], result.learning_rates, strict=True):
+        lows = []
+        for color, (net, run) in zip(("C1", "C0"), result.study.items(), strict=True):
+            steps, values = curves(select_members(run.history, learning_rate=lr), "test_accuracy")
+            plots.band(ax, steps, values, label=NET_LABELS[net], color=color)
+            lows.append(values[:, steps >= config.eval_every].min())
+        ax.set_ylim(max(0.0, min(lows) - 0.02), None)
+        ax.set_title(f"{config.dataset}, SGD lr {lr:g}")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    axes[0, 0].set_ylabel("test accuracy")
+    figure.suptitle(f"Fig. 1a: {len(config.seeds)} seeds, mean ± std")
+    return plots.save(figure, path)
+
+
+def plot_fig1bc(config: ml_collections.ConfigDict, result: StudyResult, path: Path) -> Path:
+    """The 15/50/85th percentiles of one last-hidden-layer sigmoid's input over training, without
+    (b) and with (c) BN, on the same y-axis (seed of member 0, first probed unit, lr (i))."""
+    low = result.learning_rates[0]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (panel, net) in zip(axes, (("(b)", "no_bn"), ("(c)", "bn")), strict=True):
+        history = select_members(
+            result.study[net].history, learning_rate=low, seed=config.seeds[0]
+        )
+        steps, values = curves(history, "probe_percentiles")
+        plots.percentile_lines(ax, steps, values[0, :, 0, :], config.probe.percentiles)
+        ax.set_title(f"{panel} {NET_LABELS[net]}")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"input to sigmoid unit {config.probe.units[0]}, last hidden layer")
+    axes[0].legend()
+    figure.suptitle(f"Fig. 1b,c: {config.dataset}, lr {low:g}, seed {config.seeds[0]}")
+    return plots.save(figure, path)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Orbax logs every checkpoint step at INFO; the progress bar already shows progress.
+    logging.set_verbosity(logging.WARNING)
+    config = FLAGS.config
+    result = run_study(config, FLAGS.workdir)
+    print((result.workdir / "results.md").read_text())
+    print(f"Figures: {result.workdir / 'fig1a.png'}, {result.workdir / 'fig1bc.png'}")
+    print(json.dumps({"learning_rates": result.learning_rates}))
+
+
+if __name__ == "__main__":
+    # Flags are defined here, not at import: config_flags loads this file again as the config.
+    flags.DEFINE_string("workdir", "runs/bn_mnist", "Where results, figures and checkpoints go.")
+    config_flags.DEFINE_config_file(
+        "config", __file__, "The study's config file (this module; ':smoke' for smoke size)."
+    )
+    app.run(main)

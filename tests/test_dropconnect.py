@@ -1,0 +1,247 @@
+"""Tests for bnreg.dropconnect: masked dense layer, its moments, and Gaussian inference (Alg. 2).
+
+Statistical tests use fixed seeds and a tolerance of 5 standard errors computed from the variance
+of the estimator.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from bnreg.dropconnect import (
+    dropconnect_dense,
+    dropconnect_gaussian_inference,
+    dropconnect_moments,
+)
+
+RATE = 0.4
+NUM_KEYS = 4000
+Z = 5.0  # standard errors allowed in statistical checks
+X = jax.random.normal(jax.random.key(0), (6, 8))
+KERNEL = jax.random.normal(jax.random.key(1), (8, 5))
+BIAS = jax.random.normal(jax.random.key(2), (5,))
+KEYS = jax.random.split(jax.random.key(3), NUM_KEYS)
+
+
+def _dense(x, kernel, bias):
+    return x @ kernel + bias
+
+
+@functools.partial(jax.jit, static_argnames=("per_example",))
+def _masked_samples(keys, x, *, per_example=True):
+    """Pre-activations under NUM_KEYS independent real masks, shape (keys, batch, out)."""
+    return jax.vmap(
+        lambda k: dropconnect_dense(k, x, KERNEL, BIAS, rate=RATE, per_example=per_example)
+    )(keys)
+
+
+@pytest.fixture(scope="module")
+def real_samples():
+    """Per-example masked pre-activations of X under NUM_KEYS keys, shape (keys, batch, out)."""
+    return np.asarray(_masked_samples(KEYS, X))
+
+
+def _gaussian(key, activation, num_samples=NUM_KEYS):
+    return dropconnect_gaussian_inference(
+        key, X, KERNEL, BIAS, rate=RATE, activation=activation, num_samples=num_samples
+    )
+
+
+def test_per_example_masks_differ_across_examples():
+    repeated = jnp.tile(X[:1], (6, 1))
+    out = np.asarray(dropconnect_dense(jax.random.key(4), repeated, KERNEL, BIAS, rate=RATE))
+    for i in range(len(out)):
+        for j in range(i):
+            assert not np.array_equal(out[i], out[j]), (i, j)
+
+
+def test_per_batch_mask_is_shared_by_every_example():
+    repeated = jnp.tile(X[:1], (6, 1))
+    out = np.asarray(
+        dropconnect_dense(jax.random.key(4), repeated, KERNEL, BIAS, rate=RATE, per_example=False)
+    )
+    np.testing.assert_array_equal(out, np.broadcast_to(out[:1], out.shape))
+    assert not np.allclose(out[0], _dense(X[:1], KERNEL, BIAS)[0])  # a mask was applied
+
+
+def test_per_batch_output_is_masked_kernel_over_keep():
+    out = dropconnect_dense(jax.random.key(4), X, KERNEL, rate=RATE, per_example=False)
+    # With one mask M for the batch, out = X (M ⊙ K) / p; the identity input (same key, so the
+    # same mask) reads off (M ⊙ K) / p row by row.
+    eye = jnp.eye(8)
+    masked_kernel = dropconnect_dense(jax.random.key(4), eye, KERNEL, rate=RATE, per_example=False)
+    np.testing.assert_allclose(out, X @ masked_kernel, rtol=1e-5, atol=1e-5)
+    ratio = np.asarray(masked_kernel / KERNEL)
+    np.testing.assert_allclose(ratio[ratio != 0], 1 / (1 - RATE), rtol=1e-6)
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+def test_deterministic_equals_dense(per_example):
+    out = dropconnect_dense(
+        None, X, KERNEL, BIAS, rate=RATE, deterministic=True, per_example=per_example
+    )
+    np.testing.assert_allclose(out, _dense(X, KERNEL, BIAS), rtol=1e-6)
+
+
+def test_rate_zero_equals_dense_without_a_key():
+    np.testing.assert_allclose(
+        dropconnect_dense(None, X, KERNEL, BIAS, rate=0.0), _dense(X, KERNEL, BIAS), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+def test_mean_over_keys_matches_dense(per_example, real_samples):
+    samples = real_samples if per_example else _masked_samples(KEYS, X, per_example=False)
+    _, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE)
+    standard_error = np.sqrt(var / NUM_KEYS)
+    error = np.abs(samples.mean(axis=0) - _dense(X, KERNEL, BIAS))
+    np.testing.assert_array_less(error, Z * standard_error)
+
+
+def _variance_standard_error(samples):
+    """Standard error of the sample variance: sqrt((m4 - s^4) / N), moments from the samples."""
+    centred = samples - samples.mean(axis=0)
+    m4 = np.mean(centred**4, axis=0)
+    return np.sqrt((m4 - np.var(samples, axis=0) ** 2) / len(samples))
+
+
+def test_moments_match_real_masked_pre_activations(real_samples):
+    mean, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE)
+    np.testing.assert_allclose(mean, _dense(X, KERNEL, BIAS), rtol=1e-6)
+    error = np.abs(real_samples.var(axis=0, ddof=1) - var)
+    np.testing.assert_array_less(error, Z * _variance_standard_error(real_samples))
+
+
+def test_gaussian_inference_with_identity_matches_mean_of_real_masks(real_samples):
+    gaussian_mean = _gaussian(jax.random.key(5), lambda u: u)
+    _, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE)
+    # Two independent means of NUM_KEYS samples each, both with variance var.
+    standard_error = np.sqrt(2 * var / NUM_KEYS)
+    error = np.abs(gaussian_mean - real_samples.mean(axis=0))
+    np.testing.assert_array_less(error, Z * standard_error)
+
+
+def test_gaussian_inference_variance_matches_variance_of_real_masks(real_samples):
+    key = jax.random.key(6)
+    # The same key draws the same u samples, so E[u²] - E[u]² is their (ddof=0) sample variance.
+    gaussian_var = _gaussian(key, jnp.square) - jnp.square(_gaussian(key, lambda u: u))
+    _, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE)
+    gaussian_standard_error = var * np.sqrt(2.0 / NUM_KEYS)
+    standard_error = np.hypot(gaussian_standard_error, _variance_standard_error(real_samples))
+    error = np.abs(gaussian_var - real_samples.var(axis=0))
+    np.testing.assert_array_less(error, Z * standard_error)
+
+
+def test_gaussian_inference_relu_matches_closed_form_expectation():
+    relu_mean = np.asarray(_gaussian(jax.random.key(7), jax.nn.relu), np.float64)
+    mean, var = (np.asarray(a, np.float64) for a in dropconnect_moments(X, KERNEL, BIAS, rate=RATE))
+    std = np.sqrt(var)
+    # For u ~ N(μ, σ²) and t = μ/σ: E[relu u] = μΦ(t) + σφ(t); E[relu² u] = (μ² + σ²)Φ(t) + μσφ(t).
+    t = mean / std
+    cdf, pdf = norm.cdf(t), norm.pdf(t)
+    expected = mean * cdf + std * pdf
+    second_moment = (mean**2 + var) * cdf + mean * std * pdf
+    standard_error = np.sqrt((second_moment - expected**2) / NUM_KEYS)
+    np.testing.assert_array_less(np.abs(relu_mean - expected), Z * standard_error)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_result_does_not_depend_on_chunk_size(chunk_size):
+    key = jax.random.key(8)
+    reference = dropconnect_dense(key, X, KERNEL, BIAS, rate=RATE)  # one chunk of all 6 examples
+    out = dropconnect_dense(key, X, KERNEL, BIAS, rate=RATE, chunk_size=chunk_size)
+    np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_gradient_uses_the_forward_masks():
+    # The layer is linear in the kernel (no bias), so <f(K), G> = <d<f(K), G>/dK, K> holds only
+    # if the backward pass regenerates exactly the forward masks.
+    key = jax.random.key(9)
+    cotangent = jax.random.normal(jax.random.key(10), (6, 5))
+
+    def inner(kernel):
+        return jnp.sum(dropconnect_dense(key, X, kernel, rate=RATE, chunk_size=4) * cotangent)
+
+    value, grad = jax.jit(jax.value_and_grad(inner))(KERNEL)
+    np.testing.assert_allclose(jnp.sum(grad * KERNEL), value, rtol=1e-5)
+
+
+CALLS = {
+    "dense_per_example": lambda k: dropconnect_dense(k, X, KERNEL, BIAS, rate=RATE),
+    "dense_per_batch": lambda k: dropconnect_dense(
+        k, X, KERNEL, BIAS, rate=RATE, per_example=False
+    ),
+    "moments": lambda k: dropconnect_moments(X, KERNEL, BIAS, rate=RATE),
+    "gaussian_inference": lambda k: _gaussian(k, jax.nn.relu, num_samples=16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_jit_and_no_jit_agree(name):
+    call = CALLS[name]
+    key = jax.random.key(11)
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+        jax.jit(call)(key),
+        call(key),
+    )
+
+
+def test_legacy_and_typed_keys_with_same_seed_give_same_output():
+    typed = dropconnect_dense(jax.random.key(12), X, KERNEL, rate=RATE)
+    legacy = dropconnect_dense(jax.random.PRNGKey(12), X, KERNEL, rate=RATE)
+    np.testing.assert_array_equal(typed, legacy)
+
+
+BAD_SHAPES = {
+    "x_inner_dim": (jnp.ones((6, 7)), KERNEL, None),
+    "x_rank": (jnp.ones((8,)), KERNEL, None),
+    "kernel_rank": (X, jnp.ones((8, 5, 1)), None),
+    "bias_shape": (X, KERNEL, jnp.ones((4,))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHAPES))
+@pytest.mark.parametrize("jit", [False, True])
+def test_shape_mismatch_raises(case, jit):
+    x, kernel, bias = BAD_SHAPES[case]
+    call = lambda x, kernel: dropconnect_dense(  # noqa: E731
+        jax.random.key(0), x, kernel, bias, rate=RATE
+    )
+    with pytest.raises(ValueError, match="shape"):
+        (jax.jit(call) if jit else call)(x, kernel)
+
+
+@pytest.mark.parametrize("rate", [-0.5, 1.0])
+@pytest.mark.parametrize("jit", [False, True])
+def test_rate_outside_unit_interval_raises(rate, jit):
+    call = lambda x: dropconnect_dense(jax.random.key(0), x, KERNEL, rate=rate)  # noqa: E731
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        (jax.jit(call) if jit else call)(X)
+
+
+def test_traced_rate_raises_with_static_hint():
+    with pytest.raises(TypeError, match="static"):
+        jax.jit(lambda x, r: dropconnect_dense(jax.random.key(0), x, KERNEL, rate=r))(X, 0.5)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_missing_key_in_training_mode_raises(jit):
+    call = lambda x: dropconnect_dense(None, x, KERNEL, rate=RATE)  # noqa: E731
+    with pytest.raises(ValueError, match=r"pass a key.*deterministic=True"):
+        (jax.jit(call) if jit else call)(X)
+
+
+@pytest.mark.parametrize("num_samples", [0, -1])
+def test_gaussian_inference_num_samples_below_one_raises(num_samples):
+    with pytest.raises(ValueError, match="num_samples"):
+        _gaussian(jax.random.key(0), jax.nn.relu, num_samples=num_samples)
+
+
+def test_chunk_size_below_one_raises():
+    with pytest.raises(ValueError, match="chunk_size"):
+        dropconnect_dense(jax.random.key(0), X, KERNEL, rate=RATE, chunk_size=0)

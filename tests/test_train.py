@@ -1,0 +1,339 @@
+"""The training engine: steps, scan-fused chunks, members, Alg. 2, probes, resume, errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from bnreg import train
+from bnreg.batch_norm import BatchNormParams, BatchNormState, batch_norm
+from bnreg.config import default_config
+from bnreg.data import batch_at_step
+from bnreg.models import MLP
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """A run on scikit-learn's digits that takes a few seconds."""
+    config = default_config()
+    config.dataset = "digits"
+    config.model.hidden_sizes = (16, 16)
+    config.model.norm = "batch"
+    config.model.kernel_init = "lecun_normal"
+    config.optimizer.learning_rate = 0.5
+    config.batch_size = 32
+    config.num_steps = 60
+    config.eval_every = 20
+    config.eval_batch_size = 128
+    config.checkpoint_every = 0
+    config.seeds = (0,)
+    config.population_batches = 5
+    config.progress = False
+    for name, value in overrides.items():
+        target = config
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def random_batch(seed=0, n=32, features=12, classes=4):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n, features)).astype(np.float32)
+    labels = rng.integers(0, classes, size=n).astype(np.int32)
+    return jnp.asarray(images), jnp.asarray(labels)
+
+
+def single_state(model, tx, seed=0, learning_rate=0.1, features=12):
+    members = [train.Member(learning_rate, seed)]
+    state = train.init_members(model, tx, members, jnp.zeros((1, features)))
+    return jax.tree.map(lambda x: x[0], state._replace(step=None))._replace(step=state.step)
+
+
+@pytest.fixture(scope="module")
+def model_and_tx():
+    model = MLP(hidden_sizes=(8, 8), num_classes=4, norm="batch", hidden_dropout=0.2)
+    config = default_config()
+    config.optimizer.momentum = 0.9
+    return model, train.build_optimizer(config.optimizer)
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_jit_and_no_jit_train_step_agree(model_and_tx):
+    model, tx = model_and_tx
+    state = single_state(model, tx)
+    images, labels = random_batch()
+    step = functools.partial(train.train_step, model, tx)
+    eager_state, eager_loss = step(state, images, labels)
+    jit_state, jit_loss = jax.jit(step)(state, images, labels)
+    np.testing.assert_allclose(eager_loss, jit_loss, rtol=1e-6)
+    assert_trees_close(eager_state, jit_state)
+
+
+def test_scan_chunk_equals_single_steps_on_the_same_batches(model_and_tx):
+    model, tx = model_and_tx
+    images, labels = random_batch(n=40)
+    batch_size, num_steps = 8, 7  # crosses an epoch boundary (5 steps per epoch)
+    members = [train.Member(0.1, 3)]
+    state = train.init_members(model, tx, members, images[:1])
+    chunk = train.make_train_chunk(model, tx, batch_size=batch_size)
+    chunk_state, chunk_losses = chunk(state, images, labels, num_steps)
+
+    single = single_state(model, tx, seed=3)
+    data_key = jax.random.fold_in(single.key, train._DATA)
+    step = jax.jit(functools.partial(train.train_step, model, tx))
+    losses = []
+    for t in range(num_steps):
+        batch_images, batch_labels = batch_at_step(
+            data_key, images, labels, t, batch_size=batch_size
+        )
+        single, loss = step(single, batch_images, batch_labels)
+        losses.append(loss)
+    np.testing.assert_allclose(chunk_losses[:, 0], np.asarray(losses), rtol=1e-5)
+    assert_trees_close(jax.tree.map(lambda x: x[0], chunk_state.params), single.params)
+    assert int(chunk_state.step) == num_steps
+
+
+def test_vmapped_members_equal_separate_runs(model_and_tx):
+    model, tx = model_and_tx
+    images, labels = random_batch(n=48)
+    chunk = train.make_train_chunk(model, tx, batch_size=16)
+    members = [train.Member(0.1, 0), train.Member(0.3, 1), train.Member(0.05, 2)]
+    together, together_losses = chunk(
+        train.init_members(model, tx, members, images[:1]), images, labels, 10
+    )
+    for index, member in enumerate(members):
+        alone, alone_losses = chunk(
+            train.init_members(model, tx, [member], images[:1]), images, labels, 10
+        )
+        np.testing.assert_allclose(together_losses[:, index], alone_losses[:, 0], rtol=1e-5)
+        assert_trees_close(jax.tree.map(lambda x, i=index: x[i], together.params),
+                           jax.tree.map(lambda x: x[0], alone.params))
+
+
+def test_bn_layer_in_a_model_equals_the_functional_core():
+    model = MLP(hidden_sizes=(6,), num_classes=3, norm="batch", bn_momentum=0.9)
+    images, _ = random_batch(n=10, features=5)
+    variables = model.init(jax.random.key(0), images, train=False)
+    _, state = model.apply(variables, images, train=True, mutable=["batch_stats", "intermediates"])
+    pre_bn = images @ variables["params"]["Dense_0"]["kernel"]
+    bn_params = variables["params"]["BatchNorm_0"]
+    expected, expected_state = batch_norm(
+        pre_bn,
+        BatchNormParams(bn_params["scale"], bn_params["bias"]),
+        BatchNormState(jnp.zeros(6), jnp.ones(6)),
+        train=True,
+        momentum=0.9,
+    )
+    np.testing.assert_allclose(
+        state["intermediates"]["preactivation_0"][0], expected, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"], expected_state.mean)
+    np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["var"], expected_state.var)
+
+
+def test_batch_stats_change_in_training_and_not_in_evaluation(model_and_tx):
+    model, tx = model_and_tx
+    state = single_state(model, tx)
+    images, labels = random_batch()
+    trained, _ = train.train_step(model, tx, state, images, labels)
+    assert not np.allclose(
+        trained.batch_stats["BatchNorm_0"]["mean"], state.batch_stats["BatchNorm_0"]["mean"]
+    )
+    _, updates = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        images, train=False, mutable=["batch_stats"],
+    )
+    assert_trees_equal(updates["batch_stats"], state.batch_stats)
+
+
+def test_population_statistics_equal_numpy_alg2_over_the_same_batches():
+    model = MLP(hidden_sizes=(5, 4), num_classes=3, norm="batch")
+    images, labels = random_batch(n=24, features=7)
+    variables = model.init(jax.random.key(1), images, train=False)
+    key = jax.random.key_data(jax.random.key(2))
+    batch_size, num_batches = 6, 7
+    population = train.population_statistics(
+        model, variables["params"], variables["batch_stats"], key, images, labels,
+        batch_size=batch_size, num_batches=num_batches,
+    )
+    population_key = jax.random.fold_in(key, train._POPULATION)
+    means, variances = [], []
+    for step in range(num_batches):
+        batch, _ = batch_at_step(population_key, images, labels, step, batch_size=batch_size)
+        _, state = model.apply(
+            variables, batch, train=True, mutable=["batch_stats", "intermediates"]
+        )
+        # The input of BatchNorm_1 is the second dense layer applied to the first block's output.
+        h = np.asarray(state["intermediates"]["activation_0"][0]) @ np.asarray(
+            variables["params"]["Dense_1"]["kernel"]
+        )
+        means.append(h.mean(0))
+        variances.append(h.var(0))
+    m = batch_size
+    np.testing.assert_allclose(
+        population["BatchNorm_1"]["mean"], np.mean(means, 0), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        population["BatchNorm_1"]["var"], m / (m - 1) * np.mean(variances, 0), rtol=1e-4
+    )
+
+
+def test_probe_percentiles_equal_jnp_percentile_of_recorded_preactivations():
+    model = MLP(hidden_sizes=(6, 5), num_classes=3, norm=None)
+    images, labels = random_batch(n=50, features=7)
+    variables = model.init(jax.random.key(0), images, train=False)
+    probe = train.ProbeSpec(
+        layer=-1, units=(0, 3), percentiles=(15.0, 50.0, 85.0),
+        histogram_bins=10, histogram_range=(0.0, 1.0),
+    )
+    result = train.evaluate(model, variables, images, labels, probe=probe, batch_size=16)
+    _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+    recorded = state["intermediates"]["preactivation_1"][0][:, jnp.asarray([0, 3])]
+    expected = jnp.percentile(recorded, jnp.asarray([15.0, 50.0, 85.0]), axis=0).T
+    np.testing.assert_allclose(result["probe_percentiles"], expected, rtol=1e-5, atol=1e-6)
+    # Padding of the last evaluation batch is not counted anywhere.
+    np.testing.assert_array_equal(result["activation_histogram"].sum(1), [50 * 6, 50 * 5])
+
+
+def test_overfits_a_tiny_dataset(tmp_path):
+    config = tiny_config(num_steps=300, eval_every=100, train_subset=100)
+    config.model.norm = None
+    config.model.activation = "relu"
+    config.optimizer.momentum = 0.9
+    config.optimizer.learning_rate = 0.05
+    result = train.train_and_evaluate(config, tmp_path)
+    losses = [r["train_loss"] for r in result.history if r["train_loss"] is not None]
+    assert losses[-1] < 0.1 * losses[0]
+    state = result.state
+    model = train.build_model(config.model, 10)
+    run_data = train.load_run_data(config)
+    logits = model.apply(
+        {"params": jax.tree.map(lambda x: x[0], state.params)}, run_data.train.images, train=False
+    )
+    assert float(jnp.mean(jnp.argmax(logits, -1) == run_data.train.labels)) == 1.0
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics(tmp_path):
+    first = train.train_and_evaluate(tiny_config(), tmp_path / "a")
+    second = train.train_and_evaluate(tiny_config(), tmp_path / "b")
+    assert first.history == second.history
+    assert first.summary == second.summary
+
+
+def test_run_writes_metrics_summary_and_both_inference_statistics(tmp_path):
+    result = train.train_and_evaluate(tiny_config(seeds=(0, 1)), tmp_path)
+    lines = (tmp_path / train.METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == result.history
+    assert {r["step"] for r in result.history} == {0, 20, 40, 60}
+    summary = json.loads((tmp_path / train.SUMMARY_FILE).read_text())
+    for member in summary["members"]:
+        assert 0.0 <= member["test_accuracy_population"] <= 1.0
+        assert 0.0 <= member["test_accuracy_ema"] <= 1.0
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    config = tiny_config(num_steps=200, eval_every=20, checkpoint_every=20)
+    config.model.norm = None
+    config.model.activation = "relu"
+    config.optimizer.learning_rate = 1e30
+    with pytest.raises(train.NonFiniteLossError, match=r"Non-finite training loss at step \d+"):
+        train.train_and_evaluate(config, tmp_path)
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    config = tiny_config()
+    config.unlock()
+    config.learning_rate = 0.1  # belongs in config.optimizer
+    with pytest.raises(ValueError, match=r"Unknown config keys \['learning_rate'\]"):
+        train.train_and_evaluate(config, tmp_path)
+
+
+def test_max_norm_keeps_every_column_within_c_throughout_training(tmp_path):
+    config = tiny_config(num_steps=40, eval_every=10)
+    config.model.norm = None
+    config.model.activation = "relu"
+    config.optimizer.learning_rate = 5.0
+    config.optimizer.max_norm = 1.5
+    model = train.build_model(config.model, 10)
+    tx = train.build_optimizer(config.optimizer)
+    run_data = train.load_run_data(config)
+    images, labels = jnp.asarray(run_data.train.images), jnp.asarray(run_data.train.labels)
+    state = train.init_members(model, tx, [train.Member(5.0, 0)], images[:1])
+    chunk = train.make_train_chunk(model, tx, batch_size=32)
+    for _ in range(4):
+        state, _ = chunk(state, images, labels, 10)
+        for name, layer in state.params.items():
+            norms = jnp.linalg.norm(layer["kernel"][0], axis=0)
+            assert float(norms.max()) <= 1.5 * (1 + 1e-6), name
+
+
+RUN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_config
+    from bnreg.train import train_and_evaluate
+    config = tiny_config(num_steps=3000, eval_every=50, checkpoint_every=100, seeds=(0, 1))
+    train_and_evaluate(config, sys.argv[1])
+    """
+)
+
+
+def run_script(tmp_path: Path, workdir: Path) -> subprocess.Popen:
+    script = tmp_path / "run.py"
+    script.write_text(RUN_SCRIPT.format(tests=str(REPO / "tests")))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, str(script), str(workdir)], env=env)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_script(tmp_path, uninterrupted).wait(timeout=300) == 0
+
+    killed = tmp_path / "killed"
+    process = run_script(tmp_path, killed)
+    checkpoints = killed / train.CHECKPOINT_DIR
+    deadline = time.monotonic() + 120
+    while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(np.random.default_rng().uniform(0.0, 0.5))
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / train.SUMMARY_FILE).exists()
+
+    assert run_script(tmp_path, killed).wait(timeout=300) == 0
+    assert (killed / train.METRICS_FILE).read_text() == (
+        uninterrupted / train.METRICS_FILE
+    ).read_text()
+    assert (killed / train.SUMMARY_FILE).read_text() == (
+        uninterrupted / train.SUMMARY_FILE
+    ).read_text()
