@@ -472,7 +472,7 @@ def _read_cache(path: Path, num_classes: int) -> tuple[dict[str, np.ndarray], st
         )
     for split in _SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+        if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),):
             raise DataFileError(path, f"array cache has inconsistent {split} arrays; delete it")
         if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
             raise DataFileError(
@@ -1028,7 +1028,7 @@ def batch_at_step(
     num = _check_batching_shapes(images, labels, batch_size)
     steps_per_epoch = num // batch_size
     step = jnp.asarray(step, dtype=jnp.int32)
-    permutation = epoch_permutation(key, 0, num)
+    permutation = epoch_permutation(key, step // steps_per_epoch, num)
     return batch_from_permutation(images, labels, permutation, step % steps_per_epoch, batch_size)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bnreg.dropout import _check_deterministic, _check_key, _check_num_samples, _check_rate
+from bnreg.dropout import _check_deterministic, _check_key, _check_positive_int, _check_rate
 
 __all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
 
@@ -132,10 +132,7 @@ def dropconnect_dense(
     if not isinstance(per_example, bool):
         raise TypeError(f"per_example must be a Python bool (static), got {per_example!r}.")
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise TypeError(f"chunk_size must be a Python int or None, got {chunk_size!r}.")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+        chunk_size = _check_positive_int(chunk_size, "chunk_size")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
     if deterministic or rate == 0.0:
         return _add_bias(x @ kernel, bias)
@@ -252,7 +249,7 @@ def dropconnect_gaussian_inference(
       ValueError: ``rate`` outside ``[0, 1)``; ``num_samples < 1``; mismatched shapes;
         ``key is None``.
     """
-    num_samples = _check_num_samples(num_samples)
+    num_samples = _check_positive_int(num_samples, "num_samples")
     mean, var = dropconnect_moments(x, kernel, bias, rate=rate)
     if key is None:
         raise ValueError("dropconnect_gaussian_inference needs a jax.random key to sample u.")

@@ -17,11 +17,13 @@ Conventions used throughout this module (see ``design.md`` §3):
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["dropout", "gaussian_dropout", "monte_carlo_average"]
 
@@ -57,11 +59,11 @@ def _check_rate(rate: Any) -> float:
 
 def _check_deterministic(deterministic: Any) -> bool:
     """Returns ``deterministic`` as a Python bool; it selects code paths, so it must be static."""
-    if isinstance(deterministic, jax.core.Tracer) or not isinstance(deterministic, bool):
+    if not isinstance(deterministic, bool | np.bool_):
         raise TypeError(
             f"deterministic must be a Python bool (static under jax.jit), got {deterministic!r}."
         )
-    return deterministic
+    return bool(deterministic)
 
 
 def _check_key(key: Any, function_name: str) -> None:
@@ -73,15 +75,19 @@ def _check_key(key: Any, function_name: str) -> None:
         )
 
 
-def _check_num_samples(num_samples: Any) -> int:
-    """Returns ``num_samples`` as an int after checking it is a static integer ``>= 1``."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+def _check_positive_int(value: Any, name: str) -> int:
+    """Returns ``value`` as an int after checking it is a static integer ``>= 1``."""
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a Python int (static under jax.jit), got {value!r}.")
+    try:
+        value = operator.index(value)
+    except TypeError as err:
         raise TypeError(
-            f"num_samples must be a Python int (static under jax.jit), got {num_samples!r}."
-        )
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    return num_samples
+            f"{name} must be a Python int (static under jax.jit), got {value!r}."
+        ) from err
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}.")
+    return value
 
 
 def _floating(x: jax.typing.ArrayLike, function_name: str) -> jax.Array:
@@ -219,7 +225,7 @@ def gaussian_dropout(
 def monte_carlo_average(
     fn: Callable[[jax.Array, jax.Array], jax.Array],
     key: jax.Array,
-    x: jax.typing.ArrayLike,
+    x: Any,
     num_samples: int,
     *,
     batch_size: int | None = None,
@@ -245,7 +251,7 @@ def monte_carlo_average(
     Args:
       fn: ``fn(key, x) -> logits``; it must be traceable (it is vmapped).
       key: a ``jax.random`` key (typed or legacy).
-      x: the input passed unchanged to every sample.
+      x: the input (an array or any pytree) passed unchanged to every sample.
       num_samples: :math:`k \ge 1`, a Python int.
       batch_size: optional number of samples evaluated in parallel (``None``: all at once).
 
@@ -256,15 +262,11 @@ def monte_carlo_average(
       TypeError: ``num_samples`` or ``batch_size`` not a Python int.
       ValueError: ``num_samples < 1``, ``batch_size < 1`` or ``key is None``.
     """
-    num_samples = _check_num_samples(num_samples)
+    num_samples = _check_positive_int(num_samples, "num_samples")
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"batch_size must be a Python int or None, got {batch_size!r}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        batch_size = _check_positive_int(batch_size, "batch_size")
     if key is None:
         raise ValueError("monte_carlo_average needs a jax.random key to sample thinned networks.")
-    x = jnp.asarray(x)
     keys = jax.random.split(key, num_samples)
 
     def probabilities(sample_key: jax.Array) -> jax.Array:

@@ -105,9 +105,7 @@ def project_max_norm(
     )
 
 
-def max_norm(
-    max_value: float, *, predicate: Predicate = is_kernel
-) -> optax.GradientTransformation:
+def max_norm(max_value: float, *, predicate: Predicate = is_kernel) -> optax.GradientTransformation:
     r"""An optax transformation that keeps the max-norm constraint after each update.
 
     Place it **last** in the chain, e.g. ``optax.chain(optax.sgd(lr, momentum=0.95),

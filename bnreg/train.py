@@ -412,7 +412,7 @@ def evaluate(
 
     def pad(x):
         return jnp.pad(x, [(0, padding)] + [(0, 0)] * (x.ndim - 1)).reshape(
-            (num_batches, batch_size) + x.shape[1:]
+            (num_batches, batch_size, *x.shape[1:])
         )
 
     weights = pad(jnp.ones((num_examples,), jnp.float32))

@@ -167,7 +167,7 @@ def percentile_drift(history: list[dict], eval_every: int) -> np.ndarray:
       ``(members, units)``.
     """
     steps, values = curves(history, "probe_percentiles")  # (members, T, units, percentiles)
-    median = values[:, steps >= eval_every, :, values.shape[-1] // 2]
+    median = values[..., values.shape[-1] // 2][:, steps >= eval_every]
     return median.max(axis=1) - median.min(axis=1)
 
 
@@ -211,13 +211,12 @@ def _accuracy_at(steps: np.ndarray, values: np.ndarray, milestone: int) -> str:
 
 def _dataset_line(config: ml_collections.ConfigDict, result: StudyResult) -> str:
     summary = result.study["bn"].summary
-    binarized = (
-        config.dataset == "mnist" if config.binarize is None else config.binarize
-    )
+    binarized = config.dataset == "mnist" if config.binarize is None else config.binarize
+    layer_sizes = [int(np.prod(summary["input_shape"])), *config.model.hidden_sizes, 10]
     return (
         f"Dataset: **{config.dataset}** ({summary['source']}), input "
         f"{'binarized' if binarized else 'grey levels in [0, 1]'}. "
-        f"Network {int(np.prod(summary['input_shape']))}-{'-'.join(map(str, config.model.hidden_sizes))}-10 "
+        f"Network {'-'.join(map(str, layer_sizes))} "
         f"{config.model.activation}, N(0, {config.model.init_stddev}²) init, plain SGD, "
         f"batch {config.batch_size}, {config.num_steps} steps, seeds {list(config.seeds)}; "
         "accuracies are mean ± std over seeds, in %."
@@ -290,7 +289,8 @@ def _study_tables(config: ml_collections.ConfigDict, result: StudyResult) -> lis
                 f"{100 * ema[0]:.2f} ± {100 * ema[1]:.2f} | {pop} | {claims[net]} |"
             )
         verdicts.append(_comparison_verdict(lr, steps, curves_at, milestones[0]))
-    lines += ["", "### Is BN above the baseline at every evaluation, by more than the seeds' std?", ""]
+    lines += ["", "### Is BN above the baseline at every evaluation, by more than the seeds' std?"]
+    lines.append("")
     lines += verdicts
     lines.append("")
     return lines

@@ -149,9 +149,8 @@ def example_keys(images: np.ndarray, labels: np.ndarray) -> list[tuple[int, byte
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("dtype", ["u1", ">i4", ">f4"])
 def test_read_idx_round_trips_values_shape_and_byte_order(tmp_path, compressed, dtype):
-    array = (np.arange(24) * 7 - 50).reshape(2, 3, 4).astype(dtype)
-    if dtype == "u1":
-        array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    offset = 0 if dtype == "u1" else -50  # signed types get negative values too
+    array = (np.arange(24) * 7 + offset).reshape(2, 3, 4).astype(dtype)
     payload = idx_bytes(array)
     path = tmp_path / "x.idx"
     path.write_bytes(gzip.compress(payload) if compressed else payload)

@@ -237,9 +237,11 @@ def test_missing_key_in_training_mode_raises(jit):
 
 
 @pytest.mark.parametrize("num_samples", [0, -1])
-def test_gaussian_inference_num_samples_below_one_raises(num_samples):
+@pytest.mark.parametrize("jit", [False, True])
+def test_gaussian_inference_num_samples_below_one_raises(num_samples, jit):
+    call = lambda key: _gaussian(key, jax.nn.relu, num_samples=num_samples)  # noqa: E731
     with pytest.raises(ValueError, match="num_samples"):
-        _gaussian(jax.random.key(0), jax.nn.relu, num_samples=num_samples)
+        (jax.jit(call) if jit else call)(jax.random.key(0))
 
 
 def test_chunk_size_below_one_raises():

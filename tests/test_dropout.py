@@ -132,6 +132,11 @@ def _linear_net(key, x, deterministic=False):
     return dropout(key, x, rate=MC_RATE, deterministic=deterministic) @ MC_W + MC_B
 
 
+_jitted_average = jax.jit(
+    monte_carlo_average, static_argnums=(0, 3), static_argnames=("batch_size",)
+)
+
+
 def test_monte_carlo_average_converges_to_deterministic_prediction():
     deterministic = jax.nn.softmax(_linear_net(None, MC_X, deterministic=True), axis=-1)
     # tr Cov(z) per example: Var z_j = (rate / keep) Σ_i x_i² W_ij².
@@ -142,7 +147,7 @@ def test_monte_carlo_average_converges_to_deterministic_prediction():
     lipschitz = np.sqrt(2.0) / 4.0
     errors = {}
     for k in (1, 2048):
-        average = monte_carlo_average(_linear_net, jax.random.key(11), MC_X, k)
+        average = _jitted_average(_linear_net, jax.random.key(11), MC_X, k)
         errors[k] = np.abs(np.asarray(average) - np.asarray(deterministic))
         tolerance = trace_cov + Z * lipschitz * np.sqrt(trace_cov / k)
         np.testing.assert_array_less(errors[k], np.broadcast_to(tolerance, errors[k].shape))
@@ -151,7 +156,7 @@ def test_monte_carlo_average_converges_to_deterministic_prediction():
 
 def test_monte_carlo_average_is_mean_of_softmax_over_split_keys():
     key = jax.random.key(12)
-    average = monte_carlo_average(_linear_net, key, MC_X, 3)
+    average = _jitted_average(_linear_net, key, MC_X, 3)
     keys = jax.random.split(key, 3)
     expected = sum(jax.nn.softmax(_linear_net(k, MC_X), axis=-1) for k in keys) / 3
     np.testing.assert_allclose(average, expected, rtol=1e-5, atol=1e-7)
@@ -159,8 +164,8 @@ def test_monte_carlo_average_is_mean_of_softmax_over_split_keys():
 
 def test_monte_carlo_average_with_batch_size_matches_vmap():
     key = jax.random.key(13)
-    full = monte_carlo_average(_linear_net, key, MC_X, 10)
-    batched = monte_carlo_average(_linear_net, key, MC_X, 10, batch_size=4)
+    full = _jitted_average(_linear_net, key, MC_X, 5)
+    batched = _jitted_average(_linear_net, key, MC_X, 5, batch_size=2)  # 2 + 2 + remainder 1
     np.testing.assert_allclose(batched, full, rtol=1e-5, atol=1e-7)
 
 
@@ -222,6 +227,13 @@ def test_traced_deterministic_flag_raises():
 
 
 @pytest.mark.parametrize("num_samples", [0, -3])
-def test_monte_carlo_num_samples_below_one_raises(num_samples):
+@pytest.mark.parametrize("jit", [False, True])
+def test_monte_carlo_num_samples_below_one_raises(num_samples, jit):
+    call = lambda x: monte_carlo_average(_linear_net, jax.random.key(0), x, num_samples)  # noqa: E731
     with pytest.raises(ValueError, match="num_samples"):
-        monte_carlo_average(_linear_net, jax.random.key(0), MC_X, num_samples)
+        (jax.jit(call) if jit else call)(MC_X)
+
+
+def test_monte_carlo_batch_size_below_one_raises():
+    with pytest.raises(ValueError, match="batch_size"):
+        monte_carlo_average(_linear_net, jax.random.key(0), MC_X, 4, batch_size=0)

@@ -1,0 +1,134 @@
+"""Shared pieces of the benchmarks: the BN paper's MNIST MLP as a flax.linen and a PyTorch peer,
+bnreg's engine configuration of it, timing, and the machine's load.
+
+The network (Ioffe & Szegedy 2015, Sec. 4.1): 784-100-100-100-10, sigmoid hidden units, BN before
+each sigmoid (the dense layer then has no bias), weights from N(0, 0.1²), softmax cross-entropy,
+plain SGD, batches of 60. BN momentum is flax's 0.99 (PyTorch ``momentum=0.01``), ε = 1e-5.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+INPUT_SIZE = 784
+HIDDEN_SIZES = (100, 100, 100)
+NUM_CLASSES = 10
+BATCH_SIZE = 60
+LEARNING_RATE = 0.1
+INIT_STDDEV = 0.1
+BN_MOMENTUM = 0.99  # flax convention; PyTorch's momentum is 1 - 0.99 = 0.01
+BN_EPSILON = 1e-5
+
+
+def matmul_flops_per_step(batch_size: int = BATCH_SIZE) -> int:
+    """FLOPs of one SGD step's matrix products, forward and backward, counted analytically.
+
+    Forward: ``2·B·Σ fan_in·fan_out`` over the four dense layers. Backward: the same again for the
+    weight gradients, plus the input gradients of every layer but the first (the image needs none).
+    Element-wise work (BN, sigmoid, softmax, the update) is a few percent and not counted.
+    """
+    sizes = (INPUT_SIZE, *HIDDEN_SIZES, NUM_CLASSES)
+    layer_macs = [a * b for a, b in itertools.pairwise(sizes)]
+    forward = 2 * batch_size * sum(layer_macs)
+    input_gradients = 2 * batch_size * sum(layer_macs[1:])
+    return 2 * forward + input_gradients
+
+
+def synthetic_mnist(
+    num_examples: int = 60_000, *, seed: int = 0, on_fraction: float = 0.13
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binarized-MNIST-shaped data: ``(N, 784)`` float32 in {0, 1} (about MNIST's 13% ink after
+    binarization) and ``(N,)`` int32 labels. Content does not affect the speed of dense layers."""
+    rng = np.random.default_rng(seed)
+    images = (rng.random((num_examples, INPUT_SIZE)) < on_fraction).astype(np.float32)
+    labels = rng.integers(0, NUM_CLASSES, num_examples).astype(np.int32)
+    return images, labels
+
+
+def median_rate(seconds: list[float], work: float) -> float:
+    """``work / median(seconds)``."""
+    return work / statistics.median(seconds)
+
+
+def timed(function: Callable[[], Any]) -> float:
+    """Wall seconds of one call of ``function`` (which must block until its work is done)."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def machine_load() -> dict[str, Any]:
+    """The 1/5/15-minute load averages and the CPUs this process may use."""
+    return {
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def thread_affinities() -> list[list[int]]:
+    """The distinct CPU sets allowed to this process's threads (from ``/proc/self/task``), to
+    show that pinning reached every thread, including the XLA thread pool."""
+    sets = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            sets.add(tuple(sorted(os.sched_getaffinity(int(task)))))
+        except OSError:
+            continue
+    return [list(s) for s in sorted(sets)]
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def torch_mlp(*, batch_norm: bool, seed: int) -> Any:
+    """The network in PyTorch: ``Linear(bias=not batch_norm) → [BatchNorm1d] → Sigmoid`` × 3 →
+    ``Linear``, weights from N(0, 0.1²) and biases 0 (as the flax models), BN momentum 0.01
+    (= flax 0.99) and ε = 1e-5."""
+    import torch  # only the PyTorch peers need it; JAX worker processes never load it
+
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    fan_in = INPUT_SIZE
+    for width in HIDDEN_SIZES:
+        layers.append(torch.nn.Linear(fan_in, width, bias=not batch_norm))
+        if batch_norm:
+            layers.append(
+                torch.nn.BatchNorm1d(width, eps=BN_EPSILON, momentum=1.0 - BN_MOMENTUM)
+            )
+        layers.append(torch.nn.Sigmoid())
+        fan_in = width
+    layers.append(torch.nn.Linear(fan_in, NUM_CLASSES))
+    model = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, 0.0, INIT_STDDEV)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+    return model

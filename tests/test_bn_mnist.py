@@ -1,0 +1,105 @@
+"""The BN MNIST study (experiments/bn_mnist.py): end to end in smoke size, and its analysis."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from bnreg import train
+from experiments import bn_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.bn_mnist", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bn_smoke")
+    completed = run_cli(f"--workdir={workdir}", "--config=experiments/bn_mnist.py:smoke",
+                        "--config.progress=False")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return workdir, completed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fig1a.png", "fig1bc.png"])
+def test_smoke_study_writes_valid_figures(smoke_run, name):
+    workdir, _ = smoke_run
+    with Image.open(workdir / name) as image:
+        image.verify()
+        assert image.format == "PNG"
+        assert image.size[0] > 400 and image.size[1] > 200
+
+
+@pytest.mark.slow
+def test_smoke_study_writes_results_table_and_run_outputs(smoke_run):
+    workdir, stdout = smoke_run
+    results = (workdir / "results.md").read_text()
+    assert "| net | lr | 50 steps | 100 steps | 200 steps |" in results
+    for net in ("with BN", "without BN"):
+        # One accuracy row per learning rate (i) and (ii).
+        assert len(re.findall(rf"^\| {net} \| [0-9.]+ \|", results, flags=re.M)) == 2
+    assert "Drift without BN / with BN" in results
+    assert "## Learning-rate sweep" in results
+    assert "fig1a.png" in stdout and "fig1bc.png" in stdout
+    for phase in ("sweep", "study"):
+        for net in bn_mnist.NETS:
+            for name in (train.METRICS_FILE, train.SUMMARY_FILE, train.CONFIG_FILE):
+                assert (workdir / phase / net / name).is_file(), (phase, net, name)
+
+
+def test_unknown_config_key_on_the_command_line_is_an_error(tmp_path):
+    completed = run_cli(f"--workdir={tmp_path}", "--config=experiments/bn_mnist.py:smoke",
+                        "--config.learning_rate=0.1")
+    assert completed.returncode != 0
+    assert "learning_rate" in completed.stderr
+
+
+def test_both_nets_start_from_the_same_weights_and_see_the_same_batches():
+    config = bn_mnist.get_config("smoke")
+    states = {}
+    for net in bn_mnist.NETS:
+        engine = bn_mnist.study_config(config, net, [0.1])
+        model = train.build_model(engine.model, 10)
+        tx = train.build_optimizer(engine.optimizer)
+        states[net] = train.init_members(model, tx, train.members_from_config(engine),
+                                         jnp.zeros((1, 8, 8, 1)))
+    for layer in ("Dense_0", "Dense_1", "Dense_2", "Dense_out"):
+        np.testing.assert_array_equal(states["bn"].params[layer]["kernel"],
+                                      states["no_bn"].params[layer]["kernel"])
+    # The data order is drawn from the member key alone.
+    np.testing.assert_array_equal(states["bn"].key, states["no_bn"].key)
+
+
+def test_the_baseline_best_learning_rate_is_chosen_and_the_high_one_is_a_multiple():
+    scores = {0.01: (0.80, 0.01), 0.1: (0.88, 0.01), 1.0: (0.85, 0.02)}
+    assert bn_mnist.choose_learning_rates(scores, 5.0) == (0.1, 0.5)
+
+
+def test_percentile_drift_is_the_range_of_the_median_after_step_zero():
+    history = []
+    medians = {0: 9.0, 10: 1.0, 20: 3.0, 30: 2.0}
+    for step, median in medians.items():
+        history.append({"step": step, "member": 0,
+                        "probe_percentiles": [[median - 1, median, median + 1]]})
+    np.testing.assert_allclose(bn_mnist.percentile_drift(history, eval_every=10), [[2.0]])
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(ValueError, match="variant"):
+        bn_mnist.get_config("huge")
