@@ -46,7 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -57,7 +57,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from benchmarks import common
+from benchmarks import common, engine_prototype
 from bnreg import train
 from experiments.bn_mnist import get_config, study_config
 
@@ -95,10 +95,12 @@ def shard_over_members(
 
 
 def bnreg_runner(
-    images: np.ndarray, labels: np.ndarray, seeds: list[int], *, shard: bool = False
+    images: np.ndarray, labels: np.ndarray, seeds: list[int], *, shard: bool = False,
+    prototype: bool = False,
 ) -> Runner:
     """bnreg's scan-fused chunk training ``len(seeds)`` members; with ``shard``, the members are
-    padded to a multiple of the device count and sharded (see :func:`shard_over_members`)."""
+    padded to a multiple of the device count and sharded (see :func:`shard_over_members`); with
+    ``prototype``, the chunk is :mod:`benchmarks.engine_prototype`'s instead of the engine's."""
     model, tx = bnreg_engine()
     if shard:
         num_devices = jax.device_count()
@@ -111,7 +113,10 @@ def bnreg_runner(
         state, device_images, device_labels = shard_over_members(
             state, device_images, device_labels
         )
-    chunk = train.make_train_chunk(model, tx, batch_size=common.BATCH_SIZE)
+    make_chunk = (
+        engine_prototype.make_train_chunk_prototype if prototype else train.make_train_chunk
+    )
+    chunk = make_chunk(model, tx, batch_size=common.BATCH_SIZE)
     holder = [state]
 
     def run(num_steps: int) -> None:
@@ -297,66 +302,66 @@ def torch_runner(images: np.ndarray, labels: np.ndarray, *, threads: int | None)
 
 
 # --------------------------------------------------------------------------------------------
-# Measurement
+# Measurement: turns, taken round robin by every implementation and every variant
 # --------------------------------------------------------------------------------------------
 
 
-def round_robin(runners: dict[str, Runner], steps: int, repeats: int) -> dict[str, list[float]]:
-    """Warms every runner up with one ``steps``-step call (compilation), then times ``repeats``
-    rounds in which each runner in turn runs ``steps`` steps. Returns seconds per call."""
-    for name, run in runners.items():
-        seconds = common.timed(lambda run=run: run(steps))
-        print(f"  warm-up {name}: {seconds:.1f} s", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(repeats):
-        for name, run in runners.items():
-            times[name].append(common.timed(lambda run=run: run(steps)))
-        print(
-            f"  round {round_index + 1}/{repeats}: "
-            + ", ".join(f"{name} {steps / t[-1]:.0f}/s" for name, t in times.items()),
-            flush=True,
-        )
-    return times
+class Turn(NamedTuple):
+    """One timed call: wall seconds and the CPU seconds its process(es) used meanwhile."""
+
+    seconds: float
+    cpu_seconds: float
 
 
-def peak_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a jitted ``size × size`` float32 matmul (median of ``repeats``)."""
+def timed_turn(run: Runner, num_steps: int) -> Turn:
+    before_wall, before = time.perf_counter(), os.times()
+    run(num_steps)
+    after_wall, after = time.perf_counter(), os.times()
+    cpu = (after.user + after.system) - (before.user + before.system)
+    return Turn(after_wall - before_wall, cpu)
+
+
+def peak_matmul_runner(size: int = 2048, per_turn: int = 8) -> Runner:
+    """``per_turn`` jitted ``size × size`` float32 matmuls per call (``num_steps`` ignored)."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()
-    seconds = [common.timed(lambda: matmul(a, b).block_until_ready()) for _ in range(repeats)]
-    return common.median_rate(seconds, 2 * size**3) / 1e9
+
+    def run(num_steps: int) -> None:
+        del num_steps
+        for _ in range(per_turn):
+            out = matmul(a, b)
+        out.block_until_ready()
+
+    return run
+
+
+PEAK_FLOPS_PER_TURN = 8 * 2 * 2048**3
 
 
 def gflops(member_steps_per_second: float) -> float:
     return member_steps_per_second * common.matmul_flops_per_step() / 1e9
 
 
-# --------------------------------------------------------------------------------------------
-# Threading variants, each in its own process
-# --------------------------------------------------------------------------------------------
-
+# Threading variants, each in fresh worker process(es): XLA reads its flags, and the thread pool
+# takes the process's CPU affinity, when the backend starts.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {"description": "XLA defaults (2 cores, XLA's intra-op thread pool)"},
+    "default": {"description": "XLA defaults: 2 cores, one host device"},
     "eigen_off": {
-        "description": "`--xla_cpu_multi_thread_eigen=false`",
+        "description": "`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`",
         "xla_flags": "--xla_cpu_multi_thread_eigen=false",
     },
-    "eigen_off_intra1": {
-        "description": "`--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`",
-        "xla_flags": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    },
     "taskset_1core": {
-        "description": "`taskset -c 0` (process pinned to one core)",
+        "description": "`taskset -c 0`: the process pinned to one core",
         "taskset": "0",
     },
     "affinity_1core": {
-        "description": "`os.sched_setaffinity(0, {0})` in-process, before the backend starts",
+        "description": "`os.sched_setaffinity(0, {0})` in-process before the backend starts",
         "cpus": [0],
     },
     "2dev_sharded": {
-        "description": "`--xla_force_host_platform_device_count=2`, members sharded on 'm'",
+        "description": "`--xla_force_host_platform_device_count=2`, member axis sharded "
+        "(5 members padded to 6)",
         "xla_flags": "--xla_force_host_platform_device_count=2",
         "shard": True,
     },
@@ -366,14 +371,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "shard": True,
     },
     "pinned_pair": {
-        "description": "two processes, `os.sched_setaffinity` to core 0 / core 1, members split",
+        "description": "two processes pinned to core 0 / core 1 (`sched_setaffinity`), the "
+        "members split 3 + 2, running at the same time",
         "pair": True,
     },
 }
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One variant's measurement in this (fresh) process; prints ``RESULT {json}``."""
+    """A variant's worker: builds and warms its runners, then serves ``run NAME STEPS`` turns
+    from stdin (answering ``TURN seconds cpu_seconds``) until ``quit``; then prints
+    ``RESULT {json}``."""
     if args.cpus:
         # Threads inherit the creating thread's affinity; XLA's pool starts with the backend.
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
@@ -381,117 +389,120 @@ def worker(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     runners = {}
     if args.single:
-        runners["bnreg_1"] = bnreg_runner(images, labels, [0])
-    runners["bnreg_many"] = bnreg_runner(images, labels, seeds, shard=args.shard)
-    if args.barrier:
-        _wait_at_barrier(Path(args.barrier), args.barrier_count)
-    times = round_robin(runners, args.steps, args.repeats)
+        runners["single"] = bnreg_runner(images, labels, [0])
+        runners["peak"] = peak_matmul_runner()
+    runners["many"] = bnreg_runner(images, labels, seeds, shard=args.shard)
+    for run in runners.values():
+        run(args.steps)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "quit":
+            break
+        turn = timed_turn(runners[command[1]], int(command[2]))
+        print(f"TURN {turn.seconds} {turn.cpu_seconds}", flush=True)
     result = {
         "devices": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "thread_affinities": common.thread_affinities(),
         "members": len(seeds),
-        "seconds": times,
-        "steps_per_s": {
-            name: common.median_rate(seconds, args.steps) for name, seconds in times.items()
-        },
     }
-    if args.single:
-        result["peak_matmul_gflops"] = peak_matmul_gflops()
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _wait_at_barrier(directory: Path, count: int) -> None:
-    (directory / str(os.getpid())).touch()
-    while len(list(directory.iterdir())) < count:
-        time.sleep(0.05)
+class RemoteWorker:
+    """A worker subprocess driven turn by turn over its stdin/stdout."""
 
-
-def _worker_command(args: argparse.Namespace, seeds: list[int], **options: Any) -> list[str]:
-    command = [
-        sys.executable, "-m", "benchmarks.train_throughput", "--worker",
-        "--steps", str(args.steps), "--repeats", str(args.repeats),
-        "--seeds", ",".join(map(str, seeds)),
-    ]
-    if options.get("single", True):
-        command.append("--single")
-    if options.get("shard"):
-        command.append("--shard")
-    if options.get("cpus"):
-        command += ["--cpus", ",".join(map(str, options["cpus"]))]
-    if options.get("barrier"):
-        command += ["--barrier", options["barrier"], "--barrier-count", "2"]
-    if options.get("taskset"):
-        if shutil.which("taskset") is None:
-            raise RuntimeError("taskset is not installed (util-linux); skip this variant.")
-        command = ["taskset", "-c", options["taskset"], *command]
-    return command
-
-
-def _worker_env(xla_flags: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    if xla_flags:
-        env["XLA_FLAGS"] = xla_flags
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def _parse_result(output: str) -> dict[str, Any]:
-    for line in output.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError("worker printed no RESULT line:\n" + output[-3000:])
-
-
-def run_variant(args: argparse.Namespace, name: str, seeds: list[int]) -> dict[str, Any]:
-    """Runs one threading variant in fresh subprocess(es) and returns its measurements."""
-    spec = VARIANTS[name]
-    print(f"variant {name}: {spec['description']}", flush=True)
-    load_before = os.getloadavg()
-    if spec.get("pair"):
-        halves = [seeds[: (len(seeds) + 1) // 2], seeds[(len(seeds) + 1) // 2 :]]
-        with tempfile.TemporaryDirectory() as barrier:
-            processes = [
-                subprocess.Popen(
-                    _worker_command(args, half, single=False, cpus=[core], barrier=barrier),
-                    env=_worker_env(None), cwd=REPO, text=True,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                )
-                for core, half in enumerate(halves)
-            ]
-            outputs = [p.communicate()[0] for p in processes]
-        parts = [_parse_result(output) for output in outputs]
-        member_rate = sum(
-            part["steps_per_s"]["bnreg_many"] * part["members"] for part in parts
+    def __init__(self, args: argparse.Namespace, seeds: list[int], spec: dict[str, Any],
+                 *, single: bool, cpus: list[int] | None = None) -> None:
+        command = [
+            sys.executable, "-m", "benchmarks.train_throughput", "--worker",
+            "--steps", str(args.steps), "--seeds", ",".join(map(str, seeds)),
+        ]
+        if single:
+            command.append("--single")
+        if spec.get("shard"):
+            command.append("--shard")
+        cpus = cpus or spec.get("cpus")
+        if cpus:
+            command += ["--cpus", ",".join(map(str, cpus))]
+        if spec.get("taskset"):
+            if shutil.which("taskset") is None:
+                raise RuntimeError("taskset (util-linux) is not installed; drop this variant.")
+            command = ["taskset", "-c", spec["taskset"], *command]
+        env = dict(os.environ)
+        env.pop("XLA_FLAGS", None)
+        if spec.get("xla_flags"):
+            env["XLA_FLAGS"] = spec["xla_flags"]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.members = len(seeds)
+        self.process = subprocess.Popen(
+            command, env=env, cwd=REPO, text=True, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.log,
         )
-        result = {
-            "description": spec["description"],
-            "members_split": [part["members"] for part in parts],
-            "parts": parts,
-            "many_member_steps_per_s": member_rate,
-        }
-    else:
-        completed = subprocess.run(
-            _worker_command(args, seeds, shard=spec.get("shard"), cpus=spec.get("cpus"),
-                            taskset=spec.get("taskset")),
-            env=_worker_env(spec.get("xla_flags")), cwd=REPO, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+
+    def _expect(self, prefix: str) -> str:
+        for line in self.process.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        self.log.seek(0)
+        raise RuntimeError(f"worker exited before {prefix.strip()}:\n{self.log.read()[-3000:]}")
+
+    def wait_ready(self) -> None:
+        self._expect("READY")
+
+    def start(self, name: str, steps: int) -> None:
+        self.process.stdin.write(f"run {name} {steps}\n")
+        self.process.stdin.flush()
+
+    def finish(self) -> Turn:
+        seconds, cpu = self._expect("TURN ").split()
+        return Turn(float(seconds), float(cpu))
+
+    def close(self) -> dict[str, Any]:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        result = json.loads(self._expect("RESULT "))
+        self.process.wait()
+        return result
+
+
+def take_turn(entry: tuple[Any, ...], steps: int) -> Turn:
+    """One turn of a schedule entry: a local runner, or runner ``name`` on remote worker(s),
+    which start together and are timed until the last one finishes."""
+    if entry[0] == "local":
+        return timed_turn(entry[1], steps)
+    _, workers, name = entry
+    for remote in workers:
+        remote.start(name, steps)
+    turns = [remote.finish() for remote in workers]
+    return Turn(max(t.seconds for t in turns), sum(t.cpu_seconds for t in turns))
+
+
+def round_robin(
+    schedule: dict[str, tuple[Any, ...]], steps: int, repeats: int
+) -> dict[str, list[Turn]]:
+    """``repeats`` rounds; in each, every entry takes one turn of ``steps`` steps in order."""
+    turns: dict[str, list[Turn]] = {label: [] for label in schedule}
+    for round_index in range(repeats):
+        for label, entry in schedule.items():
+            turns[label].append(take_turn(entry, steps))
+        print(
+            f"round {round_index + 1}/{repeats} (load {os.getloadavg()[0]:.2f}): "
+            + ", ".join(f"{label} {steps / t[-1].seconds:.0f}/s" for label, t in turns.items()),
+            flush=True,
         )
-        part = _parse_result(completed.stdout)
-        result = {
-            "description": spec["description"],
-            **part,
-            "single_steps_per_s": part["steps_per_s"]["bnreg_1"],
-            "many_member_steps_per_s": part["steps_per_s"]["bnreg_many"] * len(seeds),
-        }
-    result["loadavg_before"] = [round(v, 2) for v in load_before]
-    print(
-        f"  -> 1 member {result.get('single_steps_per_s', float('nan')):.0f} steps/s, "
-        f"{len(seeds)} members {result['many_member_steps_per_s']:.0f} member-steps/s",
-        flush=True,
-    )
-    return result
+    return turns
+
+
+def summarize(turns: list[Turn], work_per_turn: float) -> dict[str, Any]:
+    """Median rate over turns, the CPU cores the turns used on average, and the raw turns."""
+    return {
+        "rate": common.median_rate([t.seconds for t in turns], work_per_turn),
+        "cores_used": sum(t.cpu_seconds for t in turns) / sum(t.seconds for t in turns),
+        "turns": [t._asdict() for t in turns],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,126 +511,169 @@ def run_variant(args: argparse.Namespace, name: str, seeds: list[int]) -> dict[s
 
 PEERS = {
     "bnreg_1": "(a) bnreg, 1 run (scan-fused chunk)",
+    "bnreg_1_proto": "(a\\*) bnreg 1 run, PROTOTYPE chunk (indices up front, no vmap for 1)",
     "flax_loop": "(b) flax.linen nn.BatchNorm, jitted step in a Python loop, eager batch indexing",
     "flax_loop_gather": "(b′) flax.linen, jitted step in a Python loop, gather inside the step",
-    "flax_scan": "(c) flax.linen in lax.scan",
+    "flax_scan": "(c) flax.linen step in lax.scan",
     "torch_default": "(d) PyTorch eager nn.BatchNorm1d, CPU, default threads",
     "torch_1thread": "(d′) PyTorch eager, torch.set_num_threads(1)",
     "bnreg_5": "(e) bnreg, 5 seeds in one program (aggregate)",
+    "bnreg_5_proto": "(e\\*) bnreg 5 seeds, PROTOTYPE chunk (indices up front)",
 }
 
 
+def _ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}×" if value and base else "—"
+
+
 def write_report(result: dict[str, Any]) -> str:
-    peers = result["peers"]
-    torch_rate = peers["torch_default"]["member_steps_per_s"]
-    flax_rate = peers["flax_loop"]["member_steps_per_s"]
-    peak = result["peak_matmul_gflops"]
+    """The markdown tables of ``result``."""
+    rates = result["rates"]
+    members = result["members"]
+    torch_rate = rates["torch_default"]["member_steps_per_s"]
+    torch_1 = rates["torch_1thread"]["member_steps_per_s"]
+    flax_rate = rates["flax_loop"]["member_steps_per_s"]
+    peak = rates["peak"]["gflops"]
     rows = []
     for name, description in PEERS.items():
-        peer = peers[name]
-        rate = peer["member_steps_per_s"]
+        if name not in rates:
+            continue
+        rate = rates[name]["member_steps_per_s"]
         rows.append([
-            description,
-            peer["members"],
-            f"{peer['steps_per_s']:.0f}",
-            f"{rate:.0f}",
-            f"{rate / torch_rate:.2f}×",
-            f"{rate / flax_rate:.2f}×",
-            f"{gflops(rate):.1f}",
-            f"{100 * gflops(rate) / peak:.1f}%",
+            description, rates[name]["members"], f"{rates[name]['steps_per_s']:.0f}",
+            f"{rate:.0f}", _ratio(rate, torch_rate), _ratio(rate, torch_1),
+            _ratio(rate, flax_rate), f"{gflops(rate):.1f}", f"{100 * gflops(rate) / peak:.0f}%",
+            f"{rates[name]['cores_used']:.2f}",
         ])
+    machine = result["machine"]
     lines = [
         "# Training throughput: the BN paper's MNIST MLP",
         "",
-        f"Measured {result['date']} on {result['machine']['processor']} "
-        f"({result['machine']['cpus']} cores), jax {result['versions']['jax']}, "
-        f"flax {result['versions']['flax']}, torch {result['versions']['torch']} "
-        f"(default {result['torch_default_threads']} threads). "
-        f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
-        "(other processes were running; compare ratios, not absolute rates).",
+        f"Measured {result['date']} on {machine['processor']} ({machine['cpus']} cores), "
+        f"jax {result['versions']['jax']}, flax {result['versions']['flax']}, "
+        f"torch {result['versions']['torch']} (default {result['torch_default_threads']} "
+        f"threads). Load average (1/5/15 min) before: {result['loadavg_before']}, after: "
+        f"{result['loadavg_after']}; other processes: {result['other_load']}. Every row took "
+        f"{result['repeats']} turns of {result['steps']} steps, round robin with all the "
+        "others (after warm-up/compilation); rates are the median turn. *cores used* = the "
+        "process's CPU seconds / wall seconds over its turns (how much of the 2 cores it got).",
         "",
-        f"784-100-100-100-10 sigmoid, BN before each sigmoid, batch 60, SGD lr 0.1; synthetic "
-        f"binarized data 60000×784. {result['steps']} steps per turn, median of "
-        f"{result['repeats']} round-robin turns after warm-up. GFLOP/s = member-steps/s × "
-        f"{common.matmul_flops_per_step() / 1e6:.2f} MFLOP (forward+backward matmuls, analytic; "
-        f"XLA's cost analysis of one flax step: {result['xla_cost_flops_per_step'] / 1e6:.2f} "
-        f"MFLOP incl. element-wise). Peak: 2048² float32 matmul in jax, "
-        f"{peak:.0f} GFLOP/s (2 cores, XLA defaults).",
+        "784-100-100-100-10 sigmoid, BN before each sigmoid (no bias before BN), batch 60, SGD "
+        "lr 0.1, N(0, 0.1²) init; synthetic binarized data 60000×784 on the device. GFLOP/s = "
+        f"member-steps/s × {common.matmul_flops_per_step() / 1e6:.2f} MFLOP (forward+backward "
+        "matmuls, analytic; XLA's `cost_analysis()` of one flax step says "
+        f"{result['xla_cost_flops_per_step'] / 1e6:.2f} MFLOP incl. element-wise work). Peak: "
+        f"2048² float32 matmul in jax, same process, **{peak:.0f} GFLOP/s** (XLA defaults).",
         "",
         common.markdown_table(
-            ["implementation", "members", "steps/s", "member-steps/s", "vs PyTorch eager",
-             "vs flax jit loop", "GFLOP/s", "% of peak"],
+            ["implementation", "members", "steps/s", "member-steps/s", "vs PyTorch (default)",
+             "vs PyTorch (1 thread)", "vs flax jit loop", "GFLOP/s", "of peak", "cores used"],
             rows,
         ),
         "",
     ]
-    bnreg_1 = peers["bnreg_1"]["member_steps_per_s"]
-    bnreg_5 = peers["bnreg_5"]["member_steps_per_s"]
+    bnreg_1 = rates["bnreg_1"]["member_steps_per_s"]
+    bnreg_5 = rates["bnreg_5"]["member_steps_per_s"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
     lines += [
-        "Targets (XLA defaults, in this process):",
+        "Targets (XLA defaults, this process):",
         "",
         f"- bnreg 1 run ≥ 4× PyTorch eager: **{bnreg_1 / torch_rate:.2f}×** "
-        f"({'met' if bnreg_1 >= 4 * torch_rate else 'not met'})",
+        f"({verdict(bnreg_1 >= 4 * torch_rate)}); against PyTorch with 1 thread "
+        f"{bnreg_1 / torch_1:.2f}×.",
         f"- bnreg 1 run ≥ 1.0× flax jit loop: **{bnreg_1 / flax_rate:.2f}×** "
-        f"({'met' if bnreg_1 >= flax_rate else 'not met'})",
-        f"- bnreg 5 seeds ≥ 10× PyTorch single run (aggregate): **{bnreg_5 / torch_rate:.2f}×** "
-        f"({'met' if bnreg_5 >= 10 * torch_rate else 'not met'})",
+        f"({verdict(bnreg_1 >= flax_rate)}).",
+        f"- bnreg {members} seeds ≥ 10× PyTorch single run, aggregate: "
+        f"**{bnreg_5 / torch_rate:.2f}×** ({verdict(bnreg_5 >= 10 * torch_rate)}); against "
+        f"PyTorch with 1 thread {bnreg_5 / torch_1:.2f}×.",
         "",
     ]
-    if result.get("variants"):
-        variants = result["variants"]
-        base = variants.get("default")
+    checks = result.get("prototype_check", [])
+    if checks:
+        lines += [
+            "Prototype check (engine chunk vs prototype chunk, same seeds, across an epoch "
+            "boundary): "
+            + "; ".join(
+                f"{c['members']} member(s), {c['num_steps']} steps: losses bit-identical "
+                f"{c['losses_bit_identical']}, params bit-identical {c['params_bit_identical']}"
+                f", max |Δloss| {c['max_abs_loss_difference']:.1e}"
+                for c in checks
+            ),
+            "",
+        ]
+    variants = result.get("variants", {})
+    if variants:
+        base = variants.get("default", {})
         rows = []
         for name, variant in variants.items():
-            single = variant.get("single_steps_per_s")
-            many = variant["many_member_steps_per_s"]
+            single, many = variant.get("single_steps_per_s"), variant["many_member_steps_per_s"]
             rows.append([
-                name,
-                variant["description"],
-                f"{single:.0f}" if single else "—",
-                f"{single / base['single_steps_per_s']:.2f}×" if single and base else "—",
-                f"{single / torch_rate:.2f}×" if single else "—",
-                f"{many:.0f}",
-                f"{many / base['many_member_steps_per_s']:.2f}×" if base else "—",
-                f"{many / torch_rate:.2f}×",
+                name, variant["description"],
+                f"{single:.0f}" if single else "—", _ratio(single, base.get("single_steps_per_s")),
+                _ratio(single, torch_rate), f"{many:.0f}",
+                _ratio(many, base.get("many_member_steps_per_s")), _ratio(many, torch_rate),
                 f"{gflops(many):.1f}",
-                f"{variant['peak_matmul_gflops']:.0f}" if "peak_matmul_gflops" in variant else "—",
-                variant["loadavg_before"][0],
+                f"{variant['peak_gflops']:.0f}" if variant.get("peak_gflops") else "—",
+                f"{variant['many_cores_used']:.2f}",
+                " ".join(str(a) for a in variant["thread_affinities"]),
             ])
         lines += [
-            f"## XLA CPU threading settings (bnreg; each in a fresh process; {result['members']} "
-            "members for the aggregate)",
-            "",
-            "Ratios to PyTorch use the in-process PyTorch rate above (same run, earlier).",
+            f"## XLA:CPU threading settings for bnreg (1 run, and {members} seeds in one "
+            "program), each in fresh worker process(es), in the same round robin",
             "",
             common.markdown_table(
                 ["variant", "setting", "1 run steps/s", "vs default", "vs PyTorch",
-                 f"{result['members']} seeds member-steps/s", "vs default", "vs PyTorch",
-                 "GFLOP/s", "peak GFLOP/s", "load (1 min)"],
+                 f"{members} seeds member-steps/s", "vs default", "vs PyTorch", "GFLOP/s",
+                 "peak GFLOP/s (this setting)", f"cores used ({members} seeds)",
+                 "threads' CPU sets"],
                 rows,
             ),
+            "",
+            "`intra_op_parallelism_threads` is a field of XLA's `ExecutionOptions` proto, not an "
+            "XLA flag: alone in `XLA_FLAGS` it aborts (\"Could not open file … to read flags\"), "
+            "after a `--` flag it is silently ignored, so it is not a variant here.",
             "",
         ]
     return "\n".join(lines)
 
 
+def _other_load() -> str:
+    """The other busy processes (top CPU users), to record what the numbers competed with."""
+    try:
+        output = subprocess.run(
+            ["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
+            check=True,
+        ).stdout.splitlines()[1:]
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    mine = {os.getpid()}
+    busy = []
+    for line in output:
+        pid, pcpu, args = line.split(None, 2)
+        if int(pid) not in mine and float(pcpu) >= 20 and "train_throughput" not in args:
+            busy.append(f"{args[:70]} ({pcpu}% CPU)")
+    return "; ".join(busy[:4]) or "none above 20% CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="steps per timed turn")
-    parser.add_argument("--repeats", type=int, default=3, help="timed turns per implementation")
+    parser.add_argument("--repeats", type=int, default=5, help="timed turns per implementation")
     parser.add_argument("--members", type=int, default=5, help="seeds in one bnreg program")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated threading variants to run in subprocesses")
-    parser.add_argument("--no-variants", action="store_true", help="skip the threading variants")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "train_throughput")
-    # Worker mode (internal): one variant's measurement in a fresh process.
+                        help="comma-separated threading variants (fresh worker processes); "
+                        "'' for none")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "train_throughput",
+                        help="results path without suffix (.json and .md are written)")
+    # Worker mode (internal).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", default="0", help=argparse.SUPPRESS)
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shard", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--barrier", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--barrier-count", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -629,6 +683,10 @@ def main() -> None:
     import torch
 
     seeds = list(range(args.members))
+    variant_names = [name for name in args.variants.split(",") if name]
+    unknown = sorted(set(variant_names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": common.machine_load(),
@@ -639,37 +697,93 @@ def main() -> None:
         "repeats": args.repeats,
         "members": args.members,
         "loadavg_before": [round(v, 2) for v in os.getloadavg()],
+        "other_load": _other_load(),
         "matmul_flops_per_step": common.matmul_flops_per_step(),
     }
+
+    # Workers first: they compile while this process does.
+    workers: dict[str, list[RemoteWorker]] = {}
+    for name in variant_names:
+        spec = VARIANTS[name]
+        if spec.get("pair"):
+            half = (len(seeds) + 1) // 2
+            workers[name] = [
+                RemoteWorker(args, part, spec, single=False, cpus=[core])
+                for core, part in enumerate((seeds[:half], seeds[half:]))
+            ]
+        else:
+            workers[name] = [RemoteWorker(args, seeds, spec, single=True)]
+
     images, labels = common.synthetic_mnist()
     result["xla_cost_flops_per_step"] = flax_step_cost_flops(images, labels)
-    result["peak_matmul_gflops"] = peak_matmul_gflops()
-    print(f"peak matmul: {result['peak_matmul_gflops']:.0f} GFLOP/s", flush=True)
-    runners = {
+    model, tx = bnreg_engine()
+    device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
+    result["prototype_check"] = [
+        engine_prototype.check_prototype(
+            model, tx, device_images, device_labels, check_seeds,
+            batch_size=common.BATCH_SIZE, num_steps=1500,
+        )
+        for check_seeds in ([0], seeds)
+    ]
+    local = {
         "bnreg_1": bnreg_runner(images, labels, [0]),
+        "bnreg_1_proto": bnreg_runner(images, labels, [0], prototype=True),
         "flax_loop": flax_loop_runner(images, labels, gather_in_step=False),
         "flax_loop_gather": flax_loop_runner(images, labels, gather_in_step=True),
         "flax_scan": flax_scan_runner(images, labels),
         "torch_default": torch_runner(images, labels, threads=None),
         "torch_1thread": torch_runner(images, labels, threads=1),
         "bnreg_5": bnreg_runner(images, labels, seeds),
+        "bnreg_5_proto": bnreg_runner(images, labels, seeds, prototype=True),
+        "peak": peak_matmul_runner(),
     }
-    times = round_robin(runners, args.steps, args.repeats)
-    result["peers"] = {}
-    for name, seconds in times.items():
-        members = args.members if name == "bnreg_5" else 1
-        steps_per_s = common.median_rate(seconds, args.steps)
-        result["peers"][name] = {
-            "members": members,
-            "seconds": seconds,
-            "steps_per_s": steps_per_s,
-            "member_steps_per_s": steps_per_s * members,
+    for name, run in local.items():
+        print(f"warm-up {name}: {timed_turn(run, args.steps).seconds:.1f} s", flush=True)
+    for remote in (w for group in workers.values() for w in group):
+        remote.wait_ready()
+    print("all workers ready", flush=True)
+
+    schedule: dict[str, tuple[Any, ...]] = {name: ("local", run) for name, run in local.items()}
+    for name, group in workers.items():
+        if len(group) == 1:
+            schedule[f"{name}/single"] = ("remote", group, "single")
+            schedule[f"{name}/peak"] = ("remote", group, "peak")
+        schedule[f"{name}/many"] = ("remote", group, "many")
+    turns = round_robin(schedule, args.steps, args.repeats)
+
+    result["rates"] = {}
+    for name in local:
+        if name == "peak":
+            summary = summarize(turns[name], PEAK_FLOPS_PER_TURN)
+            result["rates"][name] = {"gflops": summary["rate"] / 1e9, **summary}
+            continue
+        count = args.members if name.startswith("bnreg_5") else 1
+        summary = summarize(turns[name], args.steps)
+        result["rates"][name] = {
+            "members": count, "steps_per_s": summary["rate"],
+            "member_steps_per_s": summary["rate"] * count, **summary,
         }
     result["variants"] = {}
-    if not args.no_variants:
-        for name in filter(None, args.variants.split(",")):
-            result["variants"][name] = run_variant(args, name, seeds)
+    for name, group in workers.items():
+        infos = [remote.close() for remote in group]
+        many = summarize(turns[f"{name}/many"], args.steps * args.members)
+        variant = {
+            "description": VARIANTS[name]["description"],
+            "workers": infos,
+            "thread_affinities": sorted({tuple(a) for i in infos for a in i["thread_affinities"]}),
+            "many_member_steps_per_s": many["rate"],
+            "many_cores_used": many["cores_used"],
+            "many_turns": many["turns"],
+        }
+        if f"{name}/single" in turns:
+            single = summarize(turns[f"{name}/single"], args.steps)
+            variant["single_steps_per_s"] = single["rate"]
+            variant["single_turns"] = single["turns"]
+            variant["peak_gflops"] = summarize(turns[f"{name}/peak"], PEAK_FLOPS_PER_TURN)[
+                "rate"] / 1e9
+        result["variants"][name] = variant
     result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
     report = write_report(result)

@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "exponential", "step")
 MODELS = ("mlp", "convnet")
 STANDARDIZE = ("none", "global", "per_pixel")
+BN_EVAL_STATISTICS = ("ema", "population")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -70,6 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.seeds = (0, 1, 2)
     config.learning_rates = ()  # empty: (optimizer.learning_rate,)
     config.population_batches = 100  # Alg. 2: training batches averaged for inference stats
+    # BN statistics used by every evaluation during training: "ema" (tracked while training) or
+    # "population" (Alg. 2, recomputed at each evaluation: the paper's inference network).
+    config.bn_eval_statistics = "ema"
 
     # Probes (bnreg.probes), computed on the evaluation split at every evaluation.
     config.probe = ml_collections.ConfigDict()
@@ -117,6 +121,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     _choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
     _choice("standardize", config.standardize, STANDARDIZE)
+    _choice("bn_eval_statistics", config.bn_eval_statistics, BN_EVAL_STATISTICS)
     for name in ("batch_size", "num_steps", "eval_every", "eval_batch_size"):
         if config[name] < 1:
             raise ValueError(f"config.{name} must be ≥ 1, got {config[name]}.")
@@ -132,5 +137,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"learning rates must be > 0, got {learning_rates}.")
     if config.population_batches < 0:
         raise ValueError("config.population_batches must be ≥ 0 (0 skips Alg. 2).")
+    if config.bn_eval_statistics == "population" and not config.population_batches:
+        raise ValueError(
+            'config.bn_eval_statistics="population" needs config.population_batches ≥ 1.'
+        )
     if config.model.norm == "batch" and config.batch_size < 2:
         raise ValueError("Batch Normalization needs config.batch_size ≥ 2 in training.")

@@ -513,19 +513,34 @@ def population_statistics(
     .. math::
         E[x] = E_B[\\mu_B], \\qquad \\mathrm{Var}[x] = \\frac{m}{m-1} E_B[\\sigma_B^2]
 
-    over ``num_batches`` training batches of ``m = batch_size`` examples, drawn like training
-    batches from the member's ``POPULATION`` key stream. The network runs as in training (BN
-    normalises with each batch's statistics, dropout on), with frozen parameters; this is the
-    distribution the EMA statistics track too.
+    over ``num_batches`` training batches of ``m = batch_size`` examples: the batches
+    :func:`bnreg.data.batch_at_step` draws at steps ``0 … num_batches − 1`` from the member's
+    ``POPULATION`` key stream (the same batches at every call, so successive evaluations differ
+    only through the parameters). The network runs as in training (BN normalises with each
+    batch's statistics, dropout on) with frozen parameters; this is the distribution the EMA
+    statistics track too.
 
     Returns:
       A collection in the layout of ``batch_stats`` (``{"BatchNorm_i": {"mean", "var"}}``).
     """
+    num_examples = images.shape[0]
+    steps_per_epoch = num_examples // batch_size
     population_key = jax.random.fold_in(key, _POPULATION)
+    # Each epoch's permutation once, rather than one sort per batch as batch_at_step would.
+    permutations = jnp.stack(
+        [
+            data_lib.epoch_permutation(population_key, epoch, num_examples)
+            for epoch in range(-(-num_batches // steps_per_epoch))
+        ]
+    )
 
-    def accumulate(step, accumulators):
-        batch_images, _ = data_lib.batch_at_step(
-            population_key, images, labels, step, batch_size=batch_size
+    def accumulate(position, accumulators):
+        batch_images, _ = data_lib.batch_from_permutation(
+            images,
+            labels,
+            permutations[position // steps_per_epoch],
+            position % steps_per_epoch,
+            batch_size,
         )
         variables = {"params": params, "batch_stats": batch_stats}
         if accumulators is not None:
@@ -534,7 +549,7 @@ def population_statistics(
             variables,
             batch_images,
             train=True,
-            rngs={"dropout": jax.random.fold_in(population_key, step)},
+            rngs={"dropout": jax.random.fold_in(population_key, position)},
             mutable=["batch_stats", "population_stats"],
         )
         return updates["population_stats"]
@@ -663,8 +678,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     members = members_from_config(config)
     train_images = jnp.asarray(run_data.train.images)
     train_labels = jnp.asarray(run_data.train.labels)
-    evaluation_images = jnp.asarray(run_data.evaluation.images)
-    evaluation_labels = jnp.asarray(run_data.evaluation.labels)
     split = run_data.evaluation_split
 
     state = init_members(model, tx, members, train_images[:1])
@@ -685,14 +698,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     _write_jsonl(metrics_path, history, "w")
 
     train_chunk = make_train_chunk(model, tx, batch_size=config.batch_size)
-    evaluate_members = make_evaluate(
-        model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
+    evaluate_with = _make_evaluate_with(
+        config,
+        model,
+        data_lib.Split(train_images, train_labels),
+        data_lib.Split(
+            jnp.asarray(run_data.evaluation.images), jnp.asarray(run_data.evaluation.labels)
+        ),
     )
+    has_bn = bool(jax.tree.leaves(state.batch_stats))
+    statistics = config.bn_eval_statistics if has_bn else "ema"
 
     def log_evaluation(train_losses):
-        evaluation = evaluate_members(
-            state.params, state.batch_stats, evaluation_images, evaluation_labels
-        )
+        evaluation = evaluate_with(state, statistics)
         records = _metrics_records(step, members, evaluation, split, train_losses)
         history.extend(records)
         _write_jsonl(metrics_path, records, "a")
@@ -725,52 +743,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         checkpoints.wait_until_finished()
         checkpoints.close()
 
-    summary = _final_summary(config, model, state, members, run_data, history)
+    summary = _final_summary(config, state, members, run_data, evaluate_with, has_bn)
     (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return RunResult(history=history, summary=summary, state=state, members=members)
 
 
-def _final_summary(
+def _make_evaluate_with(
     config: ml_collections.ConfigDict,
     model: nn.Module,
+    train: data_lib.Split,
+    evaluation: data_lib.Split,
+) -> Callable[[TrainState, str], dict[str, jax.Array]]:
+    """``evaluate_with(state, statistics)``: all members on the ``evaluation`` split (device
+    arrays), BN using its ``"ema"`` statistics or ``"population"`` statistics computed now by
+    Alg. 2 from ``train``."""
+    evaluate_members = make_evaluate(
+        model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
+    )
+    population_of = make_population_statistics(
+        model, batch_size=config.batch_size, num_batches=config.population_batches
+    )
+
+    def evaluate_with(state: TrainState, statistics: str) -> dict[str, jax.Array]:
+        batch_stats = state.batch_stats
+        if statistics == "population":
+            batch_stats = population_of(
+                state.params, state.batch_stats, state.key, train.images, train.labels
+            )
+        return evaluate_members(state.params, batch_stats, evaluation.images, evaluation.labels)
+
+    return evaluate_with
+
+
+def _final_summary(
+    config: ml_collections.ConfigDict,
     state: TrainState,
     members: list[Member],
     run_data: RunData,
-    history: list[dict],
+    evaluate_with: Callable[[TrainState, str], dict[str, jax.Array]],
+    has_bn: bool,
 ) -> dict:
     """Final accuracy per member with the EMA statistics and, for BN nets, Alg. 2's."""
     split = run_data.evaluation_split
-    evaluation_images = jnp.asarray(run_data.evaluation.images)
-    evaluation_labels = jnp.asarray(run_data.evaluation.labels)
-    final = [r for r in history if r["step"] == int(state.step)]
-    summary = {
+    accuracies = {"ema": evaluate_with(state, "ema")["accuracy"]}
+    if has_bn and config.population_batches:
+        accuracies["population"] = evaluate_with(state, "population")["accuracy"]
+    return {
         "dataset": config.dataset,
         "source": run_data.source,
         "evaluation_split": split,
         "input_shape": list(run_data.train.images.shape[1:]),
         "num_steps": int(state.step),
+        "bn_eval_statistics": config.bn_eval_statistics if has_bn else None,
         "members": [
             {
                 "learning_rate": m.learning_rate,
                 "seed": m.seed,
-                f"{split}_accuracy_ema": final[i][f"{split}_accuracy"],
+                **{
+                    f"{split}_accuracy_{name}": float(values[i])
+                    for name, values in accuracies.items()
+                },
             }
             for i, m in enumerate(members)
         ],
     }
-    if state.batch_stats and config.population_batches:
-        population = make_population_statistics(
-            model, batch_size=config.batch_size, num_batches=config.population_batches
-        )(
-            state.params,
-            state.batch_stats,
-            state.key,
-            jnp.asarray(run_data.train.images),
-            jnp.asarray(run_data.train.labels),
-        )
-        evaluation = make_evaluate(
-            model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
-        )(state.params, population, evaluation_images, evaluation_labels)
-        for i, record in enumerate(summary["members"]):
-            record[f"{split}_accuracy_population"] = float(evaluation["accuracy"][i])
-    return summary

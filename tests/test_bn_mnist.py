@@ -54,7 +54,7 @@ def test_smoke_study_writes_results_table_and_run_outputs(smoke_run):
     for net in ("with BN", "without BN"):
         # One accuracy row per learning rate (i) and (ii).
         assert len(re.findall(rf"^\| {net} \| [0-9.]+ \|", results, flags=re.M)) == 2
-    assert "Drift without BN / with BN" in results
+    assert "Median drift without BN / with BN" in results
     assert "## Learning-rate sweep" in results
     assert "fig1a.png" in stdout and "fig1bc.png" in stdout
     for phase in ("sweep", "study"):
@@ -91,13 +91,17 @@ def test_the_baseline_best_learning_rate_is_chosen_and_the_high_one_is_a_multipl
     assert bn_mnist.choose_learning_rates(scores, 5.0) == (0.1, 0.5)
 
 
-def test_percentile_drift_is_the_range_of_the_median_after_step_zero():
+def test_percentile_drift_is_the_range_of_the_median_and_of_the_spread():
     history = []
     medians = {0: 9.0, 10: 1.0, 20: 3.0, 30: 2.0}
+    spreads = {0: 1.0, 10: 1.5, 20: 4.0, 30: 2.0}
     for step, median in medians.items():
+        half = spreads[step] / 2
         history.append({"step": step, "member": 0,
-                        "probe_percentiles": [[median - 1, median, median + 1]]})
-    np.testing.assert_allclose(bn_mnist.percentile_drift(history, eval_every=10), [[2.0]])
+                        "probe_percentiles": [[median - half, median, median + half]]})
+    median_range, spread_range = bn_mnist.percentile_drift(history)
+    np.testing.assert_allclose(median_range, [[8.0]])
+    np.testing.assert_allclose(spread_range, [[3.0]])
 
 
 def test_unknown_variant_is_an_error():

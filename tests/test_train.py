@@ -256,6 +256,13 @@ def test_run_writes_metrics_summary_and_both_inference_statistics(tmp_path):
         assert 0.0 <= member["test_accuracy_ema"] <= 1.0
 
 
+@pytest.mark.parametrize("statistics", ["ema", "population"])
+def test_evaluations_use_the_configured_bn_statistics(tmp_path, statistics):
+    result = train.train_and_evaluate(tiny_config(bn_eval_statistics=statistics), tmp_path)
+    final = result.history[-1]["test_accuracy"]
+    assert final == result.summary["members"][0][f"test_accuracy_{statistics}"]
+
+
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     config = tiny_config(num_steps=200, eval_every=20, checkpoint_every=20)
     config.model.norm = None
