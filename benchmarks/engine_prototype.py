@@ -1,17 +1,23 @@
 """PROTOTYPE of an engine change, for the benchmarks only — not part of bnreg.
 
-:func:`make_train_chunk_prototype` is :func:`bnreg.train.make_train_chunk` with two changes:
+:func:`make_train_chunk_prototype` has the signature of :func:`bnreg.train.make_train_chunk`
+and two independent changes, each behind a flag so they can be measured one by one:
 
-1. **Batch indices computed before the scan.** The engine's scan body carries every member's
-   epoch permutation (``(members, 60000)`` int32) and runs a ``lax.cond`` each step to renew it
-   at epoch starts. Here the permutations of every epoch the chunk touches (at most
-   ``(num_steps - 1) // steps_per_epoch + 2``) are computed up front and sliced into a
-   ``(num_steps, members, batch_size)`` index array that the scan consumes as ``xs``; the body
-   only gathers. The batches are the same ones (same keys, same permutations, same positions),
-   so the training is bit-identical (checked by :func:`check_prototype`).
-2. **No vmap for a single member.** With one member, the step runs on the member's slice of the
-   state directly; vmap over a member axis of size 1 makes XLA:CPU emit batched matmuls with a
-   batch dimension of 1, measurably slower than plain ones.
+1. ``cache_permutations`` — **compute each epoch's permutation once.** ``jax.random.permutation``
+   of 60000 indices costs ~20 ms on this CPU (two rounds of a key-value sort) per member. The
+   engine computes one at the start of every chunk and again inside the scan whenever a step is
+   at position 0 of an epoch — also on the first step of a chunk that starts at an epoch
+   boundary, where it was just computed. With the study's 500-step chunks (``eval_every``) and
+   1000-step epochs that is 3 permutations per epoch instead of 1. Here the scan carries
+   ``(permutations, epoch_of_permutations)`` and recomputes only when a step's epoch differs;
+   the final carry is kept by the returned Python function between calls (a cache keyed by
+   the data keys; the compiled chunk checks the keys on device and recomputes on a mismatch,
+   so any state — a resumed checkpoint, another run — is handled). Bit-identical training.
+2. ``squeeze_single`` — **no vmap for a single member.** With one member the scan runs the
+   step on the member's slice of the state directly (the member axis is dropped before the scan
+   and restored after). vmap over a member axis of size 1 makes XLA:CPU emit batched matmuls with
+   a batch dimension of 1, measurably slower. Same math; the losses agree to ~1e-7 (a different
+   matmul kernel sums in a different order), not bit-for-bit.
 """
 
 from __future__ import annotations
@@ -27,91 +33,120 @@ import optax
 from bnreg import data as data_lib
 from bnreg import train
 
-_DATA = 1  # bnreg.train's data stream index (train._DATA)
-
-
-def chunk_batch_indices(
-    data_keys: jax.Array, first_step: jax.Array, num_examples: int, num_steps: int,
-    batch_size: int,
-) -> jax.Array:
-    """``(num_steps, members, batch_size)`` example indices of steps ``first_step …
-    first_step + num_steps - 1``, as bnreg's engine draws them (per-epoch permutations)."""
-    steps_per_epoch = num_examples // batch_size
-    first_epoch = first_step // steps_per_epoch
-    num_epochs = (num_steps - 1) // steps_per_epoch + 2
-    epochs = first_epoch + jnp.arange(num_epochs)
-    permutations = jax.vmap(
-        lambda key: jax.vmap(
-            lambda epoch: data_lib.epoch_permutation(key, epoch, num_examples)
-        )(epochs)
-    )(data_keys)  # (members, epochs, N)
-    steps = first_step + jnp.arange(num_steps)
-
-    def indices_at(epoch_offset, position):
-        return jax.vmap(
-            lambda member_permutations: jax.lax.dynamic_slice(
-                member_permutations[epoch_offset], (position * batch_size,), (batch_size,)
-            )
-        )(permutations)
-
-    return jax.vmap(indices_at)(steps // steps_per_epoch - first_epoch, steps % steps_per_epoch)
+_DATA = 1  # bnreg.train's data-order stream (train._DATA)
 
 
 def make_train_chunk_prototype(
-    model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    cache_permutations: bool = True,
+    squeeze_single: bool = True,
 ) -> Callable[..., tuple[train.TrainState, jax.Array]]:
-    """Same signature and results as :func:`bnreg.train.make_train_chunk`."""
+    """Same signature and batches as :func:`bnreg.train.make_train_chunk`; see the module
+    docstring for the two changes."""
     one_member = functools.partial(train.train_step, model, tx)
     vmapped = jax.vmap(
         one_member, in_axes=(train.MEMBER_AXES, 0, 0), out_axes=(train.MEMBER_AXES, 0)
     )
 
-    def chunk(state, images, labels, num_steps):
+    def compiled_chunk(state, images, labels, cache, num_steps):
+        num_examples = images.shape[0]
+        steps_per_epoch = num_examples // batch_size
         data_keys = jax.vmap(lambda key: jax.random.fold_in(key, _DATA))(state.key)
-        indices = chunk_batch_indices(
-            data_keys, state.step, images.shape[0], num_steps, batch_size
+        num_members = data_keys.shape[0]
+
+        def permutations_of(epoch):
+            return jax.vmap(
+                lambda key: data_lib.epoch_permutation(key, epoch, num_examples)
+            )(data_keys)
+
+        cached_keys, cached_epoch, cached_permutations = cache
+        # A cache from another run (other keys) is ignored: epoch -1 forces a recompute.
+        epoch = jnp.where(jnp.all(cached_keys == data_keys), cached_epoch, -1)
+
+        def batches(permutations, epoch, step):
+            step_epoch = step // steps_per_epoch
+            permutations, epoch = jax.lax.cond(
+                step_epoch == epoch,
+                lambda: (permutations, epoch),
+                lambda: (permutations_of(step_epoch), step_epoch),
+            )
+            batch_images, batch_labels = jax.vmap(
+                lambda permutation: data_lib.batch_from_permutation(
+                    images, labels, permutation, step % steps_per_epoch, batch_size
+                )
+            )(permutations)
+            return permutations, epoch, batch_images, batch_labels
+
+        single = squeeze_single and num_members == 1
+        member_state = state
+        if single:
+            member_state = jax.tree.map(lambda x: x[0], state._replace(step=None))
+            member_state = member_state._replace(step=state.step)
+
+        def body(carry, _):
+            member_state, permutations, epoch = carry
+            permutations, epoch, batch_images, batch_labels = batches(
+                permutations, epoch, member_state.step
+            )
+            if single:
+                member_state, loss = one_member(member_state, batch_images[0], batch_labels[0])
+                loss = loss[None]
+            else:
+                member_state, loss = vmapped(member_state, batch_images, batch_labels)
+            return (member_state, permutations, epoch), loss
+
+        initial = (member_state, cached_permutations, epoch)
+        (member_state, permutations, epoch), losses = jax.lax.scan(
+            body, initial, None, length=num_steps
         )
-        if indices.shape[1] > 1:
+        if single:
+            restored = jax.tree.map(lambda x: x[None], member_state._replace(step=None))
+            member_state = restored._replace(step=member_state.step)
+        return member_state, losses, (data_keys, epoch, permutations)
 
-            def body(state, step_indices):
-                batch_images = jnp.take(images, step_indices, axis=0)
-                batch_labels = jnp.take(labels, step_indices, axis=0)
-                return vmapped(state, batch_images, batch_labels)
+    jitted = jax.jit(
+        compiled_chunk, static_argnames="num_steps", donate_argnames=("state", "cache")
+    )
+    caches: dict[tuple[int, int], tuple[jax.Array, jax.Array, jax.Array]] = {}
 
-            return jax.lax.scan(body, state, indices)
+    def chunk(state, images, labels, num_steps):
+        num_members, num_examples = state.key.shape[0], images.shape[0]
+        shape = (num_members, num_examples)
+        cache = caches.pop(shape, None)
+        if cache is None or not cache_permutations:
+            cache = (
+                jnp.zeros(state.key.shape, state.key.dtype),
+                jnp.asarray(-1, jnp.int32),
+                jnp.zeros(shape, jnp.int32),
+            )
+        state, losses, caches[shape] = jitted(state, images, labels, cache, num_steps)
+        return state, losses
 
-        # One member: drop the member axis for the whole scan, restore it at the end.
-        def single_body(member_state, step_indices):
-            batch_images = jnp.take(images, step_indices, axis=0)
-            batch_labels = jnp.take(labels, step_indices, axis=0)
-            return one_member(member_state, batch_images, batch_labels)
-
-        squeezed = jax.tree.map(lambda x: x[0], state._replace(step=None))
-        member_state, losses = jax.lax.scan(
-            single_body, squeezed._replace(step=state.step), indices[:, 0]
-        )
-        expanded = jax.tree.map(lambda x: x[None], member_state._replace(step=None))
-        return expanded._replace(step=member_state.step), losses[:, None]
-
-    return jax.jit(chunk, static_argnames="num_steps", donate_argnames="state")
+    return chunk
 
 
 def check_prototype(
     model: nn.Module, tx: optax.GradientTransformation, images: jax.Array, labels: jax.Array,
-    seeds: list[int], *, batch_size: int, num_steps: int,
-) -> dict[str, float | bool]:
-    """Trains ``seeds`` for ``num_steps`` (choose it to cross an epoch boundary) with the engine
-    and with the prototype; returns whether the losses and parameters are bit-identical and the
-    largest loss difference."""
+    seeds: list[int], *, batch_size: int, chunk_steps: int, num_chunks: int, **options: bool,
+) -> dict[str, float | bool | int]:
+    """Trains ``seeds`` for ``num_chunks`` chunks of ``chunk_steps`` (cross an epoch boundary)
+    with the engine and with the prototype; whether losses and parameters are bit-identical,
+    and the largest loss difference."""
     members = [train.Member(0.1, seed) for seed in seeds]
     reference = train.make_train_chunk(model, tx, batch_size=batch_size)
-    prototype = make_train_chunk_prototype(model, tx, batch_size=batch_size)
-    state_a, losses_a = reference(
-        train.init_members(model, tx, members, images[:1]), images, labels, num_steps
-    )
-    state_b, losses_b = prototype(
-        train.init_members(model, tx, members, images[:1]), images, labels, num_steps
-    )
+    prototype = make_train_chunk_prototype(model, tx, batch_size=batch_size, **options)
+    state_a = train.init_members(model, tx, members, images[:1])
+    state_b = train.init_members(model, tx, members, images[:1])
+    losses_a, losses_b = [], []
+    for _ in range(num_chunks):
+        state_a, losses = reference(state_a, images, labels, chunk_steps)
+        losses_a.append(losses)
+        state_b, losses = prototype(state_b, images, labels, chunk_steps)
+        losses_b.append(losses)
+    losses_a, losses_b = jnp.concatenate(losses_a), jnp.concatenate(losses_b)
     same_params = all(
         bool(jnp.array_equal(a, b))
         for a, b in zip(jax.tree.leaves(state_a.params), jax.tree.leaves(state_b.params),
@@ -119,7 +154,9 @@ def check_prototype(
     )
     return {
         "members": len(seeds),
-        "num_steps": num_steps,
+        "steps": chunk_steps * num_chunks,
+        "chunk_steps": chunk_steps,
+        **options,
         "losses_bit_identical": bool(jnp.array_equal(losses_a, losses_b)),
         "params_bit_identical": same_params,
         "max_abs_loss_difference": float(jnp.max(jnp.abs(losses_a - losses_b))),

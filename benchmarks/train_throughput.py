@@ -1,35 +1,39 @@
 """Training throughput of the BN paper's MNIST MLP: bnreg against its peers, side by side.
 
-The network (784-100-100-100-10 sigmoid, BN before each sigmoid, N(0, 0.1²) init, plain SGD at lr
-0.1, batches of 60) is trained on the same synthetic binarized-MNIST-shaped data (60000×784) by
+The network (784-100-100-100-10 sigmoid, BN before each sigmoid, no dense bias before BN,
+N(0, 0.1²) init, plain SGD at lr 0.1, batches of 60) is trained on the same synthetic
+binarized-MNIST-shaped data (60000×784) by
 
 (a) bnreg, one run — one member, ``bnreg.train.make_train_chunk`` (``lax.scan``-fused steps,
-    batches drawn on device);
+    batches drawn on device), called in chunks of 500 steps as the BN study does (its
+    ``eval_every``); (a1, a2) the same with :mod:`benchmarks.engine_prototype`'s chunk, a
+    PROTOTYPE of an engine change;
 (b) a standard flax.linen model (``nn.BatchNorm``) with a jitted ``train_step`` called from a
     Python loop, the batch taken by indexing the on-device training array with a host index
     array (the flax examples' style); (b′) the same with the gather inside the jitted step;
-(c) the same flax model and step in a ``lax.scan`` (a stronger peer);
-(d) PyTorch eager, ``nn.BatchNorm1d``, on CPU with its default thread count; (d′) one thread;
-(e) bnreg with 5 seeds in one program (5 members, vmapped), aggregate member-steps/s.
+(c) the same flax model and step in a ``lax.scan`` over 500-step chunks (a stronger peer);
+(d) PyTorch eager, ``nn.BatchNorm1d``, CPU, its default thread count; (d′) one thread;
+(e) bnreg with 5 seeds in one program (5 members, vmapped), aggregate member-steps/s; (e1) the
+    prototype chunk.
 
-Every implementation is compiled / warmed up first; then the implementations take turns (round
-robin), each running ``--steps`` steps per turn, ``--repeats`` turns; steps/s is the median
-turn. Taking turns exposes all of them to the same background load.
-
-Then XLA's CPU threading settings are compared for bnreg (1 and 5 members), each in a fresh
-subprocess (flags are read when the backend starts): the default; Eigen's multi-threading off;
-the process pinned to one core (``taskset``, and ``os.sched_setaffinity`` from inside the
-process before the backend starts); two host devices
+XLA:CPU threading settings are compared for bnreg's engine (1 and 5 members) in fresh worker
+processes (XLA reads its flags, and its thread pool takes the process's CPU affinity, when the
+backend starts): the defaults; Eigen's multi-threading off; the process pinned to one core
+(``taskset``, and ``os.sched_setaffinity`` from inside the process); two host devices
 (``--xla_force_host_platform_device_count=2``) with the member axis sharded over them; and two
-processes pinned to one core each, the members split between them. GFLOP/s counts the
-forward+backward matrix products analytically (:func:`benchmarks.common.matmul_flops_per_step`);
-the peak is a 2048×2048 float32 matmul in jax, measured in the same run.
+processes pinned to one core each, the members split between them.
+
+Every implementation and every variant is compiled and warmed up first; then all of them take
+turns (round robin; the workers are driven turn by turn over a pipe), each running ``--steps``
+steps per turn, ``--repeats`` rounds. Rates are the median turn, and every row saw the same
+background load. GFLOP/s counts the forward+backward matrix products analytically
+(:func:`benchmarks.common.matmul_flops_per_step`); the peak is a 2048×2048 float32 matmul in jax,
+measured in the same rounds.
 
 Commands (from the repository root)::
 
-  .venv/bin/python -m benchmarks.train_throughput            # everything, ~10 min on 2 cores
+  .venv/bin/python -m benchmarks.train_throughput          # everything, ~6 min on 2 cores
   .venv/bin/python -m benchmarks.train_throughput --steps 500 --repeats 2 --variants default
-  .venv/bin/python -m benchmarks.train_throughput --no-variants   # peers only
 
 Results: ``benchmarks/results/train_throughput.json`` and ``.md``.
 """
@@ -65,6 +69,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 Runner = Callable[[int], None]  # runs n training steps and blocks until they are done
+# Steps per compiled call of the scan-fused runners: the BN study's eval_every, so that per-chunk
+# costs weigh as much as in a real run. Turns must be a multiple of it.
+CHUNK_STEPS = 500
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,11 +103,13 @@ def shard_over_members(
 
 def bnreg_runner(
     images: np.ndarray, labels: np.ndarray, seeds: list[int], *, shard: bool = False,
-    prototype: bool = False,
+    prototype: dict[str, bool] | None = None,
 ) -> Runner:
-    """bnreg's scan-fused chunk training ``len(seeds)`` members; with ``shard``, the members are
+    """bnreg's scan-fused chunks (of ``CHUNK_STEPS``) training ``len(seeds)`` members; with
+    ``shard``, the members are
     padded to a multiple of the device count and sharded (see :func:`shard_over_members`); with
-    ``prototype``, the chunk is :mod:`benchmarks.engine_prototype`'s instead of the engine's."""
+    ``prototype`` (its options), the chunk is :mod:`benchmarks.engine_prototype`'s instead of
+    the engine's."""
     model, tx = bnreg_engine()
     if shard:
         num_devices = jax.device_count()
@@ -113,14 +122,17 @@ def bnreg_runner(
         state, device_images, device_labels = shard_over_members(
             state, device_images, device_labels
         )
-    make_chunk = (
-        engine_prototype.make_train_chunk_prototype if prototype else train.make_train_chunk
-    )
-    chunk = make_chunk(model, tx, batch_size=common.BATCH_SIZE)
+    if prototype is None:
+        chunk = train.make_train_chunk(model, tx, batch_size=common.BATCH_SIZE)
+    else:
+        chunk = engine_prototype.make_train_chunk_prototype(
+            model, tx, batch_size=common.BATCH_SIZE, **prototype
+        )
     holder = [state]
 
     def run(num_steps: int) -> None:
-        holder[0], losses = chunk(holder[0], device_images, device_labels, num_steps)
+        for _ in range(num_steps // CHUNK_STEPS):
+            holder[0], losses = chunk(holder[0], device_images, device_labels, CHUNK_STEPS)
         losses.block_until_ready()
 
     return run
@@ -231,7 +243,7 @@ def flax_loop_runner(images: np.ndarray, labels: np.ndarray, *, gather_in_step: 
 
 def flax_scan_runner(images: np.ndarray, labels: np.ndarray) -> Runner:
     """(c) the flax step in a ``lax.scan`` over a chunk's batch indices (drawn on the host, one
-    transfer of ``(steps, 60)`` int32 per chunk); data on device."""
+    transfer of ``(CHUNK_STEPS, 60)`` int32 per chunk); data on device."""
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
     indices = host_batch_indices(len(images))
 
@@ -245,8 +257,9 @@ def flax_scan_runner(images: np.ndarray, labels: np.ndarray) -> Runner:
     holder = [flax_state()]
 
     def run(num_steps: int) -> None:
-        batches = jnp.asarray(np.stack([next(indices) for _ in range(num_steps)]))
-        holder[0], losses = compiled(holder[0], device_images, device_labels, batches)
+        for _ in range(num_steps // CHUNK_STEPS):
+            batches = jnp.asarray(np.stack([next(indices) for _ in range(CHUNK_STEPS)]))
+            holder[0], losses = compiled(holder[0], device_images, device_labels, batches)
         losses.block_until_ready()
 
     return run
@@ -511,14 +524,15 @@ def summarize(turns: list[Turn], work_per_turn: float) -> dict[str, Any]:
 
 PEERS = {
     "bnreg_1": "(a) bnreg, 1 run (scan-fused chunk)",
-    "bnreg_1_proto": "(a\\*) bnreg 1 run, PROTOTYPE chunk (indices up front, no vmap for 1)",
+    "bnreg_1_cache": "(a1) bnreg 1 run, PROTOTYPE chunk: permutations cached",
+    "bnreg_1_proto": "(a2) bnreg 1 run, PROTOTYPE chunk: permutations cached + no vmap for 1",
     "flax_loop": "(b) flax.linen nn.BatchNorm, jitted step in a Python loop, eager batch indexing",
     "flax_loop_gather": "(b′) flax.linen, jitted step in a Python loop, gather inside the step",
     "flax_scan": "(c) flax.linen step in lax.scan",
     "torch_default": "(d) PyTorch eager nn.BatchNorm1d, CPU, default threads",
     "torch_1thread": "(d′) PyTorch eager, torch.set_num_threads(1)",
     "bnreg_5": "(e) bnreg, 5 seeds in one program (aggregate)",
-    "bnreg_5_proto": "(e\\*) bnreg 5 seeds, PROTOTYPE chunk (indices up front)",
+    "bnreg_5_proto": "(e1) bnreg 5 seeds, PROTOTYPE chunk: permutations cached",
 }
 
 
@@ -597,7 +611,8 @@ def write_report(result: dict[str, Any]) -> str:
             "Prototype check (engine chunk vs prototype chunk, same seeds, across an epoch "
             "boundary): "
             + "; ".join(
-                f"{c['members']} member(s), {c['num_steps']} steps: losses bit-identical "
+                f"{c['members']} member(s), {c['steps']} steps in {c['chunk_steps']}-step chunks"
+                f"{'' if c.get('squeeze_single', True) else ' (cache only)'}: losses bit-identical "
                 f"{c['losses_bit_identical']}, params bit-identical {c['params_bit_identical']}"
                 f", max |Δloss| {c['max_abs_loss_difference']:.1e}"
                 for c in checks
@@ -675,6 +690,8 @@ def main() -> None:
     parser.add_argument("--shard", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps % CHUNK_STEPS:
+        parser.error(f"--steps must be a multiple of {CHUNK_STEPS} (the chunk size).")
     if args.worker:
         worker(args)
         return
@@ -721,20 +738,23 @@ def main() -> None:
     result["prototype_check"] = [
         engine_prototype.check_prototype(
             model, tx, device_images, device_labels, check_seeds,
-            batch_size=common.BATCH_SIZE, num_steps=1500,
+            batch_size=common.BATCH_SIZE, chunk_steps=CHUNK_STEPS, num_chunks=3, **options,
         )
-        for check_seeds in ([0], seeds)
+        for check_seeds, options in (
+            ([0], {"squeeze_single": False}), ([0], {}), (seeds, {})
+        )
     ]
     local = {
         "bnreg_1": bnreg_runner(images, labels, [0]),
-        "bnreg_1_proto": bnreg_runner(images, labels, [0], prototype=True),
+        "bnreg_1_cache": bnreg_runner(images, labels, [0], prototype={"squeeze_single": False}),
+        "bnreg_1_proto": bnreg_runner(images, labels, [0], prototype={}),
         "flax_loop": flax_loop_runner(images, labels, gather_in_step=False),
         "flax_loop_gather": flax_loop_runner(images, labels, gather_in_step=True),
         "flax_scan": flax_scan_runner(images, labels),
         "torch_default": torch_runner(images, labels, threads=None),
         "torch_1thread": torch_runner(images, labels, threads=1),
         "bnreg_5": bnreg_runner(images, labels, seeds),
-        "bnreg_5_proto": bnreg_runner(images, labels, seeds, prototype=True),
+        "bnreg_5_proto": bnreg_runner(images, labels, seeds, prototype={}),
         "peak": peak_matmul_runner(),
     }
     for name, run in local.items():

@@ -39,16 +39,11 @@ def percentile_lines(
     color: str = "C0",
 ) -> None:
     """Plots percentile trajectories ``values`` ``(T, len(percentiles))`` (BN paper Fig. 1b,c):
-    the median solid, the outer percentiles dashed."""
+    the median solid, lower percentiles dotted, upper ones dashed."""
     middle = len(percentiles) // 2
     for index, q in enumerate(percentiles):
-        ax.plot(
-            steps,
-            values[:, index],
-            color=color,
-            linestyle="-" if index == middle else "--",
-            label=f"{q:g}th percentile",
-        )
+        linestyle = "-" if index == middle else (":" if index < middle else "--")
+        ax.plot(steps, values[:, index], color=color, linestyle=linestyle, label=f"{q:g}th")
 
 
 def save(figure: plt.Figure, path: str | Path) -> Path:

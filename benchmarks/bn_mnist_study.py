@@ -1,0 +1,382 @@
+"""Wall time of the BN study's main phase: bnreg's engine against a plain PyTorch eager script.
+
+The phase (``experiments/bn_mnist.py``, ``study_config``): 2 nets (no BN, BN before every
+sigmoid) × 3 seeds × ``--steps`` (50000) SGD steps of 60 examples at one learning rate, with an
+evaluation on the 10k test set at step 0 and every 500 steps, checkpoints every 5000 steps.
+
+* **bnreg** — ``bnreg.train.train_and_evaluate`` with the study's engine configs (one run per
+  net, its 3 seeds vmapped in one program, progress bar off), in a fresh worker process per
+  variant; wall time includes loading the data, compiling, evaluating (with the study's probes),
+  checkpointing and Alg. 2's population statistics, i.e. everything the study runs. Variants:
+  ``engine`` — the engine as it is, XLA defaults; ``prototype`` — ``make_train_chunk`` replaced by
+  :mod:`benchmarks.engine_prototype`'s (a PROTOTYPE of an engine change); ``parallel_nets`` /
+  ``parallel_nets_prototype`` — the two nets in two processes started together, each pinned to
+  its own core with ``os.sched_setaffinity`` (a PROTOTYPE of a study-level change).
+* **PyTorch** — written for this benchmark: the same arrays (``bnreg.train.load_run_data``), the
+  same network (:func:`benchmarks.common.torch_mlp`), BN, plain SGD, batch 60, shuffled epochs,
+  the same evaluation schedule (test loss and accuracy in eval mode, batches of 2000) and
+  ``torch.save`` checkpoints every 5000 steps; 3 seeds × 2 nets one after another.
+
+Commands (from the repository root)::
+
+  # the full size in the background (bash tools time out): ~15 min on 2 cores
+  nohup .venv/bin/python -m benchmarks.bn_mnist_study > /tmp/bn_mnist_study.log 2>&1 &
+  # a quick run
+  .venv/bin/python -m benchmarks.bn_mnist_study --steps 2000 --variants engine
+
+Results: ``benchmarks/results/bn_mnist_study.json`` and ``.md`` (``--output`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import common
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+NETS = ("no_bn", "bn")
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "engine": {"description": "bnreg engine as it is, XLA defaults, nets one after another"},
+    "prototype": {
+        "description": "PROTOTYPE chunk (permutations cached; bit-identical), nets one after "
+        "another",
+        "prototype": True,
+    },
+    "parallel_nets": {
+        "description": "engine; the 2 nets in 2 processes at once, pinned to core 0 / core 1",
+        "parallel": True,
+    },
+    "parallel_nets_prototype": {
+        "description": "PROTOTYPE chunk and the 2 nets in 2 pinned processes at once",
+        "parallel": True,
+        "prototype": True,
+    },
+}
+
+
+def study_engine_config(net: str, args: argparse.Namespace) -> Any:
+    """The study's engine config of ``net`` (``experiments.bn_mnist.study_config``) at one
+    learning rate, with the benchmark's dataset, steps and seeds, progress bar off."""
+    from experiments.bn_mnist import get_config, study_config
+
+    config = study_config(get_config(), net, [args.lr])
+    config.dataset = args.dataset
+    config.num_steps = args.steps
+    config.seeds = tuple(int(s) for s in args.seeds.split(","))
+    config.progress = False
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# bnreg
+# --------------------------------------------------------------------------------------------
+
+
+def bnreg_worker(args: argparse.Namespace) -> None:
+    """Runs ``train_and_evaluate`` for the nets in ``args.nets`` in this process; prints
+    ``RESULT {json}``."""
+    if args.cpus:
+        # Before jax's backend starts: XLA's thread pool inherits this affinity.
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    from absl import logging
+
+    from bnreg import train
+
+    logging.set_verbosity(logging.WARNING)
+    if args.prototype:
+        from benchmarks import engine_prototype
+
+        # PROTOTYPE: the engine's chunk replaced by the benchmark's (same signature).
+        train.make_train_chunk = engine_prototype.make_train_chunk_prototype
+    results = {}
+    for net in args.nets.split(","):
+        config = study_engine_config(net, args)
+        with tempfile.TemporaryDirectory() as workdir:
+            start = time.perf_counter()
+            run = train.train_and_evaluate(config, workdir)
+            wall = time.perf_counter() - start
+        results[net] = {
+            "wall_s": wall,
+            "members": len(run.members),
+            "final_test_accuracy": [m["test_accuracy_ema"] for m in run.summary["members"]],
+            "final_test_accuracy_population": [
+                m.get("test_accuracy_population") for m in run.summary["members"]
+            ],
+            "source": run.summary["source"].split(" prepared")[0],
+        }
+        print(f"  bnreg {net}: {wall:.1f} s", flush=True)
+    print("RESULT " + json.dumps(results), flush=True)
+
+
+def _worker_process(args: argparse.Namespace, nets: list[str], *, prototype: bool,
+                    cpus: list[int] | None) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "benchmarks.bn_mnist_study", "--worker",
+        "--nets", ",".join(nets), "--steps", str(args.steps), "--seeds", args.seeds,
+        "--lr", str(args.lr), "--dataset", args.dataset,
+    ]
+    if prototype:
+        command.append("--prototype")
+    if cpus:
+        command += ["--cpus", ",".join(map(str, cpus))]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+def _result_of(process: subprocess.Popen) -> dict[str, Any]:
+    output = process.communicate()[0]
+    for line in output.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError("bnreg worker failed:\n" + output[-4000:])
+
+
+def run_bnreg_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """One variant's wall time for both nets (processes started together for parallel ones)."""
+    spec = VARIANTS[name]
+    load = [round(v, 2) for v in os.getloadavg()]
+    start = time.perf_counter()
+    if spec.get("parallel"):
+        processes = [
+            _worker_process(args, [net], prototype=spec.get("prototype", False), cpus=[core])
+            for core, net in enumerate(NETS)
+        ]
+        nets = {}
+        for process in processes:
+            nets.update(_result_of(process))
+    else:
+        nets = _result_of(
+            _worker_process(args, list(NETS), prototype=spec.get("prototype", False), cpus=None)
+        )
+    wall = time.perf_counter() - start
+    print(f"bnreg {name}: {wall:.1f} s", flush=True)
+    return {"description": spec["description"], "wall_s": wall, "nets": nets,
+            "loadavg_before": load, "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch
+# --------------------------------------------------------------------------------------------
+
+
+def torch_study(args: argparse.Namespace) -> dict[str, Any]:
+    """The study's phase in PyTorch eager, 2 nets × seeds one after another."""
+    import torch
+
+    from bnreg import train
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    load = [round(v, 2) for v in os.getloadavg()]
+    start = time.perf_counter()
+    config = study_engine_config("bn", args)
+    run_data = train.load_run_data(config)
+    images, labels = _torch_split(torch, run_data.train)
+    test_images, test_labels = _torch_split(torch, run_data.evaluation)
+    nets: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        for net in NETS:
+            net_start = time.perf_counter()
+            accuracies, histories = [], []
+            for seed in config.seeds:
+                history = _torch_run(
+                    torch, images, labels, test_images, test_labels, net=net, seed=int(seed),
+                    config=config, checkpoint_dir=Path(checkpoint_dir),
+                )
+                histories.append(history)
+                accuracies.append(history[-1]["test_accuracy"])
+            nets[net] = {
+                "wall_s": time.perf_counter() - net_start,
+                "final_test_accuracy": accuracies,
+                "evaluations": len(histories[0]),
+            }
+            print(f"  torch {net}: {nets[net]['wall_s']:.1f} s, {accuracies}", flush=True)
+    wall = time.perf_counter() - start
+    print(f"torch: {wall:.1f} s", flush=True)
+    return {"wall_s": wall, "threads": torch.get_num_threads(), "nets": nets,
+            "loadavg_before": load, "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _torch_split(torch: Any, split: Any) -> tuple[Any, Any]:
+    """A bnreg ``Split`` as flattened float32 images and int64 labels (the same arrays)."""
+    images = np.ascontiguousarray(split.images.reshape(len(split.images), -1))
+    return torch.from_numpy(images), torch.from_numpy(split.labels.astype(np.int64))
+
+
+def _torch_run(torch: Any, images: Any, labels: Any, test_images: Any, test_labels: Any, *,
+               net: str, seed: int, config: Any, checkpoint_dir: Path) -> list[dict[str, float]]:
+    model = common.torch_mlp(batch_norm=net == "bn", seed=seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rates[0])
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = config.batch_size
+    steps_per_epoch = len(images) // batch_size
+    history = [_torch_evaluate(torch, model, test_images, test_labels, config.eval_batch_size, 0)]
+    permutation = None
+    for step in range(config.num_steps):
+        position = step % steps_per_epoch
+        if position == 0:
+            permutation = torch.randperm(len(images), generator=generator)
+        batch = permutation[position * batch_size : (position + 1) * batch_size]
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        loss.backward()
+        optimizer.step()
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.num_steps:
+            history.append(
+                _torch_evaluate(torch, model, test_images, test_labels, config.eval_batch_size,
+                                done)
+            )
+            if not np.isfinite(loss.item()):
+                raise FloatingPointError(f"PyTorch {net} seed {seed}: non-finite loss at {done}")
+        if config.checkpoint_every and (
+            done % config.checkpoint_every == 0 or done == config.num_steps
+        ):
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done},
+                checkpoint_dir / f"{net}_{seed}.pt",
+            )
+    return history
+
+
+def _torch_evaluate(torch: Any, model: Any, images: Any, labels: Any, batch_size: int,
+                    step: int) -> dict[str, float]:
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = model(images[start : start + batch_size])
+            target = labels[start : start + batch_size]
+            loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            correct += int((logits.argmax(-1) == target).sum())
+    return {"step": step, "test_loss": loss_sum / len(images),
+            "test_accuracy": correct / len(images)}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _accuracy_cell(values: list[float]) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.4f} ± {values.std():.4f} ({', '.join(f'{v:.4f}' for v in values)})"
+
+
+def write_report(result: dict[str, Any]) -> str:
+    torch_result = result.get("torch")
+    rows = []
+    for name, variant in result["bnreg"].items():
+        per_net = ", ".join(f"{net} {variant['nets'][net]['wall_s']:.0f} s" for net in NETS)
+        ratio = f"{torch_result['wall_s'] / variant['wall_s']:.2f}×" if torch_result else "—"
+        rows.append([f"bnreg: {name}", variant["description"], f"{variant['wall_s']:.0f}",
+                     per_net, ratio, variant["loadavg_before"][0]])
+    if torch_result:
+        per_net = ", ".join(f"{net} {torch_result['nets'][net]['wall_s']:.0f} s" for net in NETS)
+        rows.append(["PyTorch eager", f"torch.set_num_threads({torch_result['threads']}), "
+                     "nets and seeds one after another", f"{torch_result['wall_s']:.0f}", per_net,
+                     "1.00×", torch_result["loadavg_before"][0]])
+    members = len(result["seeds"].split(","))
+    lines = [
+        "# The BN study's main phase: wall time, bnreg vs PyTorch eager",
+        "",
+        f"Measured {result['date']} on {result['machine']['processor']} "
+        f"({result['machine']['cpus']} cores). Dataset **{result['dataset']}** "
+        f"({result['source']}), 2 nets × {members} seeds × {result['steps']} steps, lr "
+        f"{result['lr']}, batch 60, evaluation on the 10k test set at step 0 and every 500 steps, "
+        "checkpoints every 5000 steps. Wall times include data loading, compilation, "
+        "evaluations and checkpoints; the parts ran one after another, so each saw its own "
+        f"background load. Load average before / after: {result['loadavg_before']} / "
+        f"{result['loadavg_after']}.",
+        "",
+        common.markdown_table(
+            ["implementation", "setting", "wall s", "per net", "speed-up vs PyTorch",
+             "load (1 min) at start"],
+            rows,
+        ),
+        "",
+        "## Final test accuracy (sanity check; mean ± std over seeds, then each seed)",
+        "",
+    ]
+    header = ["net"] + [f"bnreg {name} (EMA stats)" for name in result["bnreg"]]
+    if torch_result:
+        header.append("PyTorch (running stats)")
+    accuracy_rows = []
+    for net in NETS:
+        row = [net]
+        row += [_accuracy_cell(v["nets"][net]["final_test_accuracy"])
+                for v in result["bnreg"].values()]
+        if torch_result:
+            row.append(_accuracy_cell(torch_result["nets"][net]["final_test_accuracy"]))
+        accuracy_rows.append(row)
+    lines += [common.markdown_table(header, accuracy_rows), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=50_000, help="SGD steps per run")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--lr", type=float, default=0.1, help="the one learning rate")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"bnreg variants, comma-separated, of {list(VARIANTS)}")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch.set_num_threads for the PyTorch script (0: PyTorch's default); "
+                        "1 by default: with the default 2 threads PyTorch collapses when another "
+                        "process is busy (see benchmarks/README.md)")
+    parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "bn_mnist_study",
+                        help="results path without suffix (.json and .md are written)")
+    # Worker mode (internal).
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--nets", default=",".join(NETS), help=argparse.SUPPRESS)
+    parser.add_argument("--prototype", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        bnreg_worker(args)
+        return
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": common.machine_load(),
+        "steps": args.steps, "seeds": args.seeds, "lr": args.lr, "dataset": args.dataset,
+        "loadavg_before": [round(v, 2) for v in os.getloadavg()],
+        "bnreg": {},
+    }
+    for name in variants:
+        result["bnreg"][name] = run_bnreg_variant(args, name)
+    if not args.skip_torch:
+        result["torch"] = torch_study(args)
+    first = next(iter(result["bnreg"].values()), None)
+    result["source"] = first["nets"]["bn"]["source"] if first else args.dataset
+    result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    report = write_report(result)
+    args.output.with_suffix(".md").write_text(report + "\n")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
