@@ -319,53 +319,102 @@ def train_step(
     return new_state, loss
 
 
-def make_train_chunk(
-    model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int
-) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """A jitted ``chunk(state, images, labels, num_steps) -> (state, losses)`` that advances all
-    members by ``num_steps`` steps in one ``lax.scan``.
+def _unstack_member(state: TrainState) -> TrainState:
+    """The only member of a one-member state, without its member axis."""
+    return jax.tree.map(lambda x: x[0], state._replace(step=None))._replace(step=state.step)
 
-    Each member draws its batches from its own per-epoch permutation of the training split
-    (:func:`bnreg.data.epoch_permutation`); the permutations are recomputed only at epoch starts.
-    ``losses`` is ``(num_steps, members)``. ``state`` is donated.
+
+def _stack_member(state: TrainState) -> TrainState:
+    """A one-member state (member axis of size 1) from a single member's state."""
+    return jax.tree.map(lambda x: x[None], state._replace(step=None))._replace(step=state.step)
+
+
+class DataOrder(NamedTuple):
+    """Each member's permutation of the training split for one epoch (:mod:`bnreg.data`).
+
+    Carried from chunk to chunk so that a permutation (a sort of the whole split) is computed
+    once per epoch; a function of the members' keys and the epoch alone, so dropping it (as a
+    resumed run does) changes no result.
+
+    Attributes:
+      epoch: int32 scalar, the epoch the permutations belong to (-1: none yet).
+      permutations: ``(members, num_examples)`` int32.
     """
-    member_step = jax.vmap(
-        functools.partial(train_step, model, tx),
-        in_axes=(MEMBER_AXES, 0, 0),
-        out_axes=(MEMBER_AXES, 0),
+
+    epoch: jax.Array
+    permutations: jax.Array
+
+
+def empty_data_order(num_members: int, num_examples: int) -> DataOrder:
+    """A :class:`DataOrder` that the first chunk replaces."""
+    return DataOrder(
+        epoch=jnp.asarray(-1, jnp.int32),
+        permutations=jnp.zeros((num_members, num_examples), jnp.int32),
     )
 
-    def chunk(state: TrainState, images: jax.Array, labels: jax.Array, num_steps: int):
+
+def make_train_chunk(
+    model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int
+) -> Callable[..., tuple[TrainState, DataOrder, jax.Array]]:
+    """A jitted ``chunk(state, data_order, images, labels, num_steps) -> (state, data_order,
+    losses)`` that advances all members by ``num_steps`` steps in one ``lax.scan``.
+
+    Each member draws its batches from its own per-epoch permutation of the training split
+    (:func:`bnreg.data.epoch_permutation`), computed when a step falls in another epoch than
+    ``data_order``'s. ``losses`` is ``(num_steps, members)``. ``state`` and ``data_order`` are
+    donated. A single member runs without ``vmap``: XLA:CPU's batched matmuls with a batch of one
+    are measurably slower than plain ones (benchmarks/README.md).
+    """
+    single_step = functools.partial(train_step, model, tx)
+    vmapped_step = jax.vmap(single_step, in_axes=(MEMBER_AXES, 0, 0), out_axes=(MEMBER_AXES, 0))
+
+    def member_step(state, batch_images, batch_labels):
+        if state.key.shape[0] > 1:
+            return vmapped_step(state, batch_images, batch_labels)
+        member, loss = single_step(_unstack_member(state), batch_images[0], batch_labels[0])
+        return _stack_member(member), loss[None]
+
+    def chunk(
+        state: TrainState,
+        data_order: DataOrder,
+        images: jax.Array,
+        labels: jax.Array,
+        num_steps: int,
+    ):
         num_examples = images.shape[0]
         steps_per_epoch = num_examples // batch_size
         data_keys = jax.vmap(lambda key: jax.random.fold_in(key, _DATA))(state.key)
 
-        def permutations_at(step):
-            epoch = step // steps_per_epoch
-            return jax.vmap(
-                lambda key: data_lib.epoch_permutation(key, epoch, num_examples)
-            )(data_keys)
+        def order_of(epoch):
+            return DataOrder(
+                epoch=epoch,
+                permutations=jax.vmap(
+                    lambda key: data_lib.epoch_permutation(key, epoch, num_examples)
+                )(data_keys),
+            )
 
         def body(carry, _):
-            state, permutations = carry
-            position = state.step % steps_per_epoch
+            state, data_order = carry
+            epoch = (state.step // steps_per_epoch).astype(jnp.int32)
             # The step is shared by all members, so this stays a real branch under vmap.
-            permutations = jax.lax.cond(
-                position == 0, permutations_at, lambda _: permutations, state.step
+            data_order = jax.lax.cond(
+                epoch != data_order.epoch, order_of, lambda _: data_order, epoch
             )
+            position = state.step % steps_per_epoch
             batch_images, batch_labels = jax.vmap(
                 lambda permutation: data_lib.batch_from_permutation(
                     images, labels, permutation, position, batch_size
                 )
-            )(permutations)
+            )(data_order.permutations)
             state, loss = member_step(state, batch_images, batch_labels)
-            return (state, permutations), loss
+            return (state, data_order), loss
 
-        initial = (state, permutations_at(state.step))
-        (state, _), losses = jax.lax.scan(body, initial, None, length=num_steps)
-        return state, losses
+        (state, data_order), losses = jax.lax.scan(
+            body, (state, data_order), None, length=num_steps
+        )
+        return state, data_order, losses
 
-    return jax.jit(chunk, static_argnames="num_steps", donate_argnames="state")
+    return jax.jit(chunk, static_argnames="num_steps", donate_argnames=("state", "data_order"))
 
 
 class ProbeSpec(NamedTuple):
@@ -698,6 +747,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     _write_jsonl(metrics_path, history, "w")
 
     train_chunk = make_train_chunk(model, tx, batch_size=config.batch_size)
+    data_order = empty_data_order(len(members), len(train_images))
     evaluate_with = _make_evaluate_with(
         config,
         model,
@@ -725,7 +775,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with progress:
         while step < config.num_steps:
             num_steps = min(config.eval_every - step % config.eval_every, config.num_steps - step)
-            state, losses = train_chunk(state, train_images, train_labels, num_steps)
+            state, data_order, losses = train_chunk(
+                state, data_order, train_images, train_labels, num_steps
+            )
             losses = np.asarray(losses)
             last_good = checkpoints.latest_step() if checkpoints else None
             _check_finite(

@@ -61,8 +61,7 @@ def random_batch(seed=0, n=32, features=12, classes=4):
 
 def single_state(model, tx, seed=0, learning_rate=0.1, features=12):
     members = [train.Member(learning_rate, seed)]
-    state = train.init_members(model, tx, members, jnp.zeros((1, features)))
-    return jax.tree.map(lambda x: x[0], state._replace(step=None))._replace(step=state.step)
+    return train._unstack_member(train.init_members(model, tx, members, jnp.zeros((1, features))))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,9 @@ def test_scan_chunk_equals_single_steps_on_the_same_batches(model_and_tx):
     members = [train.Member(0.1, 3)]
     state = train.init_members(model, tx, members, images[:1])
     chunk = train.make_train_chunk(model, tx, batch_size=batch_size)
-    chunk_state, chunk_losses = chunk(state, images, labels, num_steps)
+    chunk_state, _, chunk_losses = chunk(
+        state, train.empty_data_order(1, len(images)), images, labels, num_steps
+    )
 
     single = single_state(model, tx, seed=3)
     data_key = jax.random.fold_in(single.key, train._DATA)
@@ -118,17 +119,42 @@ def test_scan_chunk_equals_single_steps_on_the_same_batches(model_and_tx):
     assert int(chunk_state.step) == num_steps
 
 
+@pytest.mark.parametrize("carry_data_order", [True, False])
+def test_splitting_a_chunk_changes_nothing_whether_or_not_the_data_order_is_carried(
+    model_and_tx, carry_data_order
+):
+    model, tx = model_and_tx
+    images, labels = random_batch(n=40)
+    members = [train.Member(0.1, 0), train.Member(0.2, 1)]
+    chunk = train.make_train_chunk(model, tx, batch_size=8)  # 5 steps per epoch
+    whole, _, whole_losses = chunk(
+        train.init_members(model, tx, members, images[:1]),
+        train.empty_data_order(2, 40), images, labels, 12,
+    )
+    state, data_order, first = chunk(
+        train.init_members(model, tx, members, images[:1]),
+        train.empty_data_order(2, 40), images, labels, 7,
+    )
+    if not carry_data_order:
+        data_order = train.empty_data_order(2, 40)
+    state, _, second = chunk(state, data_order, images, labels, 5)
+    np.testing.assert_array_equal(np.concatenate([first, second]), whole_losses)
+    assert_trees_equal(state.params, whole.params)
+
+
 def test_vmapped_members_equal_separate_runs(model_and_tx):
     model, tx = model_and_tx
     images, labels = random_batch(n=48)
     chunk = train.make_train_chunk(model, tx, batch_size=16)
     members = [train.Member(0.1, 0), train.Member(0.3, 1), train.Member(0.05, 2)]
-    together, together_losses = chunk(
-        train.init_members(model, tx, members, images[:1]), images, labels, 10
+    together, _, together_losses = chunk(
+        train.init_members(model, tx, members, images[:1]),
+        train.empty_data_order(3, len(images)), images, labels, 10,
     )
     for index, member in enumerate(members):
-        alone, alone_losses = chunk(
-            train.init_members(model, tx, [member], images[:1]), images, labels, 10
+        alone, _, alone_losses = chunk(
+            train.init_members(model, tx, [member], images[:1]),
+            train.empty_data_order(1, len(images)), images, labels, 10,
         )
         np.testing.assert_allclose(together_losses[:, index], alone_losses[:, 0], rtol=1e-5)
         assert_trees_close(jax.tree.map(lambda x, i=index: x[i], together.params),
@@ -292,8 +318,9 @@ def test_max_norm_keeps_every_column_within_c_throughout_training(tmp_path):
     images, labels = jnp.asarray(run_data.train.images), jnp.asarray(run_data.train.labels)
     state = train.init_members(model, tx, [train.Member(5.0, 0)], images[:1])
     chunk = train.make_train_chunk(model, tx, batch_size=32)
+    data_order = train.empty_data_order(1, len(images))
     for _ in range(4):
-        state, _ = chunk(state, images, labels, 10)
+        state, data_order, _ = chunk(state, data_order, images, labels, 10)
         for name, layer in state.params.items():
             norms = jnp.linalg.norm(layer["kernel"][0], axis=0)
             assert float(norms.max()) <= 1.5 * (1 + 1e-6), name
