@@ -353,6 +353,30 @@ def empty_data_order(num_members: int, num_examples: int) -> DataOrder:
     )
 
 
+def shard_members(tree: TrainState | DataOrder) -> TrainState | DataOrder:
+    """Spreads the member axis of a :class:`TrainState` or :class:`DataOrder` over all local
+    devices (the scalar ``step``/``epoch`` replicated), so jit runs each device's members there.
+
+    On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` makes one device per
+    core, which beats XLA's intra-op threading for these small networks (benchmarks/README.md).
+    With one device, or a member count that the device count does not divide, ``tree`` is
+    returned as it is.
+    """
+    devices = jax.local_devices()
+    num_members = tree.key.shape[0] if isinstance(tree, TrainState) else len(tree.permutations)
+    if len(devices) == 1 or num_members % len(devices):
+        return tree
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
+    by_member = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree.map(
+        lambda axis: replicated if axis is None else by_member,
+        MEMBER_AXES if isinstance(tree, TrainState) else DataOrder(None, 0),
+        is_leaf=lambda axis: axis is None,
+    )
+    return jax.device_put(tree, shardings)
+
+
 def make_train_chunk(
     model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int
 ) -> Callable[..., tuple[TrainState, DataOrder, jax.Array]]:
@@ -729,7 +753,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_labels = jnp.asarray(run_data.train.labels)
     split = run_data.evaluation_split
 
-    state = init_members(model, tx, members, train_images[:1])
+    state = shard_members(init_members(model, tx, members, train_images[:1]))
     checkpoints = None
     if config.checkpoint_every:
         checkpoints = ocp.CheckpointManager(
@@ -747,7 +771,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     _write_jsonl(metrics_path, history, "w")
 
     train_chunk = make_train_chunk(model, tx, batch_size=config.batch_size)
-    data_order = empty_data_order(len(members), len(train_images))
+    data_order = shard_members(empty_data_order(len(members), len(train_images)))
     evaluate_with = _make_evaluate_with(
         config,
         model,

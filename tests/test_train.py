@@ -326,6 +326,42 @@ def test_max_norm_keeps_every_column_within_c_throughout_training(tmp_path):
             assert float(norms.max()) <= 1.5 * (1 + 1e-6), name
 
 
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import jax
+    from test_train import tiny_config
+    from bnreg.train import train_and_evaluate
+    result = train_and_evaluate(tiny_config(seeds=(0, 1), checkpoint_every=20), sys.argv[1])
+    kernel = result.state.params["Dense_0"]["kernel"]
+    print(json.dumps({{"devices": len(kernel.sharding.device_set), "history": result.history}}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_members_sharded_over_two_cpu_devices_match_one_device(tmp_path):
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT.format(tests=str(REPO / "tests")))
+    outputs = {}
+    for devices in (1, 2):
+        env = dict(
+            os.environ, PYTHONPATH=str(REPO),
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        )
+        completed = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / f"run{devices}")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        outputs[devices] = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert outputs[1]["devices"] == 1 and outputs[2]["devices"] == 2
+    for one, two in zip(outputs[1]["history"], outputs[2]["history"], strict=True):
+        assert one["step"] == two["step"] and one["member"] == two["member"]
+        np.testing.assert_allclose(one["test_loss"], two["test_loss"], rtol=1e-4)
+
+
 RUN_SCRIPT = textwrap.dedent(
     """
     import sys
