@@ -55,7 +55,7 @@ def _check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
 
 
-def _finish_hidden(module: MLP | ConvNet, h: jax.Array, index: int, train: bool) -> jax.Array:
+def _finish_hidden(module: _Classifier, h: jax.Array, index: int, train: bool) -> jax.Array:
     """The part of hidden layer ``index`` after its linear map: BN, probes, nonlinearity, dropout.
 
     Called from inside ``module``'s compact ``__call__``, so the submodules it creates belong to
@@ -77,7 +77,24 @@ def _finish_hidden(module: MLP | ConvNet, h: jax.Array, index: int, train: bool)
     )
 
 
-class MLP(nn.Module):
+class _Classifier(nn.Module):
+    """The fields every classifier here shares; see :class:`MLP` for their meaning."""
+
+    hidden_sizes: Sequence[int] = (100, 100, 100)
+    num_classes: int = 10
+    activation: str = "sigmoid"
+    norm: str | None = None
+    input_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    kernel_init: str = "lecun_normal"
+    init_stddev: float = 0.1
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+    bn_backward: str = "autodiff"
+
+
+class MLP(_Classifier):
     """A fully connected classifier: ``[dropout] → (dense → [BN] → act → [dropout]) × L → dense``.
 
     Attributes:
@@ -93,19 +110,7 @@ class MLP(nn.Module):
       bn_momentum, bn_epsilon, bn_axis_name, bn_backward: passed to :class:`bnreg.layers.BatchNorm`.
     """
 
-    hidden_sizes: Sequence[int]
-    num_classes: int
-    activation: str = "sigmoid"
-    norm: str | None = None
-    input_dropout: float = 0.0
-    hidden_dropout: float = 0.0
     dropconnect: float = 0.0
-    kernel_init: str = "lecun_normal"
-    init_stddev: float = 0.1
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
-    bn_backward: str = "autodiff"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -127,7 +132,7 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=init, name="Dense_out")(h)
 
 
-class ConvNet(nn.Module):
+class ConvNet(_Classifier):
     """A small convolutional classifier: ``(conv3×3 → [BN] → act → maxpool2) × C →
     (dense → [BN] → act → [dropout]) × L → dense``.
 
@@ -141,19 +146,10 @@ class ConvNet(nn.Module):
       bn_momentum, bn_epsilon, bn_axis_name, bn_backward: as in :class:`MLP`.
     """
 
-    conv_features: Sequence[int]
-    hidden_sizes: Sequence[int]
-    num_classes: int
+    conv_features: Sequence[int] = (32, 64)
+    hidden_sizes: Sequence[int] = ()
     activation: str = "relu"
-    norm: str | None = None
-    input_dropout: float = 0.0
-    hidden_dropout: float = 0.0
     kernel_init: str = "he_normal"
-    init_stddev: float = 0.1
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
-    bn_backward: str = "autodiff"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
