@@ -8,8 +8,9 @@ evaluation on the 10k test set at step 0 and every 500 steps, checkpoints every 
   net, its 3 seeds vmapped in one program, progress bar off), in a fresh worker process per
   variant; wall time includes loading the data, compiling, evaluating (with the study's probes),
   checkpointing and Alg. 2's population statistics, i.e. everything the study runs. Variants:
-  ``engine`` — the engine as it is, XLA defaults; ``prototype`` — ``make_train_chunk`` replaced by
-  :mod:`benchmarks.engine_prototype`'s (a PROTOTYPE of an engine change); ``parallel_nets`` /
+  ``engine`` — the engine as it is, XLA defaults; ``prototype`` — ``make_population_statistics``
+  replaced by :mod:`benchmarks.engine_prototype`'s (a PROTOTYPE of an engine change);
+  ``parallel_nets`` /
   ``parallel_nets_prototype`` — the two nets in two processes started together, each pinned to
   its own core with ``os.sched_setaffinity`` (a PROTOTYPE of a study-level change).
 * **PyTorch** — written for this benchmark: the same arrays (``bnreg.train.load_run_data``), the
@@ -50,8 +51,8 @@ NETS = ("no_bn", "bn")
 VARIANTS: dict[str, dict[str, Any]] = {
     "engine": {"description": "bnreg engine as it is, XLA defaults, nets one after another"},
     "prototype": {
-        "description": "PROTOTYPE chunk (permutations cached; bit-identical), nets one after "
-        "another",
+        "description": "PROTOTYPE Alg. 2 at every evaluation (indices once per run, one "
+        "vmapped pass), nets one after another",
         "prototype": True,
     },
     "parallel_nets": {
@@ -59,11 +60,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "parallel": True,
     },
     "parallel_nets_prototype": {
-        "description": "PROTOTYPE chunk and the 2 nets in 2 pinned processes at once",
+        "description": "PROTOTYPE Alg. 2 and the 2 nets in 2 pinned processes at once",
         "parallel": True,
         "prototype": True,
     },
+    # Not run by default: sizes the evaluations' share of the engine's wall time.
+    "engine_no_evals": {
+        "description": "DIAGNOSTIC: engine, evaluations only at step 0 and at the end "
+        "(eval_every = checkpoint_every = steps)",
+        "no_evals": True,
+    },
 }
+DEFAULT_VARIANTS = ("engine", "prototype", "parallel_nets", "parallel_nets_prototype")
 
 
 def study_engine_config(net: str, args: argparse.Namespace) -> Any:
@@ -76,6 +84,8 @@ def study_engine_config(net: str, args: argparse.Namespace) -> Any:
     config.num_steps = args.steps
     config.seeds = tuple(int(s) for s in args.seeds.split(","))
     config.progress = False
+    if getattr(args, "no_evals", False):
+        config.eval_every = config.checkpoint_every = config.num_steps
     return config
 
 
@@ -90,16 +100,18 @@ def bnreg_worker(args: argparse.Namespace) -> None:
     if args.cpus:
         # Before jax's backend starts: XLA's thread pool inherits this affinity.
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    import jax
     from absl import logging
 
     from bnreg import train
 
     logging.set_verbosity(logging.WARNING)
+    engine_population_statistics = train.make_population_statistics
     if args.prototype:
         from benchmarks import engine_prototype
 
-        # PROTOTYPE: the engine's chunk replaced by the benchmark's (same signature).
-        train.make_train_chunk = engine_prototype.make_train_chunk_prototype
+        # PROTOTYPE: the engine's Alg. 2 function replaced by the benchmark's (same signature).
+        train.make_population_statistics = engine_prototype.make_population_statistics_prototype
     results = {}
     for net in args.nets.split(","):
         config = study_engine_config(net, args)
@@ -109,39 +121,73 @@ def bnreg_worker(args: argparse.Namespace) -> None:
             wall = time.perf_counter() - start
         results[net] = {
             "wall_s": wall,
+            "finished_at": time.time(),
             "members": len(run.members),
             "final_test_accuracy": [m["test_accuracy_ema"] for m in run.summary["members"]],
             "final_test_accuracy_population": [
                 m.get("test_accuracy_population") for m in run.summary["members"]
             ],
             "source": run.summary["source"].split(" prepared")[0],
+            "bn_eval_statistics": config.bn_eval_statistics,
         }
+        if args.prototype and run.state.batch_stats:
+            # After the timing: the prototype's statistics against the engine's, same state.
+            run_data = train.load_run_data(config)
+            results[net]["population_check"] = engine_prototype.check_population_prototype(
+                engine_population_statistics,
+                train.build_model(config.model, run_data.num_classes),
+                run.state,
+                jax.numpy.asarray(run_data.train.images),
+                jax.numpy.asarray(run_data.train.labels),
+                batch_size=config.batch_size,
+                num_batches=config.population_batches,
+            )
         print(f"  bnreg {net}: {wall:.1f} s", flush=True)
     print("RESULT " + json.dumps(results), flush=True)
 
 
-def _worker_process(args: argparse.Namespace, nets: list[str], *, prototype: bool,
-                    cpus: list[int] | None) -> subprocess.Popen:
+def _worker_process(
+    args: argparse.Namespace,
+    nets: list[str],
+    *,
+    prototype: bool,
+    cpus: list[int] | None,
+    no_evals: bool = False,
+) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "benchmarks.bn_mnist_study", "--worker",
-        "--nets", ",".join(nets), "--steps", str(args.steps), "--seeds", args.seeds,
-        "--lr", str(args.lr), "--dataset", args.dataset,
+        sys.executable,
+        "-m",
+        "benchmarks.bn_mnist_study",
+        "--worker",
+        "--nets",
+        ",".join(nets),
+        "--steps",
+        str(args.steps),
+        "--seeds",
+        args.seeds,
+        "--lr",
+        str(args.lr),
+        "--dataset",
+        args.dataset,
     ]
     if prototype:
         command.append("--prototype")
     if cpus:
         command += ["--cpus", ",".join(map(str, cpus))]
+    if no_evals:
+        command.append("--no-evals")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def _result_of(process: subprocess.Popen) -> dict[str, Any]:
     output = process.communicate()[0]
     for line in output.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError("bnreg worker failed:\n" + output[-4000:])
 
 
@@ -149,7 +195,7 @@ def run_bnreg_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """One variant's wall time for both nets (processes started together for parallel ones)."""
     spec = VARIANTS[name]
     load = [round(v, 2) for v in os.getloadavg()]
-    start = time.perf_counter()
+    start = time.time()
     if spec.get("parallel"):
         processes = [
             _worker_process(args, [net], prototype=spec.get("prototype", False), cpus=[core])
@@ -160,12 +206,25 @@ def run_bnreg_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
             nets.update(_result_of(process))
     else:
         nets = _result_of(
-            _worker_process(args, list(NETS), prototype=spec.get("prototype", False), cpus=None)
+            _worker_process(
+                args,
+                list(NETS),
+                prototype=spec.get("prototype", False),
+                cpus=None,
+                no_evals=spec.get("no_evals", False),
+            )
         )
-    wall = time.perf_counter() - start
+    # From the workers' start to the last run's end: process start-up, imports and data loading
+    # count; the prototype's correctness check after the runs does not.
+    wall = max(net["finished_at"] for net in nets.values()) - start
     print(f"bnreg {name}: {wall:.1f} s", flush=True)
-    return {"description": spec["description"], "wall_s": wall, "nets": nets,
-            "loadavg_before": load, "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "description": spec["description"],
+        "wall_s": wall,
+        "nets": nets,
+        "loadavg_before": load,
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,14 +232,15 @@ def run_bnreg_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def torch_study(args: argparse.Namespace) -> dict[str, Any]:
-    """The study's phase in PyTorch eager, 2 nets × seeds one after another."""
+def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """The study's phase in PyTorch eager, 2 nets × seeds one after another, with ``threads``
+    intra-op threads (0: PyTorch's default)."""
     import torch
 
     from bnreg import train
 
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
     load = [round(v, 2) for v in os.getloadavg()]
     start = time.perf_counter()
     config = study_engine_config("bn", args)
@@ -194,8 +254,15 @@ def torch_study(args: argparse.Namespace) -> dict[str, Any]:
             accuracies, histories = [], []
             for seed in config.seeds:
                 history = _torch_run(
-                    torch, images, labels, test_images, test_labels, net=net, seed=int(seed),
-                    config=config, checkpoint_dir=Path(checkpoint_dir),
+                    torch,
+                    images,
+                    labels,
+                    test_images,
+                    test_labels,
+                    net=net,
+                    seed=int(seed),
+                    config=config,
+                    checkpoint_dir=Path(checkpoint_dir),
                 )
                 histories.append(history)
                 accuracies.append(history[-1]["test_accuracy"])
@@ -206,9 +273,16 @@ def torch_study(args: argparse.Namespace) -> dict[str, Any]:
             }
             print(f"  torch {net}: {nets[net]['wall_s']:.1f} s, {accuracies}", flush=True)
     wall = time.perf_counter() - start
-    print(f"torch: {wall:.1f} s", flush=True)
-    return {"wall_s": wall, "threads": torch.get_num_threads(), "nets": nets,
-            "loadavg_before": load, "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
+    print(f"torch ({torch.get_num_threads()} threads): {wall:.1f} s", flush=True)
+    result = {
+        "wall_s": wall,
+        "threads": torch.get_num_threads(),
+        "nets": nets,
+        "loadavg_before": load,
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+    }
+    torch.set_num_threads(default_threads)
+    return result
 
 
 def _torch_split(torch: Any, split: Any) -> tuple[Any, Any]:
@@ -217,8 +291,18 @@ def _torch_split(torch: Any, split: Any) -> tuple[Any, Any]:
     return torch.from_numpy(images), torch.from_numpy(split.labels.astype(np.int64))
 
 
-def _torch_run(torch: Any, images: Any, labels: Any, test_images: Any, test_labels: Any, *,
-               net: str, seed: int, config: Any, checkpoint_dir: Path) -> list[dict[str, float]]:
+def _torch_run(
+    torch: Any,
+    images: Any,
+    labels: Any,
+    test_images: Any,
+    test_labels: Any,
+    *,
+    net: str,
+    seed: int,
+    config: Any,
+    checkpoint_dir: Path,
+) -> list[dict[str, float]]:
     model = common.torch_mlp(batch_norm=net == "bn", seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rates[0])
     generator = torch.Generator().manual_seed(seed)
@@ -239,8 +323,9 @@ def _torch_run(torch: Any, images: Any, labels: Any, test_images: Any, test_labe
         done = step + 1
         if done % config.eval_every == 0 or done == config.num_steps:
             history.append(
-                _torch_evaluate(torch, model, test_images, test_labels, config.eval_batch_size,
-                                done)
+                _torch_evaluate(
+                    torch, model, test_images, test_labels, config.eval_batch_size, done
+                )
             )
             if not np.isfinite(loss.item()):
                 raise FloatingPointError(f"PyTorch {net} seed {seed}: non-finite loss at {done}")
@@ -254,8 +339,9 @@ def _torch_run(torch: Any, images: Any, labels: Any, test_images: Any, test_labe
     return history
 
 
-def _torch_evaluate(torch: Any, model: Any, images: Any, labels: Any, batch_size: int,
-                    step: int) -> dict[str, float]:
+def _torch_evaluate(
+    torch: Any, model: Any, images: Any, labels: Any, batch_size: int, step: int
+) -> dict[str, float]:
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
@@ -264,8 +350,11 @@ def _torch_evaluate(torch: Any, model: Any, images: Any, labels: Any, batch_size
             target = labels[start : start + batch_size]
             loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
             correct += int((logits.argmax(-1) == target).sum())
-    return {"step": step, "test_loss": loss_sum / len(images),
-            "test_accuracy": correct / len(images)}
+    return {
+        "step": step,
+        "test_loss": loss_sum / len(images),
+        "test_accuracy": correct / len(images),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,19 +367,32 @@ def _accuracy_cell(values: list[float]) -> str:
     return f"{values.mean():.4f} ± {values.std():.4f} ({', '.join(f'{v:.4f}' for v in values)})"
 
 
+def _bn_eval_statistics(result: dict[str, Any]) -> str | None:
+    first = next(iter(result["bnreg"].values()), None)
+    return first["nets"]["bn"].get("bn_eval_statistics") if first else None
+
+
 def write_report(result: dict[str, Any]) -> str:
-    torch_result = result.get("torch")
+    """The markdown tables of ``result``."""
+    torch_results = result.get("torch", {})
     rows = []
+
+    def add_row(label: str, setting: str, entry: dict[str, Any]) -> None:
+        per_net = ", ".join(f"{net} {entry['nets'][net]['wall_s']:.0f} s" for net in NETS)
+        ratios = [f"{t['wall_s'] / entry['wall_s']:.2f}×" for t in torch_results.values()]
+        wall = f"{entry['wall_s']:.0f}"
+        if len(entry.get("wall_s_rounds", [])) > 1:
+            wall += " (rounds: " + ", ".join(f"{w:.0f}" for w in entry["wall_s_rounds"]) + ")"
+        rows.append([label, setting, wall, per_net, *ratios, entry["loadavg_before"][0]])
+
     for name, variant in result["bnreg"].items():
-        per_net = ", ".join(f"{net} {variant['nets'][net]['wall_s']:.0f} s" for net in NETS)
-        ratio = f"{torch_result['wall_s'] / variant['wall_s']:.2f}×" if torch_result else "—"
-        rows.append([f"bnreg: {name}", variant["description"], f"{variant['wall_s']:.0f}",
-                     per_net, ratio, variant["loadavg_before"][0]])
-    if torch_result:
-        per_net = ", ".join(f"{net} {torch_result['nets'][net]['wall_s']:.0f} s" for net in NETS)
-        rows.append(["PyTorch eager", f"torch.set_num_threads({torch_result['threads']}), "
-                     "nets and seeds one after another", f"{torch_result['wall_s']:.0f}", per_net,
-                     "1.00×", torch_result["loadavg_before"][0]])
+        add_row(f"bnreg: {name}", variant["description"], variant)
+    for name, torch_result in torch_results.items():
+        add_row(
+            f"PyTorch eager, {name}",
+            f"torch.set_num_threads({torch_result['threads']}), nets and seeds one after another",
+            torch_result,
+        )
     members = len(result["seeds"].split(","))
     lines = [
         "# The BN study's main phase: wall time, bnreg vs PyTorch eager",
@@ -302,11 +404,25 @@ def write_report(result: dict[str, Any]) -> str:
         "checkpoints every 5000 steps. Wall times include data loading, compilation, "
         "evaluations and checkpoints; the parts ran one after another, so each saw its own "
         f"background load. Load average before / after: {result['loadavg_before']} / "
-        f"{result['loadavg_after']}.",
+        f"{result['loadavg_after']}. bnreg's BN net evaluates with the study's "
+        f"`bn_eval_statistics={_bn_eval_statistics(result)!r}`"
+        + (
+            " (Alg. 2 statistics recomputed from 100 training batches at every evaluation)"
+            if _bn_eval_statistics(result) == "population"
+            else ""
+        )
+        + " and records the study's probes (percentiles, histograms); the PyTorch script "
+        "evaluates loss and accuracy with its running statistics only.",
         "",
         common.markdown_table(
-            ["implementation", "setting", "wall s", "per net", "speed-up vs PyTorch",
-             "load (1 min) at start"],
+            [
+                "implementation",
+                "setting",
+                "wall s",
+                "per net",
+                *(f"speed-up vs PyTorch {name}" for name in torch_results),
+                "load (1 min) at start",
+            ],
             rows,
         ),
         "",
@@ -314,17 +430,29 @@ def write_report(result: dict[str, Any]) -> str:
         "",
     ]
     header = ["net"] + [f"bnreg {name} (EMA stats)" for name in result["bnreg"]]
-    if torch_result:
-        header.append("PyTorch (running stats)")
+    header += [f"PyTorch {name} (running stats)" for name in torch_results]
     accuracy_rows = []
     for net in NETS:
         row = [net]
-        row += [_accuracy_cell(v["nets"][net]["final_test_accuracy"])
-                for v in result["bnreg"].values()]
-        if torch_result:
-            row.append(_accuracy_cell(torch_result["nets"][net]["final_test_accuracy"]))
+        row += [
+            _accuracy_cell(v["nets"][net]["final_test_accuracy"]) for v in result["bnreg"].values()
+        ]
+        row += [
+            _accuracy_cell(t["nets"][net]["final_test_accuracy"]) for t in torch_results.values()
+        ]
         accuracy_rows.append(row)
     lines += [common.markdown_table(header, accuracy_rows), ""]
+    checks = [
+        f"{name}: {variant['nets']['bn']['population_check']['max_relative_difference']:.1e}"
+        for name, variant in result["bnreg"].items()
+        if "population_check" in variant["nets"]["bn"]
+    ]
+    if checks:
+        lines += [
+            "PROTOTYPE Alg. 2 against the engine's, on the trained BN net's final state (largest "
+            "relative difference of the population mean/variance): " + "; ".join(checks) + ".",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -334,25 +462,42 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--lr", type=float, default=0.1, help="the one learning rate")
     parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"bnreg variants, comma-separated, of {list(VARIANTS)}")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch.set_num_threads for the PyTorch script (0: PyTorch's default); "
-                        "1 by default: with the default 2 threads PyTorch collapses when another "
-                        "process is busy (see benchmarks/README.md)")
-    parser.add_argument("--skip-torch", action="store_true")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "bn_mnist_study",
-                        help="results path without suffix (.json and .md are written)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"bnreg variants, comma-separated, of {list(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the bnreg variants this many times, taking turns; the median round is reported",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        default="1,0",
+        help="comma-separated torch.set_num_threads settings for the PyTorch "
+        "script, each a full run (0: PyTorch's default); '' skips PyTorch. With "
+        "its default threads PyTorch collapses when another process is busy "
+        "(benchmarks/README.md): use 1 on a shared machine",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS_DIR / "bn_mnist_study",
+        help="results path without suffix (.json and .md are written)",
+    )
     # Worker mode (internal).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nets", default=",".join(NETS), help=argparse.SUPPRESS)
     parser.add_argument("--prototype", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--no-evals", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         bnreg_worker(args)
         return
-    variants = [v for v in args.variants.split(",") if v]
+    variants = list(dict.fromkeys(v for v in args.variants.split(",") if v))
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -360,14 +505,28 @@ def main() -> None:
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": common.machine_load(),
-        "steps": args.steps, "seeds": args.seeds, "lr": args.lr, "dataset": args.dataset,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "lr": args.lr,
+        "dataset": args.dataset,
         "loadavg_before": [round(v, 2) for v in os.getloadavg()],
         "bnreg": {},
     }
-    for name in variants:
-        result["bnreg"][name] = run_bnreg_variant(args, name)
-    if not args.skip_torch:
-        result["torch"] = torch_study(args)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name in variants:
+            runs[name].append(run_bnreg_variant(args, name))
+    for name, variant_runs in runs.items():
+        # The median round stands for the variant; every round's wall time is kept.
+        ordered = sorted(variant_runs, key=lambda run: run["wall_s"])
+        result["bnreg"][name] = {
+            **ordered[(len(ordered) - 1) // 2],
+            "wall_s_rounds": [run["wall_s"] for run in variant_runs],
+        }
+    result["torch"] = {}
+    for threads in (int(t) for t in args.torch_threads.split(",") if t):
+        name = f"{threads} thread{'s' if threads > 1 else ''}" if threads else "default threads"
+        result["torch"][name] = torch_study(args, threads)
     first = next(iter(result["bnreg"].values()), None)
     result["source"] = first["nets"]["bn"]["source"] if first else args.dataset
     result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]

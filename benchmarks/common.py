@@ -12,8 +12,6 @@ import itertools
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,13 +54,6 @@ def synthetic_mnist(
 def median_rate(seconds: list[float], work: float) -> float:
     """``work / median(seconds)``."""
     return work / statistics.median(seconds)
-
-
-def timed(function: Callable[[], Any]) -> float:
-    """Wall seconds of one call of ``function`` (which must block until its work is done)."""
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def machine_load() -> dict[str, Any]:
@@ -118,9 +109,7 @@ def torch_mlp(*, batch_norm: bool, seed: int) -> Any:
     for width in HIDDEN_SIZES:
         layers.append(torch.nn.Linear(fan_in, width, bias=not batch_norm))
         if batch_norm:
-            layers.append(
-                torch.nn.BatchNorm1d(width, eps=BN_EPSILON, momentum=1.0 - BN_MOMENTUM)
-            )
+            layers.append(torch.nn.BatchNorm1d(width, eps=BN_EPSILON, momentum=1.0 - BN_MOMENTUM))
         layers.append(torch.nn.Sigmoid())
         fan_in = width
     layers.append(torch.nn.Linear(fan_in, NUM_CLASSES))

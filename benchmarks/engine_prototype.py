@@ -1,163 +1,255 @@
-"""PROTOTYPE of an engine change, for the benchmarks only — not part of bnreg.
+"""PROTOTYPES of engine changes, for the benchmarks only — not part of bnreg.
 
-:func:`make_train_chunk_prototype` has the signature of :func:`bnreg.train.make_train_chunk`
-and two independent changes, each behind a flag so they can be measured one by one:
+Already merged (bnreg 79f64ed): the data order (each epoch's permutation) carried across chunks,
+and a single member trained without vmap. What is left here:
 
-1. ``cache_permutations`` — **compute each epoch's permutation once.** ``jax.random.permutation``
-   of 60000 indices costs ~20 ms on this CPU (two rounds of a key-value sort) per member. The
-   engine computes one at the start of every chunk and again inside the scan whenever a step is
-   at position 0 of an epoch — also on the first step of a chunk that starts at an epoch
-   boundary, where it was just computed. With the study's 500-step chunks (``eval_every``) and
-   1000-step epochs that is 3 permutations per epoch instead of 1. Here the scan carries
-   ``(permutations, epoch_of_permutations)`` and recomputes only when a step's epoch differs;
-   the final carry is kept by the returned Python function between calls (a cache keyed by
-   the data keys; the compiled chunk checks the keys on device and recomputes on a mismatch,
-   so any state — a resumed checkpoint, another run — is handled). Bit-identical training.
-2. ``squeeze_single`` — **no vmap for a single member.** With one member the scan runs the
-   step on the member's slice of the state directly (the member axis is dropped before the scan
-   and restored after). vmap over a member axis of size 1 makes XLA:CPU emit batched matmuls with
-   a batch dimension of 1, measurably slower. Same math; the losses agree to ~1e-7 (a different
-   matmul kernel sums in a different order), not bit-for-bit.
+* :func:`make_population_statistics_prototype` — Alg. 2's population statistics, which the BN
+  study computes at every evaluation (``bn_eval_statistics="population"``), with the batches'
+  indices computed once per run and all batches in one vmapped pass.
+* :func:`make_train_chunk_prototype` — the engine's chunk with a single member's axis dropped
+  *outside* the scan (the loop carries unbatched arrays) instead of unstacking and restacking
+  the state at every step; to measure whether the placement matters.
+* :func:`shard_over_members` — the member axis of the state and the data order placed across
+  all devices (``--xla_force_host_platform_device_count=N`` on CPU), for the chunk to run the
+  members' shards in parallel.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bnreg import data as data_lib
 from bnreg import train
 
-_DATA = 1  # bnreg.train's data-order stream (train._DATA)
-
 
 def make_train_chunk_prototype(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    *,
-    batch_size: int,
-    cache_permutations: bool = True,
-    squeeze_single: bool = True,
-) -> Callable[..., tuple[train.TrainState, jax.Array]]:
-    """Same signature and batches as :func:`bnreg.train.make_train_chunk`; see the module
-    docstring for the two changes."""
-    one_member = functools.partial(train.train_step, model, tx)
-    vmapped = jax.vmap(
-        one_member, in_axes=(train.MEMBER_AXES, 0, 0), out_axes=(train.MEMBER_AXES, 0)
+    model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int
+) -> Callable[..., tuple[train.TrainState, train.DataOrder, jax.Array]]:
+    """:func:`bnreg.train.make_train_chunk` (same signature, same batches) with a single member's
+    axis dropped before the scan and restored after it."""
+    single_step = functools.partial(train.train_step, model, tx)
+    vmapped_step = jax.vmap(
+        single_step, in_axes=(train.MEMBER_AXES, 0, 0), out_axes=(train.MEMBER_AXES, 0)
     )
 
-    def compiled_chunk(state, images, labels, cache, num_steps):
+    def chunk(state, data_order, images, labels, num_steps):
         num_examples = images.shape[0]
         steps_per_epoch = num_examples // batch_size
-        data_keys = jax.vmap(lambda key: jax.random.fold_in(key, _DATA))(state.key)
-        num_members = data_keys.shape[0]
+        data_keys = jax.vmap(lambda key: jax.random.fold_in(key, train._DATA))(state.key)
+        single = state.key.shape[0] == 1
 
-        def permutations_of(epoch):
-            return jax.vmap(
-                lambda key: data_lib.epoch_permutation(key, epoch, num_examples)
-            )(data_keys)
-
-        cached_keys, cached_epoch, cached_permutations = cache
-        # A cache from another run (other keys) is ignored: epoch -1 forces a recompute.
-        epoch = jnp.where(jnp.all(cached_keys == data_keys), cached_epoch, -1)
-
-        def batches(permutations, epoch, step):
-            step_epoch = step // steps_per_epoch
-            permutations, epoch = jax.lax.cond(
-                step_epoch == epoch,
-                lambda: (permutations, epoch),
-                lambda: (permutations_of(step_epoch), step_epoch),
+        def order_of(epoch):
+            return train.DataOrder(
+                epoch=epoch,
+                permutations=jax.vmap(
+                    lambda key: data_lib.epoch_permutation(key, epoch, num_examples)
+                )(data_keys),
             )
-            batch_images, batch_labels = jax.vmap(
-                lambda permutation: data_lib.batch_from_permutation(
-                    images, labels, permutation, step % steps_per_epoch, batch_size
-                )
-            )(permutations)
-            return permutations, epoch, batch_images, batch_labels
-
-        single = squeeze_single and num_members == 1
-        member_state = state
-        if single:
-            member_state = jax.tree.map(lambda x: x[0], state._replace(step=None))
-            member_state = member_state._replace(step=state.step)
 
         def body(carry, _):
-            member_state, permutations, epoch = carry
-            permutations, epoch, batch_images, batch_labels = batches(
-                permutations, epoch, member_state.step
+            member_state, data_order = carry
+            epoch = (member_state.step // steps_per_epoch).astype(jnp.int32)
+            data_order = jax.lax.cond(
+                epoch != data_order.epoch, order_of, lambda _: data_order, epoch
             )
+            position = member_state.step % steps_per_epoch
+            batch_images, batch_labels = jax.vmap(
+                lambda permutation: data_lib.batch_from_permutation(
+                    images, labels, permutation, position, batch_size
+                )
+            )(data_order.permutations)
             if single:
-                member_state, loss = one_member(member_state, batch_images[0], batch_labels[0])
-                loss = loss[None]
-            else:
-                member_state, loss = vmapped(member_state, batch_images, batch_labels)
-            return (member_state, permutations, epoch), loss
+                member_state, loss = single_step(member_state, batch_images[0], batch_labels[0])
+                return (member_state, data_order), loss[None]
+            member_state, loss = vmapped_step(member_state, batch_images, batch_labels)
+            return (member_state, data_order), loss
 
-        initial = (member_state, cached_permutations, epoch)
-        (member_state, permutations, epoch), losses = jax.lax.scan(
-            body, initial, None, length=num_steps
+        carried = train._unstack_member(state) if single else state
+        (carried, data_order), losses = jax.lax.scan(
+            body, (carried, data_order), None, length=num_steps
         )
-        if single:
-            restored = jax.tree.map(lambda x: x[None], member_state._replace(step=None))
-            member_state = restored._replace(step=member_state.step)
-        return member_state, losses, (data_keys, epoch, permutations)
+        return (train._stack_member(carried) if single else carried), data_order, losses
 
-    jitted = jax.jit(
-        compiled_chunk, static_argnames="num_steps", donate_argnames=("state", "cache")
+    return jax.jit(chunk, static_argnames="num_steps", donate_argnames=("state", "data_order"))
+
+
+def shard_over_members(
+    state: train.TrainState, data_order: train.DataOrder, images: jax.Array, labels: jax.Array
+) -> tuple[train.TrainState, train.DataOrder, jax.Array, jax.Array]:
+    """Places the member axis of ``state`` and ``data_order`` across all devices (a 1-D mesh
+    ``'m'``; the member count must be a multiple of the device count); the shared step, the
+    data order's epoch and the training data are replicated."""
+    mesh = Mesh(np.array(jax.devices()), ("m",))
+    per_member = NamedSharding(mesh, P("m"))
+    replicated = NamedSharding(mesh, P())
+
+    def place(tree: Any) -> Any:
+        return jax.tree.map(lambda x: jax.device_put(x, per_member), tree)
+
+    state = place(state._replace(step=None))._replace(step=jax.device_put(state.step, replicated))
+    data_order = train.DataOrder(
+        epoch=jax.device_put(data_order.epoch, replicated),
+        permutations=place(data_order.permutations),
     )
-    caches: dict[tuple[int, int], tuple[jax.Array, jax.Array, jax.Array]] = {}
-
-    def chunk(state, images, labels, num_steps):
-        num_members, num_examples = state.key.shape[0], images.shape[0]
-        shape = (num_members, num_examples)
-        cache = caches.pop(shape, None)
-        if cache is None or not cache_permutations:
-            cache = (
-                jnp.zeros(state.key.shape, state.key.dtype),
-                jnp.asarray(-1, jnp.int32),
-                jnp.zeros(shape, jnp.int32),
-            )
-        state, losses, caches[shape] = jitted(state, images, labels, cache, num_steps)
-        return state, losses
-
-    return chunk
+    return (
+        state,
+        data_order,
+        jax.device_put(images, replicated),
+        jax.device_put(labels, replicated),
+    )
 
 
-def check_prototype(
-    model: nn.Module, tx: optax.GradientTransformation, images: jax.Array, labels: jax.Array,
-    seeds: list[int], *, batch_size: int, chunk_steps: int, num_chunks: int, **options: bool,
+def check_chunk_prototype(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    batch_size: int,
+    chunk_steps: int,
+    num_chunks: int,
 ) -> dict[str, float | bool | int]:
-    """Trains ``seeds`` for ``num_chunks`` chunks of ``chunk_steps`` (cross an epoch boundary)
-    with the engine and with the prototype; whether losses and parameters are bit-identical,
-    and the largest loss difference."""
-    members = [train.Member(0.1, seed) for seed in seeds]
-    reference = train.make_train_chunk(model, tx, batch_size=batch_size)
-    prototype = make_train_chunk_prototype(model, tx, batch_size=batch_size, **options)
-    state_a = train.init_members(model, tx, members, images[:1])
-    state_b = train.init_members(model, tx, members, images[:1])
-    losses_a, losses_b = [], []
-    for _ in range(num_chunks):
-        state_a, losses = reference(state_a, images, labels, chunk_steps)
-        losses_a.append(losses)
-        state_b, losses = prototype(state_b, images, labels, chunk_steps)
-        losses_b.append(losses)
-    losses_a, losses_b = jnp.concatenate(losses_a), jnp.concatenate(losses_b)
-    same_params = all(
-        bool(jnp.array_equal(a, b))
-        for a, b in zip(jax.tree.leaves(state_a.params), jax.tree.leaves(state_b.params),
-                        strict=True)
-    )
+    """One member trained ``num_chunks`` chunks (cross an epoch boundary) by the engine and by
+    :func:`make_train_chunk_prototype`: bit-identical losses and parameters?"""
+    members = [train.Member(0.1, 0)]
+    results = []
+    for make in (train.make_train_chunk, make_train_chunk_prototype):
+        chunk = make(model, tx, batch_size=batch_size)
+        state = train.init_members(model, tx, members, images[:1])
+        order = train.empty_data_order(1, images.shape[0])
+        losses = []
+        for _ in range(num_chunks):
+            state, order, chunk_losses = chunk(state, order, images, labels, chunk_steps)
+            losses.append(chunk_losses)
+        results.append((state, jnp.concatenate(losses)))
+    (state_a, losses_a), (state_b, losses_b) = results
     return {
-        "members": len(seeds),
         "steps": chunk_steps * num_chunks,
-        "chunk_steps": chunk_steps,
-        **options,
         "losses_bit_identical": bool(jnp.array_equal(losses_a, losses_b)),
-        "params_bit_identical": same_params,
+        "params_bit_identical": all(
+            bool(jnp.array_equal(a, b))
+            for a, b in zip(
+                jax.tree.leaves(state_a.params), jax.tree.leaves(state_b.params), strict=True
+            )
+        ),
         "max_abs_loss_difference": float(jnp.max(jnp.abs(losses_a - losses_b))),
     }
+
+
+def check_population_prototype(
+    reference: Callable[..., Callable[..., dict]],
+    model: nn.Module,
+    state: train.TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    batch_size: int,
+    num_batches: int,
+) -> dict[str, float]:
+    """The largest relative difference between the statistics of ``reference`` (the engine's
+    ``make_population_statistics``) and the prototype's, for a trained ``state``."""
+    engine = reference(model, batch_size=batch_size, num_batches=num_batches)(
+        state.params, state.batch_stats, state.key, images, labels
+    )
+    prototype = make_population_statistics_prototype(
+        model, batch_size=batch_size, num_batches=num_batches
+    )(state.params, state.batch_stats, state.key, images, labels)
+    return {
+        "max_relative_difference": max(
+            float(jnp.max(jnp.abs(a - b) / (jnp.abs(a) + 1e-6)))
+            for a, b in zip(jax.tree.leaves(engine), jax.tree.leaves(prototype), strict=True)
+        )
+    }
+
+
+def make_population_statistics_prototype(
+    model: nn.Module, *, batch_size: int, num_batches: int
+) -> Callable[..., dict]:
+    """PROTOTYPE of :func:`bnreg.train.make_population_statistics` (same signature and
+    batches; sums in another order, so equal to ~1e-7, not bit-for-bit), with two changes:
+
+    1. **The batches' indices once per run.** The engine draws the same ``num_batches`` batches
+       at every call but recomputes their epoch permutation (a ~20 ms sort per member) each
+       time; here the ``(members, num_batches, batch_size)`` indices are kept between calls (a
+       cache checked against the keys on device, as in :func:`make_train_chunk_prototype`).
+    2. **All batches in one pass.** The engine runs ``num_batches`` sequential 60-row forward
+       passes (``fori_loop``); here one vmapped pass over the batch axis (BN still normalises
+       each batch with its own statistics; the parameters are shared, so XLA runs
+       ``num_batches × batch_size``-row matmuls) and the per-batch Alg. 2 accumulators are summed.
+    """
+
+    def indices_of(keys, num_examples):
+        steps_per_epoch = num_examples // batch_size
+        positions = jnp.arange(num_batches)
+
+        def one_member(key):
+            population_key = jax.random.fold_in(key, train._POPULATION)
+            permutations = jnp.stack(
+                [
+                    data_lib.epoch_permutation(population_key, epoch, num_examples)
+                    for epoch in range(-(-num_batches // steps_per_epoch))
+                ]
+            )
+            return jax.vmap(
+                lambda position: jax.lax.dynamic_slice(
+                    permutations[position // steps_per_epoch],
+                    ((position % steps_per_epoch) * batch_size,),
+                    (batch_size,),
+                )
+            )(positions)
+
+        return jax.vmap(one_member)(keys)
+
+    def one_member(params, batch_stats, key, member_indices, images):
+        population_key = jax.random.fold_in(key, train._POPULATION)
+
+        def one_batch(batch_indices, position):
+            _, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                jnp.take(images, batch_indices, axis=0),
+                train=True,
+                rngs={"dropout": jax.random.fold_in(population_key, position)},
+                mutable=["batch_stats", "population_stats"],
+            )
+            return updates["population_stats"]
+
+        per_batch = jax.vmap(one_batch)(member_indices, jnp.arange(num_batches))
+        # Every accumulator field is a sum over batches (num_batches included).
+        return train._finalize_accumulators(jax.tree.map(lambda x: x.sum(0), per_batch))
+
+    def compiled(params, batch_stats, keys, images, cache):
+        cached_keys, cached_indices = cache
+        indices = jax.lax.cond(
+            jnp.all(cached_keys == keys),
+            lambda: cached_indices,
+            lambda: indices_of(keys, images.shape[0]),
+        )
+        statistics = jax.vmap(one_member, in_axes=(0, 0, 0, 0, None))(
+            params, batch_stats, keys, indices, images
+        )
+        return statistics, (keys, indices)
+
+    jitted = jax.jit(compiled, donate_argnames="cache")
+    caches: dict[tuple[int, ...], tuple[jax.Array, jax.Array]] = {}
+
+    def population_of(params, batch_stats, keys, images, labels):
+        del labels
+        shape = (keys.shape[0], num_batches, batch_size)
+        cache = caches.pop(shape, None)
+        if cache is None:
+            # Keys that no run has (all bits set) force the first computation.
+            cache = (jnp.full(keys.shape, -1).astype(keys.dtype), jnp.zeros(shape, jnp.int32))
+        statistics, caches[shape] = jitted(params, batch_stats, keys, images, cache)
+        return statistics
+
+    return population_of

@@ -5,16 +5,16 @@ N(0, 0.1²) init, plain SGD at lr 0.1, batches of 60) is trained on the same syn
 binarized-MNIST-shaped data (60000×784) by
 
 (a) bnreg, one run — one member, ``bnreg.train.make_train_chunk`` (``lax.scan``-fused steps,
-    batches drawn on device), called in chunks of 500 steps as the BN study does (its
-    ``eval_every``); (a1, a2) the same with :mod:`benchmarks.engine_prototype`'s chunk, a
-    PROTOTYPE of an engine change;
+    batches drawn on device, the data order carried between chunks), called in chunks of 500
+    steps as the BN study does (its ``eval_every``); (a′) the same with
+    :func:`benchmarks.engine_prototype.make_train_chunk_prototype` (the member axis dropped
+    outside the scan instead of at every step; a PROTOTYPE);
 (b) a standard flax.linen model (``nn.BatchNorm``) with a jitted ``train_step`` called from a
     Python loop, the batch taken by indexing the on-device training array with a host index
     array (the flax examples' style); (b′) the same with the gather inside the jitted step;
 (c) the same flax model and step in a ``lax.scan`` over 500-step chunks (a stronger peer);
 (d) PyTorch eager, ``nn.BatchNorm1d``, CPU, its default thread count; (d′) one thread;
-(e) bnreg with 5 seeds in one program (5 members, vmapped), aggregate member-steps/s; (e1) the
-    prototype chunk.
+(e) bnreg with 5 seeds in one program (5 members, vmapped), aggregate member-steps/s.
 
 XLA:CPU threading settings are compared for bnreg's engine (1 and 5 members) in fresh worker
 processes (XLA reads its flags, and its thread pool takes the process's CPU affinity, when the
@@ -58,8 +58,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from benchmarks import common, engine_prototype
 from bnreg import train
@@ -87,52 +85,42 @@ def bnreg_engine() -> tuple[nn.Module, optax.GradientTransformation]:
     )
 
 
-def shard_over_members(
-    state: train.TrainState, images: jax.Array, labels: jax.Array
-) -> tuple[train.TrainState, jax.Array, jax.Array]:
-    """Places the member axis of ``state`` across all devices (a 1-D mesh ``'m'``); the shared
-    step and the training data are replicated. The prototype of the engine change."""
-    mesh = Mesh(np.array(jax.devices()), ("m",))
-    per_member = NamedSharding(mesh, P("m"))
-    replicated = NamedSharding(mesh, P())
-    step = jax.device_put(state.step, replicated)
-    state = jax.tree.map(lambda x: jax.device_put(x, per_member), state._replace(step=None))
-    state = state._replace(step=step)
-    return state, jax.device_put(images, replicated), jax.device_put(labels, replicated)
-
-
 def bnreg_runner(
-    images: np.ndarray, labels: np.ndarray, seeds: list[int], *, shard: bool = False,
-    prototype: dict[str, bool] | None = None,
+    images: np.ndarray,
+    labels: np.ndarray,
+    seeds: list[int],
+    *,
+    shard: bool = False,
+    prototype: bool = False,
 ) -> Runner:
-    """bnreg's scan-fused chunks (of ``CHUNK_STEPS``) training ``len(seeds)`` members; with
-    ``shard``, the members are
-    padded to a multiple of the device count and sharded (see :func:`shard_over_members`); with
-    ``prototype`` (its options), the chunk is :mod:`benchmarks.engine_prototype`'s instead of
-    the engine's."""
+    """bnreg's scan-fused chunks (of ``CHUNK_STEPS``) training ``len(seeds)`` members, the data
+    order carried from chunk to chunk as ``train_and_evaluate`` does. With ``shard``, the members
+    are padded to a multiple of the device count and sharded
+    (:func:`benchmarks.engine_prototype.shard_over_members`); with ``prototype``, the chunk is
+    :func:`benchmarks.engine_prototype.make_train_chunk_prototype`."""
     model, tx = bnreg_engine()
     if shard:
-        num_devices = jax.device_count()
-        padding = -len(seeds) % num_devices
+        padding = -len(seeds) % jax.device_count()
         seeds = seeds + [max(seeds) + 1 + i for i in range(padding)]
     members = [train.Member(common.LEARNING_RATE, seed) for seed in seeds]
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
     state = train.init_members(model, tx, members, device_images[:1])
+    data_order = train.empty_data_order(len(members), len(images))
     if shard:
-        state, device_images, device_labels = shard_over_members(
-            state, device_images, device_labels
+        state, data_order, device_images, device_labels = engine_prototype.shard_over_members(
+            state, data_order, device_images, device_labels
         )
-    if prototype is None:
-        chunk = train.make_train_chunk(model, tx, batch_size=common.BATCH_SIZE)
-    else:
-        chunk = engine_prototype.make_train_chunk_prototype(
-            model, tx, batch_size=common.BATCH_SIZE, **prototype
-        )
-    holder = [state]
+    make_chunk = (
+        engine_prototype.make_train_chunk_prototype if prototype else train.make_train_chunk
+    )
+    chunk = make_chunk(model, tx, batch_size=common.BATCH_SIZE)
+    holder = [state, data_order]
 
     def run(num_steps: int) -> None:
         for _ in range(num_steps // CHUNK_STEPS):
-            holder[0], losses = chunk(holder[0], device_images, device_labels, CHUNK_STEPS)
+            holder[0], holder[1], losses = chunk(
+                holder[0], holder[1], device_images, device_labels, CHUNK_STEPS
+            )
         losses.block_until_ready()
 
     return run
@@ -166,9 +154,7 @@ class FlaxState(train_state.TrainState):
 
 def flax_state(seed: int = 0) -> FlaxState:
     model = FlaxMLP()
-    variables = model.init(
-        jax.random.key(seed), jnp.zeros((1, common.INPUT_SIZE)), train=False
-    )
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, common.INPUT_SIZE)), train=False)
     return FlaxState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -426,11 +412,24 @@ def worker(args: argparse.Namespace) -> None:
 class RemoteWorker:
     """A worker subprocess driven turn by turn over its stdin/stdout."""
 
-    def __init__(self, args: argparse.Namespace, seeds: list[int], spec: dict[str, Any],
-                 *, single: bool, cpus: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        seeds: list[int],
+        spec: dict[str, Any],
+        *,
+        single: bool,
+        cpus: list[int] | None = None,
+    ) -> None:
         command = [
-            sys.executable, "-m", "benchmarks.train_throughput", "--worker",
-            "--steps", str(args.steps), "--seeds", ",".join(map(str, seeds)),
+            sys.executable,
+            "-m",
+            "benchmarks.train_throughput",
+            "--worker",
+            "--steps",
+            str(args.steps),
+            "--seeds",
+            ",".join(map(str, seeds)),
         ]
         if single:
             command.append("--single")
@@ -451,14 +450,19 @@ class RemoteWorker:
         self.log = tempfile.TemporaryFile(mode="w+")
         self.members = len(seeds)
         self.process = subprocess.Popen(
-            command, env=env, cwd=REPO, text=True, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log,
+            command,
+            env=env,
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
         )
 
     def _expect(self, prefix: str) -> str:
         for line in self.process.stdout:
             if line.startswith(prefix):
-                return line[len(prefix):].strip()
+                return line[len(prefix) :].strip()
         self.log.seek(0)
         raise RuntimeError(f"worker exited before {prefix.strip()}:\n{self.log.read()[-3000:]}")
 
@@ -523,16 +527,14 @@ def summarize(turns: list[Turn], work_per_turn: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 PEERS = {
-    "bnreg_1": "(a) bnreg, 1 run (scan-fused chunk)",
-    "bnreg_1_cache": "(a1) bnreg 1 run, PROTOTYPE chunk: permutations cached",
-    "bnreg_1_proto": "(a2) bnreg 1 run, PROTOTYPE chunk: permutations cached + no vmap for 1",
+    "bnreg_1": "(a) bnreg, 1 run (scan-fused chunks of 500 steps)",
+    "bnreg_1_proto": "(a′) bnreg 1 run, PROTOTYPE chunk: member axis dropped outside the scan",
     "flax_loop": "(b) flax.linen nn.BatchNorm, jitted step in a Python loop, eager batch indexing",
     "flax_loop_gather": "(b′) flax.linen, jitted step in a Python loop, gather inside the step",
-    "flax_scan": "(c) flax.linen step in lax.scan",
+    "flax_scan": "(c) flax.linen step in lax.scan (chunks of 500 steps)",
     "torch_default": "(d) PyTorch eager nn.BatchNorm1d, CPU, default threads",
     "torch_1thread": "(d′) PyTorch eager, torch.set_num_threads(1)",
     "bnreg_5": "(e) bnreg, 5 seeds in one program (aggregate)",
-    "bnreg_5_proto": "(e1) bnreg 5 seeds, PROTOTYPE chunk: permutations cached",
 }
 
 
@@ -540,25 +542,44 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}×" if value and base else "—"
 
 
+def _rate(rates: dict[str, Any], name: str) -> float | None:
+    return rates[name]["member_steps_per_s"] if name in rates else None
+
+
+def _turn_range(entry: dict[str, Any], work: float) -> str:
+    rates = [work / turn["seconds"] for turn in entry["turns"]]
+    return f"{min(rates):.0f}–{max(rates):.0f}"
+
+
 def write_report(result: dict[str, Any]) -> str:
-    """The markdown tables of ``result``."""
+    """The markdown tables of ``result`` (rows that were not run are left out)."""
     rates = result["rates"]
     members = result["members"]
-    torch_rate = rates["torch_default"]["member_steps_per_s"]
-    torch_1 = rates["torch_1thread"]["member_steps_per_s"]
-    flax_rate = rates["flax_loop"]["member_steps_per_s"]
+    torch_rate = _rate(rates, "torch_default")
+    torch_1 = _rate(rates, "torch_1thread")
+    flax_rate = _rate(rates, "flax_loop")
     peak = rates["peak"]["gflops"]
     rows = []
     for name, description in PEERS.items():
         if name not in rates:
             continue
-        rate = rates[name]["member_steps_per_s"]
-        rows.append([
-            description, rates[name]["members"], f"{rates[name]['steps_per_s']:.0f}",
-            f"{rate:.0f}", _ratio(rate, torch_rate), _ratio(rate, torch_1),
-            _ratio(rate, flax_rate), f"{gflops(rate):.1f}", f"{100 * gflops(rate) / peak:.0f}%",
-            f"{rates[name]['cores_used']:.2f}",
-        ])
+        entry = rates[name]
+        rate = entry["member_steps_per_s"]
+        rows.append(
+            [
+                description,
+                entry["members"],
+                f"{entry['steps_per_s']:.0f}",
+                f"{rate:.0f}",
+                _turn_range(entry, result["steps"] * entry["members"]),
+                _ratio(rate, torch_rate),
+                _ratio(rate, torch_1),
+                _ratio(rate, flax_rate),
+                f"{gflops(rate):.1f}",
+                f"{100 * gflops(rate) / peak:.0f}%",
+                f"{entry['cores_used']:.2f}",
+            ]
+        )
     machine = result["machine"]
     lines = [
         "# Training throughput: the BN paper's MNIST MLP",
@@ -569,8 +590,9 @@ def write_report(result: dict[str, Any]) -> str:
         f"threads). Load average (1/5/15 min) before: {result['loadavg_before']}, after: "
         f"{result['loadavg_after']}; other processes: {result['other_load']}. Every row took "
         f"{result['repeats']} turns of {result['steps']} steps, round robin with all the "
-        "others (after warm-up/compilation); rates are the median turn. *cores used* = the "
-        "process's CPU seconds / wall seconds over its turns (how much of the 2 cores it got).",
+        "others (after warm-up/compilation); rates are the median turn, *turns* the slowest and "
+        "fastest turn. *cores used* = the process's CPU seconds / wall seconds over its turns "
+        "(how much of the 2 cores it got).",
         "",
         "784-100-100-100-10 sigmoid, BN before each sigmoid (no bias before BN), batch 60, SGD "
         "lr 0.1, N(0, 0.1²) init; synthetic binarized data 60000×784 on the device. GFLOP/s = "
@@ -580,43 +602,55 @@ def write_report(result: dict[str, Any]) -> str:
         f"2048² float32 matmul in jax, same process, **{peak:.0f} GFLOP/s** (XLA defaults).",
         "",
         common.markdown_table(
-            ["implementation", "members", "steps/s", "member-steps/s", "vs PyTorch (default)",
-             "vs PyTorch (1 thread)", "vs flax jit loop", "GFLOP/s", "of peak", "cores used"],
+            [
+                "implementation",
+                "members",
+                "steps/s",
+                "member-steps/s",
+                "turns",
+                "vs PyTorch (default)",
+                "vs PyTorch (1 thread)",
+                "vs flax jit loop",
+                "GFLOP/s",
+                "of peak",
+                "cores used",
+            ],
             rows,
         ),
         "",
     ]
-    bnreg_1 = rates["bnreg_1"]["member_steps_per_s"]
-    bnreg_5 = rates["bnreg_5"]["member_steps_per_s"]
+    bnreg_1, bnreg_5 = _rate(rates, "bnreg_1"), _rate(rates, "bnreg_5")
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
+    def verdict(value: float | None, base: float | None, factor: float) -> str:
+        if not value or not base:
+            return "—"
+        return f"**{value / base:.2f}×** ({'met' if value >= factor * base else 'NOT met'})"
 
     lines += [
         "Targets (XLA defaults, this process):",
         "",
-        f"- bnreg 1 run ≥ 4× PyTorch eager: **{bnreg_1 / torch_rate:.2f}×** "
-        f"({verdict(bnreg_1 >= 4 * torch_rate)}); against PyTorch with 1 thread "
-        f"{bnreg_1 / torch_1:.2f}×.",
-        f"- bnreg 1 run ≥ 1.0× flax jit loop: **{bnreg_1 / flax_rate:.2f}×** "
-        f"({verdict(bnreg_1 >= flax_rate)}).",
+        f"- bnreg 1 run ≥ 4× PyTorch eager (default threads): {verdict(bnreg_1, torch_rate, 4)}"
+        f"; against PyTorch with 1 thread {_ratio(bnreg_1, torch_1)}.",
+        f"- bnreg 1 run ≥ 1.0× flax jit loop: {verdict(bnreg_1, flax_rate, 1)}.",
         f"- bnreg {members} seeds ≥ 10× PyTorch single run, aggregate: "
-        f"**{bnreg_5 / torch_rate:.2f}×** ({verdict(bnreg_5 >= 10 * torch_rate)}); against "
-        f"PyTorch with 1 thread {bnreg_5 / torch_1:.2f}×.",
-        "",
+        f"{verdict(bnreg_5, torch_rate, 10)}; against PyTorch with 1 thread "
+        f"{_ratio(bnreg_5, torch_1)}.",
     ]
-    checks = result.get("prototype_check", [])
-    if checks:
+    if torch_rate:
         lines += [
-            "Prototype check (engine chunk vs prototype chunk, same seeds, across an epoch "
-            "boundary): "
-            + "; ".join(
-                f"{c['members']} member(s), {c['steps']} steps in {c['chunk_steps']}-step chunks"
-                f"{'' if c.get('squeeze_single', True) else ' (cache only)'}: losses bit-identical "
-                f"{c['losses_bit_identical']}, params bit-identical {c['params_bit_identical']}"
-                f", max |Δloss| {c['max_abs_loss_difference']:.1e}"
-                for c in checks
-            ),
+            f"- Arithmetic limit: 4× PyTorch is {gflops(4 * torch_rate):.0f} GFLOP/s of 60-row "
+            f"matmuls ({100 * gflops(4 * torch_rate) / peak:.0f}% of the 2048² peak); 10× is "
+            f"{gflops(10 * torch_rate):.0f} GFLOP/s ({100 * gflops(10 * torch_rate) / peak:.0f}%"
+            " of the peak).",
+        ]
+    lines.append("")
+    check = result.get("prototype_check")
+    if check:
+        lines += [
+            f"Prototype check (a′ vs a, one member, {check['steps']} steps in 500-step chunks "
+            f"across an epoch boundary): losses bit-identical {check['losses_bit_identical']}, "
+            f"parameters bit-identical {check['params_bit_identical']}, max |Δloss| "
+            f"{check['max_abs_loss_difference']:.1e}.",
             "",
         ]
     variants = result.get("variants", {})
@@ -625,30 +659,46 @@ def write_report(result: dict[str, Any]) -> str:
         rows = []
         for name, variant in variants.items():
             single, many = variant.get("single_steps_per_s"), variant["many_member_steps_per_s"]
-            rows.append([
-                name, variant["description"],
-                f"{single:.0f}" if single else "—", _ratio(single, base.get("single_steps_per_s")),
-                _ratio(single, torch_rate), f"{many:.0f}",
-                _ratio(many, base.get("many_member_steps_per_s")), _ratio(many, torch_rate),
-                f"{gflops(many):.1f}",
-                f"{variant['peak_gflops']:.0f}" if variant.get("peak_gflops") else "—",
-                f"{variant['many_cores_used']:.2f}",
-                " ".join(str(a) for a in variant["thread_affinities"]),
-            ])
+            rows.append(
+                [
+                    name,
+                    variant["description"],
+                    f"{single:.0f}" if single else "—",
+                    _ratio(single, base.get("single_steps_per_s")),
+                    _ratio(single, torch_rate),
+                    f"{many:.0f}",
+                    _ratio(many, base.get("many_member_steps_per_s")),
+                    _ratio(many, torch_rate),
+                    f"{gflops(many):.1f}",
+                    f"{variant['peak_gflops']:.0f}" if variant.get("peak_gflops") else "—",
+                    f"{variant['many_cores_used']:.2f}",
+                    " ".join(str(a) for a in variant["thread_affinities"]),
+                ]
+            )
         lines += [
             f"## XLA:CPU threading settings for bnreg (1 run, and {members} seeds in one "
             "program), each in fresh worker process(es), in the same round robin",
             "",
             common.markdown_table(
-                ["variant", "setting", "1 run steps/s", "vs default", "vs PyTorch",
-                 f"{members} seeds member-steps/s", "vs default", "vs PyTorch", "GFLOP/s",
-                 "peak GFLOP/s (this setting)", f"cores used ({members} seeds)",
-                 "threads' CPU sets"],
+                [
+                    "variant",
+                    "setting",
+                    "1 run steps/s",
+                    "vs default",
+                    "vs PyTorch",
+                    f"{members} seeds member-steps/s",
+                    "vs default",
+                    "vs PyTorch",
+                    "GFLOP/s",
+                    "peak GFLOP/s (this setting)",
+                    f"cores used ({members} seeds)",
+                    "threads' CPU sets",
+                ],
                 rows,
             ),
             "",
             "`intra_op_parallelism_threads` is a field of XLA's `ExecutionOptions` proto, not an "
-            "XLA flag: alone in `XLA_FLAGS` it aborts (\"Could not open file … to read flags\"), "
+            'XLA flag: alone in `XLA_FLAGS` it aborts ("Could not open file … to read flags"), '
             "after a `--` flag it is silently ignored, so it is not a variant here.",
             "",
         ]
@@ -659,7 +709,9 @@ def _other_load() -> str:
     """The other busy processes (top CPU users), to record what the numbers competed with."""
     try:
         output = subprocess.run(
-            ["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
+            ["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"],
+            capture_output=True,
+            text=True,
             check=True,
         ).stdout.splitlines()[1:]
     except (OSError, subprocess.CalledProcessError):
@@ -678,11 +730,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="steps per timed turn")
     parser.add_argument("--repeats", type=int, default=5, help="timed turns per implementation")
     parser.add_argument("--members", type=int, default=5, help="seeds in one bnreg program")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated threading variants (fresh worker processes); "
-                        "'' for none")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "train_throughput",
-                        help="results path without suffix (.json and .md are written)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated threading variants (fresh worker processes); '' for none",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join([*PEERS, "peak"]),
+        help="comma-separated in-process rows to run (peak is always run)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS_DIR / "train_throughput",
+        help="results path without suffix (.json and .md are written)",
+    )
     # Worker mode (internal).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", default="0", help=argparse.SUPPRESS)
@@ -707,8 +770,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": common.machine_load(),
-        "versions": {"jax": jax.__version__, "flax": flax.__version__,
-                     "torch": torch.__version__},
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "torch": torch.__version__},
         "torch_default_threads": torch.get_num_threads(),
         "steps": args.steps,
         "repeats": args.repeats,
@@ -735,28 +797,31 @@ def main() -> None:
     result["xla_cost_flops_per_step"] = flax_step_cost_flops(images, labels)
     model, tx = bnreg_engine()
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
-    result["prototype_check"] = [
-        engine_prototype.check_prototype(
-            model, tx, device_images, device_labels, check_seeds,
-            batch_size=common.BATCH_SIZE, chunk_steps=CHUNK_STEPS, num_chunks=3, **options,
-        )
-        for check_seeds, options in (
-            ([0], {"squeeze_single": False}), ([0], {}), (seeds, {})
-        )
-    ]
-    local = {
-        "bnreg_1": bnreg_runner(images, labels, [0]),
-        "bnreg_1_cache": bnreg_runner(images, labels, [0], prototype={"squeeze_single": False}),
-        "bnreg_1_proto": bnreg_runner(images, labels, [0], prototype={}),
-        "flax_loop": flax_loop_runner(images, labels, gather_in_step=False),
-        "flax_loop_gather": flax_loop_runner(images, labels, gather_in_step=True),
-        "flax_scan": flax_scan_runner(images, labels),
-        "torch_default": torch_runner(images, labels, threads=None),
-        "torch_1thread": torch_runner(images, labels, threads=1),
-        "bnreg_5": bnreg_runner(images, labels, seeds),
-        "bnreg_5_proto": bnreg_runner(images, labels, seeds, prototype={}),
-        "peak": peak_matmul_runner(),
+    result["prototype_check"] = engine_prototype.check_chunk_prototype(
+        model,
+        tx,
+        device_images,
+        device_labels,
+        batch_size=common.BATCH_SIZE,
+        chunk_steps=CHUNK_STEPS,
+        num_chunks=3,
+    )
+    factories: dict[str, Callable[[], Runner]] = {
+        "bnreg_1": lambda: bnreg_runner(images, labels, [0]),
+        "bnreg_1_proto": lambda: bnreg_runner(images, labels, [0], prototype=True),
+        "flax_loop": lambda: flax_loop_runner(images, labels, gather_in_step=False),
+        "flax_loop_gather": lambda: flax_loop_runner(images, labels, gather_in_step=True),
+        "flax_scan": lambda: flax_scan_runner(images, labels),
+        "torch_default": lambda: torch_runner(images, labels, threads=None),
+        "torch_1thread": lambda: torch_runner(images, labels, threads=1),
+        "bnreg_5": lambda: bnreg_runner(images, labels, seeds),
+        "peak": peak_matmul_runner,
     }
+    wanted = {name for name in args.peers.split(",") if name} | {"peak"}
+    unknown = sorted(wanted - set(factories))
+    if unknown:
+        parser.error(f"unknown peers {unknown}; choose from {list(factories)}")
+    local = {name: make() for name, make in factories.items() if name in wanted}
     for name, run in local.items():
         print(f"warm-up {name}: {timed_turn(run, args.steps).seconds:.1f} s", flush=True)
     for remote in (w for group in workers.values() for w in group):
@@ -780,8 +845,10 @@ def main() -> None:
         count = args.members if name.startswith("bnreg_5") else 1
         summary = summarize(turns[name], args.steps)
         result["rates"][name] = {
-            "members": count, "steps_per_s": summary["rate"],
-            "member_steps_per_s": summary["rate"] * count, **summary,
+            "members": count,
+            "steps_per_s": summary["rate"],
+            "member_steps_per_s": summary["rate"] * count,
+            **summary,
         }
     result["variants"] = {}
     for name, group in workers.items():
@@ -799,8 +866,9 @@ def main() -> None:
             single = summarize(turns[f"{name}/single"], args.steps)
             variant["single_steps_per_s"] = single["rate"]
             variant["single_turns"] = single["turns"]
-            variant["peak_gflops"] = summarize(turns[f"{name}/peak"], PEAK_FLOPS_PER_TURN)[
-                "rate"] / 1e9
+            variant["peak_gflops"] = (
+                summarize(turns[f"{name}/peak"], PEAK_FLOPS_PER_TURN)["rate"] / 1e9
+            )
         result["variants"][name] = variant
     result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
 
