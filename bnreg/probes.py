@@ -68,10 +68,15 @@ def histogram(
     weights: jax.Array | None = None,
 ) -> jax.Array:
     """Counts of ``x``'s values in ``bins`` equal bins over ``value_range``, each value counted
-    with its weight (1 by default; 0 masks padding). Values outside the range go to the end
-    bins, so the counts add up to ``weights.sum()`` (``x.size`` unweighted)."""
+    with its weight (1 by default; 0 masks padding).
+
+    Bin ``i`` holds ``low + i·w ≤ x < low + (i+1)·w`` (``w = (high − low)/bins``) with the index
+    computed as ``floor((x − low)/w)`` in float32, so a value within rounding of an edge may land
+    in the neighbouring bin; values outside the range go to the end bins, so the counts add up to
+    ``weights.sum()`` (``x.size`` unweighted). A ``bincount``, several times faster on CPU than
+    ``jnp.histogram``'s search over the edges (benchmarks/README.md).
+    """
     low, high = value_range
-    clipped = jnp.clip(x.reshape(-1), low, high)
+    index = jnp.floor((x.reshape(-1) - low) * (bins / (high - low))).astype(jnp.int32)
     flat_weights = None if weights is None else weights.reshape(-1)
-    counts, _ = jnp.histogram(clipped, bins=bins, range=(low, high), weights=flat_weights)
-    return counts
+    return jnp.bincount(jnp.clip(index, 0, bins - 1), weights=flat_weights, length=bins)

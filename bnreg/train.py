@@ -392,12 +392,6 @@ def make_train_chunk(
     single_step = functools.partial(train_step, model, tx)
     vmapped_step = jax.vmap(single_step, in_axes=(MEMBER_AXES, 0, 0), out_axes=(MEMBER_AXES, 0))
 
-    def member_step(state, batch_images, batch_labels):
-        if state.key.shape[0] > 1:
-            return vmapped_step(state, batch_images, batch_labels)
-        member, loss = single_step(_unstack_member(state), batch_images[0], batch_labels[0])
-        return _stack_member(member), loss[None]
-
     def chunk(
         state: TrainState,
         data_order: DataOrder,
@@ -408,6 +402,7 @@ def make_train_chunk(
         num_examples = images.shape[0]
         steps_per_epoch = num_examples // batch_size
         data_keys = jax.vmap(lambda key: jax.random.fold_in(key, _DATA))(state.key)
+        single = state.key.shape[0] == 1
 
         def order_of(epoch):
             return DataOrder(
@@ -430,13 +425,15 @@ def make_train_chunk(
                     images, labels, permutation, position, batch_size
                 )
             )(data_order.permutations)
-            state, loss = member_step(state, batch_images, batch_labels)
+            if single:
+                state, loss = single_step(state, batch_images[0], batch_labels[0])
+                return (state, data_order), loss[None]
+            state, loss = vmapped_step(state, batch_images, batch_labels)
             return (state, data_order), loss
 
-        (state, data_order), losses = jax.lax.scan(
-            body, (state, data_order), None, length=num_steps
-        )
-        return state, data_order, losses
+        carry = (_unstack_member(state) if single else state, data_order)
+        (state, data_order), losses = jax.lax.scan(body, carry, None, length=num_steps)
+        return (_stack_member(state) if single else state), data_order, losses
 
     return jax.jit(chunk, static_argnames="num_steps", donate_argnames=("state", "data_order"))
 

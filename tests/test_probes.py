@@ -1,0 +1,48 @@
+"""Probes: histogram counts and per-unit percentiles."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnreg import probes
+
+
+def test_histogram_matches_numpy_and_puts_out_of_range_values_in_the_end_bins():
+    rng = np.random.default_rng(0)
+    # Values away from bin edges (centres ± 0.4 of a bin), plus some outside the range.
+    inside = (rng.integers(0, 10, 500) + 0.5 + rng.uniform(-0.4, 0.4, 500)) / 10
+    outside = np.array([-3.0, -0.2, 1.7, 9.0])
+    counts = probes.histogram(
+        jnp.asarray(np.concatenate([inside, outside]), jnp.float32), bins=10,
+        value_range=(0.0, 1.0),
+    )
+    expected, _ = np.histogram(np.clip(np.concatenate([inside, outside]), 0, 1), 10, (0, 1))
+    np.testing.assert_array_equal(counts, expected)
+    assert int(counts.sum()) == 504
+
+
+def test_histogram_weights_mask_padding():
+    x = jnp.asarray([[0.1, 0.9], [0.5, 0.5]])
+    counts = probes.histogram(
+        x, bins=2, value_range=(0.0, 1.0), weights=jnp.asarray([[1.0, 1.0], [0.0, 0.0]])
+    )
+    np.testing.assert_array_equal(counts, [1.0, 1.0])
+
+
+def test_unit_columns_take_every_spatial_position_as_a_sample():
+    x = jnp.arange(2 * 3 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 3, 4)
+    columns = probes.unit_columns(x, (1, 3))
+    assert columns.shape == (18, 2)
+    np.testing.assert_array_equal(columns[:, 0], x[..., 1].reshape(-1))
+
+
+def test_unit_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match="out of range"):
+        probes.unit_columns(jnp.zeros((4, 3)), (3,))
+
+
+def test_sown_without_probes_is_an_error_that_says_what_to_do():
+    with pytest.raises(ValueError, match="mutable=\\['intermediates'\\]"):
+        probes.sown({}, "preactivation")
