@@ -25,15 +25,24 @@ Optimizer and learning rate — the paper states neither, so the comparison is m
 
 1. Plain SGD (no momentum, no decay), the same for both nets. Both nets start from the same
    weights (same seed, same layer names) and see the same batches in the same order.
-2. A learning-rate sweep on a log grid (``study.sweep_learning_rates``, 0.01 … 2.0) for *both* nets,
-   ``study.sweep_steps`` steps each, scored on a validation split carved from the training set
-   (the test set is not used to choose anything). The grid points and seeds of one net are one
-   compiled program (a vmap over members).
+2. A learning-rate sweep on a log grid (``study.sweep_learning_rates``, 0.01 … 5.0) for *both*
+   nets, ``study.sweep_steps`` (10,000) steps each, 2 seeds, scored on a validation split of 5,000
+   carved from the training set (the test set is not used to choose anything). The grid points
+   and seeds of one net are one compiled program (a vmap over members). ``results.md`` warns when
+   the best rate sits at the edge of the grid.
 3. The full study at (i) the no-BN net's best learning rate — the baseline's best shot — and
    (ii) ``study.high_lr_factor`` (5) times it, BN's claim being that it tolerates higher rates
    (the paper's "BN-x5"). ``results.md`` records the sweep table and the choice.
+4. The BN net is evaluated — curves, probes, the sweep's score — with Alg. 2's population
+   statistics recomputed at every evaluation, as the paper's inference network; the final accuracy
+   with the EMA statistics is reported beside it.
 
 Nothing is tuned in BN's favour: the selection uses the baseline's sweep only.
+
+Evidence (Fashion-MNIST, measured by the command above; experiments/results/bn_fashion_mnist):
+the no-BN net's validation accuracy after 10k steps rises from 60.6% at lr 0.01 to a maximum of
+87.8% at lr 1.0 and falls to 86.4% at lr 5.0, so (i) = 1.0, an interior point of the grid, and
+(ii) = 5.0. The BN net is flat by comparison (84.4% at 0.01, 87.9–88.3% from 0.2 to 5.0).
 """
 
 from __future__ import annotations
