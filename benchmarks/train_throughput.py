@@ -6,9 +6,7 @@ binarized-MNIST-shaped data (60000×784) by
 
 (a) bnreg, one run — one member, ``bnreg.train.make_train_chunk`` (``lax.scan``-fused steps,
     batches drawn on device, the data order carried between chunks), called in chunks of 500
-    steps as the BN study does (its ``eval_every``); (a′) the same with
-    :func:`benchmarks.engine_prototype.make_train_chunk_prototype` (the member axis dropped
-    outside the scan instead of at every step; a PROTOTYPE);
+    steps as the BN study does (its ``eval_every``);
 (b) a standard flax.linen model (``nn.BatchNorm``) with a jitted ``train_step`` called from a
     Python loop, the batch taken by indexing the on-device training array with a host index
     array (the flax examples' style); (b′) the same with the gather inside the jitted step;
@@ -59,7 +57,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from benchmarks import common, engine_prototype
+from benchmarks import common
 from bnreg import train
 from experiments.bn_mnist import get_config, study_config
 
@@ -91,13 +89,10 @@ def bnreg_runner(
     seeds: list[int],
     *,
     shard: bool = False,
-    prototype: bool = False,
 ) -> Runner:
     """bnreg's scan-fused chunks (of ``CHUNK_STEPS``) training ``len(seeds)`` members, the data
     order carried from chunk to chunk as ``train_and_evaluate`` does. With ``shard``, the members
-    are padded to a multiple of the device count and sharded
-    (:func:`benchmarks.engine_prototype.shard_over_members`); with ``prototype``, the chunk is
-    :func:`benchmarks.engine_prototype.make_train_chunk_prototype`."""
+    are padded to a multiple of the device count and sharded (:func:`bnreg.train.shard_members`)."""
     model, tx = bnreg_engine()
     if shard:
         padding = -len(seeds) % jax.device_count()
@@ -107,13 +102,8 @@ def bnreg_runner(
     state = train.init_members(model, tx, members, device_images[:1])
     data_order = train.empty_data_order(len(members), len(images))
     if shard:
-        state, data_order, device_images, device_labels = engine_prototype.shard_over_members(
-            state, data_order, device_images, device_labels
-        )
-    make_chunk = (
-        engine_prototype.make_train_chunk_prototype if prototype else train.make_train_chunk
-    )
-    chunk = make_chunk(model, tx, batch_size=common.BATCH_SIZE)
+        state, data_order = train.shard_members(state), train.shard_members(data_order)
+    chunk = train.make_train_chunk(model, tx, batch_size=common.BATCH_SIZE)
     holder = [state, data_order]
 
     def run(num_steps: int) -> None:
@@ -528,7 +518,6 @@ def summarize(turns: list[Turn], work_per_turn: float) -> dict[str, Any]:
 
 PEERS = {
     "bnreg_1": "(a) bnreg, 1 run (scan-fused chunks of 500 steps)",
-    "bnreg_1_proto": "(a′) bnreg 1 run, PROTOTYPE chunk: member axis dropped outside the scan",
     "flax_loop": "(b) flax.linen nn.BatchNorm, jitted step in a Python loop, eager batch indexing",
     "flax_loop_gather": "(b′) flax.linen, jitted step in a Python loop, gather inside the step",
     "flax_scan": "(c) flax.linen step in lax.scan (chunks of 500 steps)",
@@ -644,15 +633,6 @@ def write_report(result: dict[str, Any]) -> str:
             " of the peak).",
         ]
     lines.append("")
-    check = result.get("prototype_check")
-    if check:
-        lines += [
-            f"Prototype check (a′ vs a, one member, {check['steps']} steps in 500-step chunks "
-            f"across an epoch boundary): losses bit-identical {check['losses_bit_identical']}, "
-            f"parameters bit-identical {check['params_bit_identical']}, max |Δloss| "
-            f"{check['max_abs_loss_difference']:.1e}.",
-            "",
-        ]
     variants = result.get("variants", {})
     if variants:
         base = variants.get("default", {})
@@ -795,20 +775,8 @@ def main() -> None:
 
     images, labels = common.synthetic_mnist()
     result["xla_cost_flops_per_step"] = flax_step_cost_flops(images, labels)
-    model, tx = bnreg_engine()
-    device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
-    result["prototype_check"] = engine_prototype.check_chunk_prototype(
-        model,
-        tx,
-        device_images,
-        device_labels,
-        batch_size=common.BATCH_SIZE,
-        chunk_steps=CHUNK_STEPS,
-        num_chunks=3,
-    )
     factories: dict[str, Callable[[], Runner]] = {
         "bnreg_1": lambda: bnreg_runner(images, labels, [0]),
-        "bnreg_1_proto": lambda: bnreg_runner(images, labels, [0], prototype=True),
         "flax_loop": lambda: flax_loop_runner(images, labels, gather_in_step=False),
         "flax_loop_gather": lambda: flax_loop_runner(images, labels, gather_in_step=True),
         "flax_scan": lambda: flax_scan_runner(images, labels),
