@@ -529,12 +529,7 @@ def main() -> None:
         result["torch"][name] = torch_study(args, threads)
     first = next(iter(result["bnreg"].values()), None)
     result["source"] = first["nets"]["bn"]["source"] if first else args.dataset
-    result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    report = write_report(result)
-    args.output.with_suffix(".md").write_text(report + "\n")
-    print(report)
+    common.write_results(args.output, result, write_report)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ plain SGD, batches of 60. BN momentum is flax's 0.99 (PyTorch ``momentum=0.01``)
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import platform
 import statistics
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,6 +91,19 @@ def thread_affinities() -> list[list[int]]:
         except OSError:
             continue
     return [list(s) for s in sorted(sets)]
+
+
+def write_results(
+    output: Path, result: dict[str, Any], write_report: Callable[[dict[str, Any]], str]
+) -> None:
+    """Stamps the load after the run, writes ``output``.json and the report as ``output``.md,
+    and prints the report."""
+    result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    report = write_report(result)
+    output.with_suffix(".md").write_text(report + "\n")
+    print(report)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

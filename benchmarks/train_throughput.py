@@ -838,13 +838,7 @@ def main() -> None:
                 summarize(turns[f"{name}/peak"], PEAK_FLOPS_PER_TURN)["rate"] / 1e9
             )
         result["variants"][name] = variant
-    result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
-
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    report = write_report(result)
-    args.output.with_suffix(".md").write_text(report + "\n")
-    print(report)
+    common.write_results(args.output, result, write_report)
 
 
 if __name__ == "__main__":
