@@ -51,8 +51,8 @@ NETS = ("no_bn", "bn")
 VARIANTS: dict[str, dict[str, Any]] = {
     "engine": {"description": "bnreg engine as it is, XLA defaults, nets one after another"},
     "prototype": {
-        "description": "PROTOTYPE Alg. 2 at every evaluation (indices once per run, one "
-        "vmapped pass), nets one after another",
+        "description": "PROTOTYPE Alg. 2 at every evaluation in one vmapped pass, nets one "
+        "after another",
         "prototype": True,
     },
     "parallel_nets": {
@@ -138,7 +138,6 @@ def bnreg_worker(args: argparse.Namespace) -> None:
                 train.build_model(config.model, run_data.num_classes),
                 run.state,
                 jax.numpy.asarray(run_data.train.images),
-                jax.numpy.asarray(run_data.train.labels),
                 batch_size=config.batch_size,
                 num_batches=config.population_batches,
             )

@@ -68,6 +68,7 @@ __all__ = [
     "Split",
     "batch_at_step",
     "batch_from_permutation",
+    "batch_indices",
     "binarize",
     "epoch_permutation",
     "flatten",
@@ -1030,6 +1031,40 @@ def batch_at_step(
     step = jnp.asarray(step, dtype=jnp.int32)
     permutation = epoch_permutation(key, step // steps_per_epoch, num)
     return batch_from_permutation(images, labels, permutation, step % steps_per_epoch, batch_size)
+
+
+def batch_indices(
+    key: jax.Array, num_examples: int, num_steps: int, *, batch_size: int
+) -> jax.Array:
+    """The example indices of the mini-batches :func:`batch_at_step` draws at steps
+    ``0 … num_steps − 1``, one row per step: :math:`I_0, \\ldots, I_{T-1}` with one
+    :func:`epoch_permutation` per epoch, however many steps an epoch has.
+
+    For a loop that visits the same batches many times (e.g. Alg. 2's population statistics at
+    every evaluation): compute these once, then gather ``images[indices[t]]`` per step.
+
+    Args:
+      key: the data-order key, as for :func:`batch_at_step`.
+      num_examples: :math:`N`, a static Python int >= 1.
+      num_steps: :math:`T`, a static Python int >= 1.
+      batch_size: :math:`B`, a static Python int in [1, N].
+
+    Returns:
+      int32 array of shape ``(num_steps, batch_size)``.
+
+    Raises:
+      TypeError / ValueError: a count that is not an int in its range.
+    """
+    _check_count(num_examples, "num_examples", 1, np.iinfo(np.int32).max)
+    _check_count(num_steps, "num_steps", 1, np.iinfo(np.int32).max)
+    _check_count(batch_size, "batch_size", 1, num_examples)
+    steps_per_epoch = num_examples // batch_size
+    epochs = -(-num_steps // steps_per_epoch)
+    used = steps_per_epoch * batch_size
+    permutations = jnp.stack(
+        [epoch_permutation(key, epoch, num_examples)[:used] for epoch in range(epochs)]
+    )
+    return permutations.reshape(epochs * steps_per_epoch, batch_size)[:num_steps]
 
 
 def _check_batching_shapes(images: jax.Array, labels: jax.Array, batch_size: int) -> int:

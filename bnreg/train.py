@@ -108,7 +108,8 @@ class RunResult:
 
     Attributes:
       history: the metrics records, one per (evaluation, member), as in ``metrics.jsonl``.
-      summary: final evaluation per member with EMA and Alg. 2 statistics (``summary.json``).
+      summary: final evaluation per member with the EMA, Alg. 2 and settled EMA statistics
+        (``summary.json``).
       state: the final :class:`TrainState` (members on the leading axis).
       members: the members, in the order of the member axis.
     """
@@ -567,80 +568,115 @@ def _finalize_accumulators(tree: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def population_batch_indices(
+    key: jax.Array, num_examples: int, *, batch_size: int, num_batches: int
+) -> jax.Array:
+    """The training batches, ``(num_batches, batch_size)`` example indices, over which a member
+    with ``key`` computes its inference statistics (:func:`population_statistics`,
+    :func:`settled_ema_statistics`): those :func:`bnreg.data.batch_at_step` draws at steps
+    ``0 … num_batches − 1`` from the member's ``POPULATION`` key stream. The same at every
+    evaluation, so successive evaluations differ only through the parameters; a run computes
+    them once."""
+    return data_lib.batch_indices(
+        jax.random.fold_in(key, _POPULATION), num_examples, num_batches, batch_size=batch_size
+    )
+
+
+def _frozen_training_passes(
+    model: nn.Module,
+    params: Any,
+    batch_stats: Any,
+    key: jax.Array,
+    images: jax.Array,
+    batch_indices: jax.Array,
+) -> dict[str, Any]:
+    """Runs the network as in training (BN normalises with each batch's statistics, dropout on)
+    with frozen ``params`` over the batches ``images[batch_indices[i]]`` in order, and returns the
+    last ``batch_stats`` (the EMA, updated once per batch) and ``population_stats`` (Alg. 2's
+    sums)."""
+    population_key = jax.random.fold_in(key, _POPULATION)
+
+    def one_batch(position, variables):
+        _, updates = model.apply(
+            {"params": params, **variables},
+            jnp.take(images, batch_indices[position], axis=0),
+            train=True,
+            rngs={"dropout": jax.random.fold_in(population_key, position)},
+            mutable=["batch_stats", "population_stats"],
+        )
+        return updates
+
+    # The first pass creates the population_stats collection; the loop carries it.
+    variables = one_batch(0, {"batch_stats": batch_stats})
+    return jax.lax.fori_loop(1, batch_indices.shape[0], one_batch, variables)
+
+
 def population_statistics(
     model: nn.Module,
     params: Any,
     batch_stats: Any,
     key: jax.Array,
     images: jax.Array,
-    labels: jax.Array,
-    *,
-    batch_size: int,
-    num_batches: int,
+    batch_indices: jax.Array,
 ) -> dict[str, Any]:
     """BN's inference statistics of one member by Alg. 2 (Ioffe & Szegedy 2015).
 
     .. math::
         E[x] = E_B[\\mu_B], \\qquad \\mathrm{Var}[x] = \\frac{m}{m-1} E_B[\\sigma_B^2]
 
-    over ``num_batches`` training batches of ``m = batch_size`` examples: the batches
-    :func:`bnreg.data.batch_at_step` draws at steps ``0 … num_batches − 1`` from the member's
-    ``POPULATION`` key stream (the same batches at every call, so successive evaluations differ
-    only through the parameters). The network runs as in training (BN normalises with each
-    batch's statistics, dropout on) with frozen parameters; this is the distribution the EMA
-    statistics track too.
+    over the training batches ``images[batch_indices[i]]`` of ``m = batch_indices.shape[1]``
+    examples (the engine's: :func:`population_batch_indices`). The network runs as in training
+    (BN normalises with each batch's statistics, dropout on) with frozen parameters; this is the
+    distribution the EMA statistics track too. ``key`` seeds the dropout masks.
 
     Returns:
       A collection in the layout of ``batch_stats`` (``{"BatchNorm_i": {"mean", "var"}}``).
     """
-    num_examples = images.shape[0]
-    steps_per_epoch = num_examples // batch_size
-    population_key = jax.random.fold_in(key, _POPULATION)
-    # Each epoch's permutation once, rather than one sort per batch as batch_at_step would.
-    permutations = jnp.stack(
-        [
-            data_lib.epoch_permutation(population_key, epoch, num_examples)
-            for epoch in range(-(-num_batches // steps_per_epoch))
-        ]
+    variables = _frozen_training_passes(model, params, batch_stats, key, images, batch_indices)
+    return _finalize_accumulators(variables["population_stats"])
+
+
+def ema_settling_batches(momentum: float, residual: float = 1e-3) -> int:
+    """The number of EMA updates after which the statistics' starting value weighs at most
+    ``residual``: the smallest ``n`` with ``momentum**n ≤ residual`` (688 for 0.99)."""
+    return max(1, math.ceil(math.log(residual) / math.log(momentum)))
+
+
+def settled_ema_statistics(
+    model: nn.Module,
+    params: Any,
+    batch_stats: Any,
+    key: jax.Array,
+    images: jax.Array,
+    batch_indices: jax.Array,
+) -> dict[str, Any]:
+    """The EMA statistics after one more update per batch of ``batch_indices`` with the weights
+    frozen: what the EMA tracked in training would become if the weights stopped moving.
+
+    A diagnostic of the EMA's lag. During training the EMA averages statistics of *past*
+    weights; Alg. 2 measures the final ones. When the two inference networks differ, this says
+    whether the cause is that lag (the settled EMA then agrees with Alg. 2) or the estimators
+    themselves (it does not). Give it :func:`ema_settling_batches` batches.
+    """
+    variables = _frozen_training_passes(model, params, batch_stats, key, images, batch_indices)
+    return variables["batch_stats"]
+
+
+def make_population_statistics(model: nn.Module) -> Callable[..., dict[str, Any]]:
+    """:func:`population_statistics` over all members, jitted:
+    ``f(params, batch_stats, keys, images, batch_indices)`` with a leading member axis on all
+    but ``images``."""
+    return jax.jit(
+        jax.vmap(functools.partial(population_statistics, model), in_axes=(0, 0, 0, None, 0))
     )
 
-    def accumulate(position, accumulators):
-        batch_images, _ = data_lib.batch_from_permutation(
-            images,
-            labels,
-            permutations[position // steps_per_epoch],
-            position % steps_per_epoch,
-            batch_size,
-        )
-        variables = {"params": params, "batch_stats": batch_stats}
-        if accumulators is not None:
-            variables["population_stats"] = accumulators
-        _, updates = model.apply(
-            variables,
-            batch_images,
-            train=True,
-            rngs={"dropout": jax.random.fold_in(population_key, position)},
-            mutable=["batch_stats", "population_stats"],
-        )
-        return updates["population_stats"]
 
-    accumulators = accumulate(0, None)
-    accumulators = jax.lax.fori_loop(1, num_batches, accumulate, accumulators)
-    return _finalize_accumulators(accumulators)
-
-
-def make_population_statistics(
-    model: nn.Module, *, batch_size: int, num_batches: int
-) -> Callable[..., dict[str, Any]]:
-    """A jitted :func:`population_statistics` over all members of a :class:`TrainState`."""
-
-    def one_member(params, batch_stats, key, images, labels):
-        return population_statistics(
-            model, params, batch_stats, key, images, labels,
-            batch_size=batch_size, num_batches=num_batches,
-        )
-
-    return jax.jit(jax.vmap(one_member, in_axes=(0, 0, 0, None, None)))
+def make_settled_ema_statistics(model: nn.Module) -> Callable[..., dict[str, Any]]:
+    """:func:`settled_ema_statistics` over all members, jitted, as
+    :func:`make_population_statistics`."""
+    return jax.jit(
+        jax.vmap(functools.partial(settled_ema_statistics, model), in_axes=(0, 0, 0, None, 0))
+    )
 
 
 def _to_json(value: Any) -> Any:
@@ -729,9 +765,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (one record per evaluation and
     member, every ``config.eval_every`` steps and at step 0); orbax checkpoints every
-    ``config.checkpoint_every`` steps and at the end; ``summary.json`` (final accuracy with EMA
-    and with Alg. 2 statistics, per member). Rerunning with the same ``workdir`` and config
-    resumes from the latest checkpoint; the result equals an uninterrupted run bit-for-bit.
+    ``config.checkpoint_every`` steps and at the end; ``summary.json`` (final accuracy per member
+    with the EMA and, for BN nets, Alg. 2's and the settled EMA's statistics). Rerunning with
+    the same ``workdir`` and config resumes from the latest checkpoint; the result equals an
+    uninterrupted run bit-for-bit.
 
     Raises:
       ValueError: an invalid config, or a workdir that holds a run with another config.
@@ -828,20 +865,36 @@ def _make_evaluate_with(
     evaluation: data_lib.Split,
 ) -> Callable[[TrainState, str], dict[str, jax.Array]]:
     """``evaluate_with(state, statistics)``: all members on the ``evaluation`` split (device
-    arrays), BN using its ``"ema"`` statistics or ``"population"`` statistics computed now by
-    Alg. 2 from ``train``."""
+    arrays), BN using its ``"ema"`` statistics, ``"population"`` statistics computed now by
+    Alg. 2 from ``train``, or the ``"settled_ema"`` (:func:`settled_ema_statistics`)."""
     evaluate_members = make_evaluate(
         model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
     )
-    population_of = make_population_statistics(
-        model, batch_size=config.batch_size, num_batches=config.population_batches
-    )
+    # statistics: (its function over members, the number of training batches it runs)
+    recomputed = {
+        "population": (make_population_statistics(model), config.population_batches),
+        "settled_ema": (
+            make_settled_ema_statistics(model),
+            ema_settling_batches(config.model.bn_momentum),
+        ),
+    }
+    # The batches depend only on the members' keys, fixed for the run: drawn once per kind.
+    batches: dict[str, jax.Array] = {}
 
     def evaluate_with(state: TrainState, statistics: str) -> dict[str, jax.Array]:
         batch_stats = state.batch_stats
-        if statistics == "population":
-            batch_stats = population_of(
-                state.params, state.batch_stats, state.key, train.images, train.labels
+        if statistics in recomputed:
+            statistics_of, num_batches = recomputed[statistics]
+            if statistics not in batches:
+                draw = functools.partial(
+                    population_batch_indices,
+                    num_examples=train.images.shape[0],
+                    batch_size=config.batch_size,
+                    num_batches=num_batches,
+                )
+                batches[statistics] = jax.jit(jax.vmap(draw))(state.key)
+            batch_stats = statistics_of(
+                state.params, state.batch_stats, state.key, train.images, batches[statistics]
             )
         return evaluate_members(state.params, batch_stats, evaluation.images, evaluation.labels)
 
@@ -856,9 +909,12 @@ def _final_summary(
     evaluate_with: Callable[[TrainState, str], dict[str, jax.Array]],
     has_bn: bool,
 ) -> dict:
-    """Final accuracy per member with the EMA statistics and, for BN nets, Alg. 2's."""
+    """Final accuracy per member with the EMA statistics and, for BN nets, with Alg. 2's and
+    with the EMA settled on the final weights (:func:`settled_ema_statistics`)."""
     split = run_data.evaluation_split
     accuracies = {"ema": evaluate_with(state, "ema")["accuracy"]}
+    if has_bn:
+        accuracies["settled_ema"] = evaluate_with(state, "settled_ema")["accuracy"]
     if has_bn and config.population_batches:
         accuracies["population"] = evaluate_with(state, "population")["accuracy"]
     return {

@@ -52,9 +52,10 @@ def test_smoke_study_writes_results_table_and_run_outputs(smoke_run):
     results = (workdir / "results.md").read_text()
     assert "| net | lr | 50 steps | 100 steps | 200 steps |" in results
     for net in ("with BN", "without BN"):
-        # One accuracy row per learning rate (i) and (ii).
-        assert len(re.findall(rf"^\| {net} \| [0-9.]+ \|", results, flags=re.M)) == 2
-    assert "Median drift without BN / with BN" in results
+        # One accuracy row per learning rate (i), (ii) and (iii).
+        assert len(re.findall(rf"^\| {net} \| [0-9.]+ \(i+\) \|", results, flags=re.M)) == 3
+    assert "| lr | median drift, without BN | median drift, with BN | ratio |" in results
+    assert len(re.findall(r"^- lr [0-9.]+ \(i+\): Alg. 2 − EMA tracked", results, flags=re.M)) == 3
     assert "## Learning-rate sweep" in results
     assert "fig1a.png" in stdout and "fig1bc.png" in stdout
     for phase in ("sweep", "study"):
@@ -86,9 +87,9 @@ def test_both_nets_start_from_the_same_weights_and_see_the_same_batches():
     np.testing.assert_array_equal(states["bn"].key, states["no_bn"].key)
 
 
-def test_the_baseline_best_learning_rate_is_chosen_and_the_high_one_is_a_multiple():
+def test_the_baseline_best_learning_rate_is_chosen_and_the_others_are_multiples():
     scores = {0.01: (0.80, 0.01), 0.1: (0.88, 0.01), 1.0: (0.85, 0.02)}
-    assert bn_mnist.choose_learning_rates(scores, 5.0) == (0.1, 0.5)
+    assert bn_mnist.choose_learning_rates(scores, 5.0, 0.5) == (0.1, 0.5, 0.05)
 
 
 def test_percentile_drift_is_the_range_of_the_median_and_of_the_spread():

@@ -554,6 +554,21 @@ def test_batch_from_permutation_slices_the_permutation_at_the_position():
     np.testing.assert_array_equal(labels, permutation[2 * BATCH : 3 * BATCH])
 
 
+@pytest.mark.parametrize("num, num_steps", [(NUM, 7), (10, 9)])  # across epochs; remainder
+def test_batch_indices_are_the_batches_of_batch_at_step(num, num_steps):
+    indices = data.batch_indices(KEYS["typed"], num, num_steps, batch_size=BATCH)
+    expected = [
+        batch_at_step_jit(KEYS["typed"], IMAGES[:num], LABELS[:num], step, batch_size=BATCH)[1]
+        for step in range(num_steps)
+    ]
+    np.testing.assert_array_equal(indices, np.stack(expected))
+
+
+def test_batch_indices_reject_a_batch_larger_than_the_data():
+    with pytest.raises(ValueError, match="batch_size"):
+        data.batch_indices(KEYS["typed"], 3, 2, batch_size=4)
+
+
 def test_epoch_permutation_is_a_permutation_fixed_by_key_and_epoch():
     first = data.epoch_permutation(KEYS["legacy"], 7, NUM)
     np.testing.assert_array_equal(np.sort(first), np.arange(NUM))

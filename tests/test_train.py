@@ -203,9 +203,11 @@ def test_population_statistics_equal_numpy_alg2_over_the_same_batches():
     variables = model.init(jax.random.key(1), images, train=False)
     key = jax.random.key_data(jax.random.key(2))
     batch_size, num_batches = 6, 7
+    batches = train.population_batch_indices(
+        key, len(images), batch_size=batch_size, num_batches=num_batches
+    )
     population = train.population_statistics(
-        model, variables["params"], variables["batch_stats"], key, images, labels,
-        batch_size=batch_size, num_batches=num_batches,
+        model, variables["params"], variables["batch_stats"], key, images, batches
     )
     population_key = jax.random.fold_in(key, train._POPULATION)
     means, variances = [], []
@@ -227,6 +229,45 @@ def test_population_statistics_equal_numpy_alg2_over_the_same_batches():
     np.testing.assert_allclose(
         population["BatchNorm_1"]["var"], m / (m - 1) * np.mean(variances, 0), rtol=1e-4
     )
+
+
+def test_settled_ema_equals_numpy_ema_over_the_same_batches():
+    momentum = 0.8
+    model = MLP(hidden_sizes=(5, 4), num_classes=3, norm="batch", bn_momentum=momentum)
+    images, labels = random_batch(n=24, features=7)
+    variables = model.init(jax.random.key(1), images, train=False)
+    start = jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])
+    key = jax.random.key_data(jax.random.key(2))
+    batch_size, num_batches = 6, 9
+    batches = train.population_batch_indices(
+        key, len(images), batch_size=batch_size, num_batches=num_batches
+    )
+    settled = train.settled_ema_statistics(
+        model, variables["params"], start, key, images, batches
+    )
+    population_key = jax.random.fold_in(key, train._POPULATION)
+    mean = np.asarray(start["BatchNorm_1"]["mean"])
+    var = np.asarray(start["BatchNorm_1"]["var"])
+    m = batch_size
+    for step in range(num_batches):
+        batch, _ = batch_at_step(population_key, images, labels, step, batch_size=batch_size)
+        _, state = model.apply(
+            variables, batch, train=True, mutable=["batch_stats", "intermediates"]
+        )
+        h = np.asarray(state["intermediates"]["activation_0"][0]) @ np.asarray(
+            variables["params"]["Dense_1"]["kernel"]
+        )
+        mean = momentum * mean + (1 - momentum) * h.mean(0)
+        var = momentum * var + (1 - momentum) * m / (m - 1) * h.var(0)
+    np.testing.assert_allclose(settled["BatchNorm_1"]["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(settled["BatchNorm_1"]["var"], var, rtol=1e-4)
+
+
+@pytest.mark.parametrize("momentum, expected", [(0.99, 688), (0.9, 66), (0.5, 10)])
+def test_ema_settling_batches_is_the_first_count_below_the_residual(momentum, expected):
+    batches = train.ema_settling_batches(momentum)
+    assert batches == expected
+    assert momentum**batches <= 1e-3 < momentum ** (batches - 1)
 
 
 def test_probe_percentiles_equal_jnp_percentile_of_recorded_preactivations():
@@ -271,15 +312,20 @@ def test_two_runs_with_the_same_seed_give_identical_metrics(tmp_path):
     assert first.summary == second.summary
 
 
-def test_run_writes_metrics_summary_and_both_inference_statistics(tmp_path):
+def test_run_writes_metrics_summary_and_every_inference_statistics(tmp_path):
     result = train.train_and_evaluate(tiny_config(seeds=(0, 1)), tmp_path)
     lines = (tmp_path / train.METRICS_FILE).read_text().splitlines()
     assert [json.loads(line) for line in lines] == result.history
     assert {r["step"] for r in result.history} == {0, 20, 40, 60}
     summary = json.loads((tmp_path / train.SUMMARY_FILE).read_text())
     for member in summary["members"]:
-        assert 0.0 <= member["test_accuracy_population"] <= 1.0
-        assert 0.0 <= member["test_accuracy_ema"] <= 1.0
+        for statistics in ("population", "ema", "settled_ema"):
+            assert 0.0 <= member[f"test_accuracy_{statistics}"] <= 1.0
+
+
+def test_a_net_without_bn_reports_only_the_ema_accuracy(tmp_path):
+    result = train.train_and_evaluate(tiny_config(**{"model.norm": None}), tmp_path)
+    assert set(result.summary["members"][0]) == {"learning_rate", "seed", "test_accuracy_ema"}
 
 
 @pytest.mark.parametrize("statistics", ["ema", "population"])
