@@ -8,11 +8,9 @@ evaluation on the 10k test set at step 0 and every 500 steps, checkpoints every 
   net, its 3 seeds vmapped in one program, progress bar off), in a fresh worker process per
   variant; wall time includes loading the data, compiling, evaluating (with the study's probes),
   checkpointing and Alg. 2's population statistics, i.e. everything the study runs. Variants:
-  ``engine`` — the engine as it is, XLA defaults; ``prototype`` — ``make_population_statistics``
-  replaced by :mod:`benchmarks.engine_prototype`'s (a PROTOTYPE of an engine change);
-  ``parallel_nets`` /
-  ``parallel_nets_prototype`` — the two nets in two processes started together, each pinned to
-  its own core with ``os.sched_setaffinity`` (a PROTOTYPE of a study-level change).
+  ``engine`` — the engine as it is, XLA defaults; ``parallel_nets`` — the two nets in two
+  processes started together, each pinned to its own core with ``os.sched_setaffinity`` (a
+  PROTOTYPE of a study-level change).
 * **PyTorch** — written for this benchmark: the same arrays (``bnreg.train.load_run_data``), the
   same network (:func:`benchmarks.common.torch_mlp`), BN, plain SGD, batch 60, shuffled epochs,
   the same evaluation schedule (test loss and accuracy in eval mode, batches of 2000) and
@@ -50,19 +48,9 @@ NETS = ("no_bn", "bn")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "engine": {"description": "bnreg engine as it is, XLA defaults, nets one after another"},
-    "prototype": {
-        "description": "PROTOTYPE Alg. 2 at every evaluation in one vmapped pass, nets one "
-        "after another",
-        "prototype": True,
-    },
     "parallel_nets": {
         "description": "engine; the 2 nets in 2 processes at once, pinned to core 0 / core 1",
         "parallel": True,
-    },
-    "parallel_nets_prototype": {
-        "description": "PROTOTYPE Alg. 2 and the 2 nets in 2 pinned processes at once",
-        "parallel": True,
-        "prototype": True,
     },
     # Not run by default: sizes the evaluations' share of the engine's wall time.
     "engine_no_evals": {
@@ -71,7 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "no_evals": True,
     },
 }
-DEFAULT_VARIANTS = ("engine", "prototype", "parallel_nets", "parallel_nets_prototype")
+DEFAULT_VARIANTS = ("engine", "parallel_nets")
 
 
 def study_engine_config(net: str, args: argparse.Namespace) -> Any:
@@ -100,18 +88,11 @@ def bnreg_worker(args: argparse.Namespace) -> None:
     if args.cpus:
         # Before jax's backend starts: XLA's thread pool inherits this affinity.
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
-    import jax
     from absl import logging
 
     from bnreg import train
 
     logging.set_verbosity(logging.WARNING)
-    engine_population_statistics = train.make_population_statistics
-    if args.prototype:
-        from benchmarks import engine_prototype
-
-        # PROTOTYPE: the engine's Alg. 2 function replaced by the benchmark's (same signature).
-        train.make_population_statistics = engine_prototype.make_population_statistics_prototype
     results = {}
     for net in args.nets.split(","):
         config = study_engine_config(net, args)
@@ -130,17 +111,6 @@ def bnreg_worker(args: argparse.Namespace) -> None:
             "source": run.summary["source"].split(" prepared")[0],
             "bn_eval_statistics": config.bn_eval_statistics,
         }
-        if args.prototype and run.state.batch_stats:
-            # After the timing: the prototype's statistics against the engine's, same state.
-            run_data = train.load_run_data(config)
-            results[net]["population_check"] = engine_prototype.check_population_prototype(
-                engine_population_statistics,
-                train.build_model(config.model, run_data.num_classes),
-                run.state,
-                jax.numpy.asarray(run_data.train.images),
-                batch_size=config.batch_size,
-                num_batches=config.population_batches,
-            )
         print(f"  bnreg {net}: {wall:.1f} s", flush=True)
     print("RESULT " + json.dumps(results), flush=True)
 
@@ -149,7 +119,6 @@ def _worker_process(
     args: argparse.Namespace,
     nets: list[str],
     *,
-    prototype: bool,
     cpus: list[int] | None,
     no_evals: bool = False,
 ) -> subprocess.Popen:
@@ -169,8 +138,6 @@ def _worker_process(
         "--dataset",
         args.dataset,
     ]
-    if prototype:
-        command.append("--prototype")
     if cpus:
         command += ["--cpus", ",".join(map(str, cpus))]
     if no_evals:
@@ -197,7 +164,7 @@ def run_bnreg_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
     start = time.time()
     if spec.get("parallel"):
         processes = [
-            _worker_process(args, [net], prototype=spec.get("prototype", False), cpus=[core])
+            _worker_process(args, [net], cpus=[core])
             for core, net in enumerate(NETS)
         ]
         nets = {}
@@ -208,13 +175,12 @@ def run_bnreg_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
             _worker_process(
                 args,
                 list(NETS),
-                prototype=spec.get("prototype", False),
                 cpus=None,
                 no_evals=spec.get("no_evals", False),
             )
         )
     # From the workers' start to the last run's end: process start-up, imports and data loading
-    # count; the prototype's correctness check after the runs does not.
+    # count.
     wall = max(net["finished_at"] for net in nets.values()) - start
     print(f"bnreg {name}: {wall:.1f} s", flush=True)
     return {
@@ -441,17 +407,6 @@ def write_report(result: dict[str, Any]) -> str:
         ]
         accuracy_rows.append(row)
     lines += [common.markdown_table(header, accuracy_rows), ""]
-    checks = [
-        f"{name}: {variant['nets']['bn']['population_check']['max_relative_difference']:.1e}"
-        for name, variant in result["bnreg"].items()
-        if "population_check" in variant["nets"]["bn"]
-    ]
-    if checks:
-        lines += [
-            "PROTOTYPE Alg. 2 against the engine's, on the trained BN net's final state (largest "
-            "relative difference of the population mean/variance): " + "; ".join(checks) + ".",
-            "",
-        ]
     return "\n".join(lines)
 
 
@@ -489,7 +444,6 @@ def main() -> None:
     # Worker mode (internal).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nets", default=",".join(NETS), help=argparse.SUPPRESS)
-    parser.add_argument("--prototype", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     parser.add_argument("--no-evals", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

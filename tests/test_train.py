@@ -197,37 +197,45 @@ def test_batch_stats_change_in_training_and_not_in_evaluation(model_and_tx):
     assert_trees_equal(updates["batch_stats"], state.batch_stats)
 
 
-def test_population_statistics_equal_numpy_alg2_over_the_same_batches():
-    model = MLP(hidden_sizes=(5, 4), num_classes=3, norm="batch")
-    images, labels = random_batch(n=24, features=7)
-    variables = model.init(jax.random.key(1), images, train=False)
-    key = jax.random.key_data(jax.random.key(2))
-    batch_size, num_batches = 6, 7
-    batches = train.population_batch_indices(
-        key, len(images), batch_size=batch_size, num_batches=num_batches
-    )
-    population = train.population_statistics(
-        model, variables["params"], variables["batch_stats"], key, images, batches
-    )
+def second_bn_inputs(model, variables, key, images, labels, *, batch_size, num_batches):
+    """NumPy: the inputs of ``BatchNorm_1`` (the second dense layer applied to the first block's
+    output) on each training batch that the population stream of ``key`` draws."""
     population_key = jax.random.fold_in(key, train._POPULATION)
-    means, variances = [], []
+    inputs = []
     for step in range(num_batches):
         batch, _ = batch_at_step(population_key, images, labels, step, batch_size=batch_size)
         _, state = model.apply(
             variables, batch, train=True, mutable=["batch_stats", "intermediates"]
         )
-        # The input of BatchNorm_1 is the second dense layer applied to the first block's output.
-        h = np.asarray(state["intermediates"]["activation_0"][0]) @ np.asarray(
-            variables["params"]["Dense_1"]["kernel"]
+        inputs.append(
+            np.asarray(state["intermediates"]["activation_0"][0])
+            @ np.asarray(variables["params"]["Dense_1"]["kernel"])
         )
-        means.append(h.mean(0))
-        variances.append(h.var(0))
-    m = batch_size
-    np.testing.assert_allclose(
-        population["BatchNorm_1"]["mean"], np.mean(means, 0), rtol=1e-5, atol=1e-6
+    return inputs
+
+
+def test_population_statistics_equal_numpy_alg2_over_the_same_batches():
+    model = MLP(hidden_sizes=(5, 4), num_classes=3, norm="batch")
+    images, labels = random_batch(n=24, features=7)
+    variables = model.init(jax.random.key(1), images, train=False)
+    key = jax.random.key_data(jax.random.key(2))
+    m, num_batches = 6, 7
+    batches = train.population_batch_indices(
+        key, len(images), batch_size=m, num_batches=num_batches
+    )
+    population = train.population_statistics(
+        model, variables["params"], variables["batch_stats"], key, images, batches
+    )
+    inputs = second_bn_inputs(
+        model, variables, key, images, labels, batch_size=m, num_batches=num_batches
     )
     np.testing.assert_allclose(
-        population["BatchNorm_1"]["var"], m / (m - 1) * np.mean(variances, 0), rtol=1e-4
+        population["BatchNorm_1"]["mean"], np.mean([h.mean(0) for h in inputs], 0),
+        rtol=1e-5, atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        population["BatchNorm_1"]["var"], m / (m - 1) * np.mean([h.var(0) for h in inputs], 0),
+        rtol=1e-4,
     )
 
 
@@ -238,25 +246,18 @@ def test_settled_ema_equals_numpy_ema_over_the_same_batches():
     variables = model.init(jax.random.key(1), images, train=False)
     start = jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])
     key = jax.random.key_data(jax.random.key(2))
-    batch_size, num_batches = 6, 9
+    m, num_batches = 6, 9
     batches = train.population_batch_indices(
-        key, len(images), batch_size=batch_size, num_batches=num_batches
+        key, len(images), batch_size=m, num_batches=num_batches
     )
     settled = train.settled_ema_statistics(
         model, variables["params"], start, key, images, batches
     )
-    population_key = jax.random.fold_in(key, train._POPULATION)
     mean = np.asarray(start["BatchNorm_1"]["mean"])
     var = np.asarray(start["BatchNorm_1"]["var"])
-    m = batch_size
-    for step in range(num_batches):
-        batch, _ = batch_at_step(population_key, images, labels, step, batch_size=batch_size)
-        _, state = model.apply(
-            variables, batch, train=True, mutable=["batch_stats", "intermediates"]
-        )
-        h = np.asarray(state["intermediates"]["activation_0"][0]) @ np.asarray(
-            variables["params"]["Dense_1"]["kernel"]
-        )
+    for h in second_bn_inputs(
+        model, variables, key, images, labels, batch_size=m, num_batches=num_batches
+    ):
         mean = momentum * mean + (1 - momentum) * h.mean(0)
         var = momentum * var + (1 - momentum) * m / (m - 1) * h.var(0)
     np.testing.assert_allclose(settled["BatchNorm_1"]["mean"], mean, rtol=1e-5, atol=1e-6)
