@@ -47,8 +47,11 @@ Nothing is tuned in BN's favour: the selection uses the baseline's sweep only.
 
 Evidence (Fashion-MNIST, measured by the command above; experiments/results/bn_fashion_mnist):
 the no-BN net's validation accuracy after 10k steps rises from 60.6% at lr 0.01 to a maximum of
-87.8% at lr 1.0 and falls to 86.4% at lr 5.0, so (i) = 1.0, an interior point of the grid, and
-(ii) = 5.0. The BN net is flat by comparison (84.4% at 0.01, 87.9–88.3% from 0.2 to 5.0).
+87.8% at lr 1.0 and falls to 86.4% at lr 5.0, so (i) = 1.0, an interior point of the grid,
+(ii) = 5.0 and (iii) = 0.05. The BN net is flat by comparison (84.4% at 0.01, 87.9–88.3% from 0.2
+to 5.0). The factor of (iii) gives the issue's reference rate, 0.05; it was chosen after a pilot
+of both nets at 0.05 and 0.2 (3 seeds), so the claims are judged at (i), which the pilot did not
+touch. At (iii) the baseline reaches 87.0% after 50k steps, at (i) 88.7%.
 """
 
 from __future__ import annotations
