@@ -8,9 +8,10 @@ evaluation on the 10k test set at step 0 and every 500 steps, checkpoints every 
   net, its 3 seeds vmapped in one program, progress bar off), in a fresh worker process per
   variant; wall time includes loading the data, compiling, evaluating (with the study's probes),
   checkpointing and Alg. 2's population statistics, i.e. everything the study runs. Variants:
-  ``engine`` — the engine as it is, XLA defaults; ``parallel_nets`` — the two nets in two
-  processes started together, each pinned to its own core with ``os.sched_setaffinity`` (a
-  PROTOTYPE of a study-level change).
+  ``engine`` — the engine as it is, XLA defaults, the nets one after another; ``concurrent`` —
+  ``bnreg.train.train_and_evaluate_concurrently`` as the study runs its nets: both at once in one
+  process, one XLA CPU device per core, one device each; ``parallel_nets`` — the two nets in two
+  processes started together, each pinned to its own core with ``os.sched_setaffinity``.
 * **PyTorch** — written for this benchmark: the same arrays (``bnreg.train.load_run_data``), the
   same network (:func:`benchmarks.common.torch_mlp`), BN, plain SGD, batch 60, shuffled epochs,
   the same evaluation schedule (test loss and accuracy in eval mode, batches of 2000) and
@@ -48,6 +49,11 @@ NETS = ("no_bn", "bn")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "engine": {"description": "bnreg engine as it is, XLA defaults, nets one after another"},
+    "concurrent": {
+        "description": "bnreg.train.train_and_evaluate_concurrently (as the study runs its "
+        "nets): the 2 nets at once in one process, one XLA CPU device each",
+        "concurrent": True,
+    },
     "parallel_nets": {
         "description": "engine; the 2 nets in 2 processes at once, pinned to core 0 / core 1",
         "parallel": True,
@@ -59,7 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "no_evals": True,
     },
 }
-DEFAULT_VARIANTS = ("engine", "parallel_nets")
+DEFAULT_VARIANTS = ("engine", "concurrent", "parallel_nets")
 
 
 def study_engine_config(net: str, args: argparse.Namespace) -> Any:
@@ -93,13 +99,23 @@ def bnreg_worker(args: argparse.Namespace) -> None:
     from bnreg import train
 
     logging.set_verbosity(logging.WARNING)
-    results = {}
-    for net in args.nets.split(","):
-        config = study_engine_config(net, args)
-        with tempfile.TemporaryDirectory() as workdir:
+    nets = args.nets.split(",")
+    configs = [study_engine_config(net, args) for net in nets]
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.concurrent:
             start = time.perf_counter()
-            run = train.train_and_evaluate(config, workdir)
-            wall = time.perf_counter() - start
+            runs = train.train_and_evaluate_concurrently(
+                [(config, Path(workdir) / net) for net, config in zip(nets, configs, strict=True)]
+            )
+            walls = [time.perf_counter() - start] * len(nets)
+        else:
+            runs, walls = [], []
+            for net, config in zip(nets, configs, strict=True):
+                start = time.perf_counter()
+                runs.append(train.train_and_evaluate(config, Path(workdir) / net))
+                walls.append(time.perf_counter() - start)
+    results = {}
+    for net, config, run, wall in zip(nets, configs, runs, walls, strict=True):
         results[net] = {
             "wall_s": wall,
             "finished_at": time.time(),
@@ -121,6 +137,7 @@ def _worker_process(
     *,
     cpus: list[int] | None,
     no_evals: bool = False,
+    concurrent: bool = False,
 ) -> subprocess.Popen:
     command = [
         sys.executable,
@@ -143,6 +160,10 @@ def _worker_process(
     if no_evals:
         command.append("--no-evals")
     env = dict(os.environ)
+    if concurrent:
+        command.append("--concurrent")
+        # One XLA CPU device per core, as experiments/bn_mnist.sh sets it.
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={os.cpu_count()}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
         command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -177,6 +198,7 @@ def run_bnreg_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
                 list(NETS),
                 cpus=None,
                 no_evals=spec.get("no_evals", False),
+                concurrent=spec.get("concurrent", False),
             )
         )
     # From the workers' start to the last run's end: process start-up, imports and data loading
@@ -446,6 +468,7 @@ def main() -> None:
     parser.add_argument("--nets", default=",".join(NETS), help=argparse.SUPPRESS)
     parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     parser.add_argument("--no-evals", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--concurrent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         bnreg_worker(args)

@@ -70,7 +70,7 @@ from ml_collections import config_flags
 from bnreg import plots
 from bnreg.config import default_config
 from bnreg.metrics import curves, first_step_reaching, mean_std, select_members
-from bnreg.train import RunResult, ema_settling_batches, train_and_evaluate
+from bnreg.train import RunResult, ema_settling_batches, train_and_evaluate_concurrently
 
 FLAGS = flags.FLAGS
 NETS = {"no_bn": None, "bn": "batch"}
@@ -224,17 +224,31 @@ class StudyResult:
 def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyResult:
     """Runs the sweep and the full study for both nets, then writes the results and figures."""
     workdir = Path(workdir)
-    sweep = {
-        net: train_and_evaluate(sweep_config(config, net), workdir / "sweep" / net)
-        for net in NETS
-    }
+    # The two nets of each phase train at the same time when there are several devices.
+    sweep = dict(
+        zip(
+            NETS,
+            train_and_evaluate_concurrently(
+                [(sweep_config(config, net), workdir / "sweep" / net) for net in NETS]
+            ),
+            strict=True,
+        )
+    )
     learning_rates = choose_learning_rates(
         sweep_scores(sweep["no_bn"]), config.study.high_lr_factor, config.study.low_lr_factor
     )
-    study = {
-        net: train_and_evaluate(study_config(config, net, learning_rates), workdir / "study" / net)
-        for net in NETS
-    }
+    study = dict(
+        zip(
+            NETS,
+            train_and_evaluate_concurrently(
+                [
+                    (study_config(config, net, learning_rates), workdir / "study" / net)
+                    for net in NETS
+                ]
+            ),
+            strict=True,
+        )
+    )
     result = StudyResult(sweep, study, learning_rates, workdir)
     write_results(config, result)
     plot_fig1a(config, result, workdir / "fig1a.png")

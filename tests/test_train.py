@@ -409,6 +409,60 @@ def test_members_sharded_over_two_cpu_devices_match_one_device(tmp_path):
         np.testing.assert_allclose(one["test_loss"], two["test_loss"], rtol=1e-4)
 
 
+CONCURRENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import jax
+    from test_train import tiny_config
+    from bnreg.train import train_and_evaluate, train_and_evaluate_concurrently
+    workdir = sys.argv[1]
+    configs = [tiny_config(seeds=(0, 1)), tiny_config(**{{"model.norm": None}})]
+    together = train_and_evaluate_concurrently(
+        [(config, f"{{workdir}}/together{{i}}") for i, config in enumerate(configs)]
+    )
+    alone = [
+        train_and_evaluate(config, f"{{workdir}}/alone{{i}}", devices=[device])
+        for i, (config, device) in enumerate(zip(configs, jax.devices()))
+    ]
+    try:
+        train_and_evaluate_concurrently(
+            [(tiny_config(), f"{{workdir}}/good"), (tiny_config(batch_size=0), f"{{workdir}}/bad")]
+        )
+        error = None
+    except ValueError as raised:
+        error = str(raised)
+    print(json.dumps({{
+        "error": error,
+        "devices": [[d.id for d in r.state.params["Dense_0"]["kernel"].sharding.device_set]
+                    for r in together],
+        "together": [[r.history, r.summary] for r in together],
+        "alone": [[r.history, r.summary] for r in alone],
+    }}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_concurrent_runs_on_two_devices_equal_runs_made_alone_and_raise_errors(tmp_path):
+    script = tmp_path / "concurrent_runs.py"  # not concurrent.py: it would shadow the stdlib
+    script.write_text(CONCURRENT_SCRIPT.format(tests=str(REPO / "tests")))
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
+    completed = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    output = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert output["devices"] == [[0], [1]]
+    assert output["together"] == output["alone"]
+    # A failing run raises its error, after the other run has finished.
+    assert "batch_size" in output["error"]
+    assert (tmp_path / "good" / train.SUMMARY_FILE).is_file()
+
+
 RUN_SCRIPT = textwrap.dedent(
     """
     import sys
