@@ -30,12 +30,14 @@ Results: ``benchmarks/results/bn_mnist_study.json`` and ``.md`` (``--output`` to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "engine": {"description": "bnreg engine as it is, XLA defaults, nets one after another"},
     "concurrent": {
         "description": "bnreg.train.train_and_evaluate_concurrently (as the study runs its "
-        "nets): the 2 nets at once in one process, one XLA CPU device each",
+        "nets): the 2 nets at once in one process, one XLA CPU device each (per-net times: "
+        "the pair's)",
         "concurrent": True,
     },
     "parallel_nets": {
@@ -163,7 +166,7 @@ def _worker_process(
     if concurrent:
         command.append("--concurrent")
         # One XLA CPU device per core, as experiments/bn_mnist.sh sets it.
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={os.cpu_count()}"
+        env.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count()}")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
         command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -240,7 +243,7 @@ def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
             net_start = time.perf_counter()
             accuracies, histories = [], []
             for seed in config.seeds:
-                history = _torch_run(
+                history, final_accuracy = _torch_run(
                     torch,
                     images,
                     labels,
@@ -250,9 +253,10 @@ def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
                     seed=int(seed),
                     config=config,
                     checkpoint_dir=Path(checkpoint_dir),
+                    study_evaluation=args.torch_eval == "study",
                 )
                 histories.append(history)
-                accuracies.append(history[-1]["test_accuracy"])
+                accuracies.append(final_accuracy)
             nets[net] = {
                 "wall_s": time.perf_counter() - net_start,
                 "final_test_accuracy": accuracies,
@@ -263,6 +267,7 @@ def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     print(f"torch ({torch.get_num_threads()} threads): {wall:.1f} s", flush=True)
     result = {
         "wall_s": wall,
+        "evaluation": args.torch_eval,
         "threads": torch.get_num_threads(),
         "nets": nets,
         "loadavg_before": load,
@@ -289,13 +294,31 @@ def _torch_run(
     seed: int,
     config: Any,
     checkpoint_dir: Path,
-) -> list[dict[str, float]]:
+    study_evaluation: bool,
+) -> tuple[list[dict[str, Any]], float]:
+    """One seed of one net; returns the evaluation history and the final test accuracy with the
+    running (EMA) statistics, which the sanity table compares with bnreg's."""
     model = common.torch_mlp(batch_norm=net == "bn", seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rates[0])
     generator = torch.Generator().manual_seed(seed)
     batch_size = config.batch_size
     steps_per_epoch = len(images) // batch_size
-    history = [_torch_evaluate(torch, model, test_images, test_labels, config.eval_batch_size, 0)]
+    # Alg. 2's training batches, drawn once per run as bnreg draws them, from a generator of
+    # their own so that the training order is the same in both evaluation protocols.
+    population_generator = torch.Generator().manual_seed(1_000_003 + seed)
+    population_batches = torch.randperm(len(images), generator=population_generator)[
+        : config.population_batches * batch_size
+    ].reshape(config.population_batches, batch_size)
+
+    def evaluate(step: int) -> dict[str, Any]:
+        if study_evaluation and net == "bn":
+            with _torch_population_statistics(torch, model, images, population_batches):
+                return _torch_evaluate(torch, model, test_images, test_labels, config, step, True)
+        return _torch_evaluate(
+            torch, model, test_images, test_labels, config, step, study_evaluation
+        )
+
+    history = [evaluate(0)]
     permutation = None
     for step in range(config.num_steps):
         position = step % steps_per_epoch
@@ -309,11 +332,7 @@ def _torch_run(
         optimizer.step()
         done = step + 1
         if done % config.eval_every == 0 or done == config.num_steps:
-            history.append(
-                _torch_evaluate(
-                    torch, model, test_images, test_labels, config.eval_batch_size, done
-                )
-            )
+            history.append(evaluate(done))
             if not np.isfinite(loss.item()):
                 raise FloatingPointError(f"PyTorch {net} seed {seed}: non-finite loss at {done}")
         if config.checkpoint_every and (
@@ -323,25 +342,86 @@ def _torch_run(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done},
                 checkpoint_dir / f"{net}_{seed}.pt",
             )
-    return history
+    final = _torch_evaluate(torch, model, test_images, test_labels, config, done, False)
+    return history, final["test_accuracy"]
+
+
+@contextlib.contextmanager
+def _torch_population_statistics(
+    torch: Any, model: Any, images: Any, batches: Any
+) -> Iterator[None]:
+    """Within the block, every BatchNorm1d holds Alg. 2's statistics over ``batches`` (the
+    network run in training mode with frozen weights; ``momentum=None`` makes PyTorch keep a
+    cumulative average of the batch means and unbiased variances); after it, the EMA again."""
+    norms = [m for m in model if isinstance(m, torch.nn.BatchNorm1d)]
+    saved = [(n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(images[batch])
+    try:
+        yield
+    finally:
+        for norm, (mean, var, momentum) in zip(norms, saved, strict=True):
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
+            norm.momentum = momentum
 
 
 def _torch_evaluate(
-    torch: Any, model: Any, images: Any, labels: Any, batch_size: int, step: int
-) -> dict[str, float]:
+    torch: Any,
+    model: Any,
+    images: Any,
+    labels: Any,
+    config: Any,
+    step: int,
+    probes: bool,
+) -> dict[str, Any]:
+    """Test loss and accuracy in eval mode; with ``probes``, also the study's probes (the
+    percentiles of the chosen units' input to the last hidden sigmoid, each hidden layer's
+    activation histogram and mean), as bnreg's evaluation computes them."""
     model.eval()
     loss_sum, correct = 0.0, 0
+    probed, histograms, activation_sums = [], 0, 0
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            logits = model(images[start : start + batch_size])
-            target = labels[start : start + batch_size]
-            loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
-            correct += int((logits.argmax(-1) == target).sum())
-    return {
+        for start in range(0, len(images), config.eval_batch_size):
+            x = images[start : start + config.eval_batch_size]
+            preactivations, activations = [], []
+            for module in model:
+                if isinstance(module, torch.nn.Sigmoid):
+                    preactivations.append(x)
+                x = module(x)
+                if isinstance(module, torch.nn.Sigmoid):
+                    activations.append(x)
+            target = labels[start : start + config.eval_batch_size]
+            loss_sum += torch.nn.functional.cross_entropy(x, target, reduction="sum").item()
+            correct += int((x.argmax(-1) == target).sum())
+            if probes:
+                probed.append(preactivations[config.probe.layer][:, list(config.probe.units)])
+                low, high = config.probe.histogram_range
+                batch_histograms = torch.stack(
+                    [
+                        torch.histc(a, bins=config.probe.histogram_bins, min=low, max=high)
+                        for a in activations
+                    ]
+                )
+                batch_sums = torch.stack([a.mean(1).sum() for a in activations])
+                histograms = histograms + batch_histograms
+                activation_sums = activation_sums + batch_sums
+    record: dict[str, Any] = {
         "step": step,
         "test_loss": loss_sum / len(images),
         "test_accuracy": correct / len(images),
     }
+    if probes:
+        q = torch.tensor(config.probe.percentiles) / 100.0
+        record["probe_percentiles"] = torch.quantile(torch.cat(probed), q, dim=0).T.tolist()
+        record["activation_histogram"] = histograms.tolist()
+        record["mean_activation"] = (activation_sums / len(images)).tolist()
+    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +437,20 @@ def _accuracy_cell(values: list[float]) -> str:
 def _bn_eval_statistics(result: dict[str, Any]) -> str | None:
     first = next(iter(result["bnreg"].values()), None)
     return first["nets"]["bn"].get("bn_eval_statistics") if first else None
+
+
+def _torch_evaluation_text(torch_results: dict[str, Any]) -> str:
+    modes = {t.get("evaluation", "running") for t in torch_results.values()}
+    if modes == {"study"}:
+        return (
+            "The PyTorch script evaluates as the study does: the BN net with Alg. 2 statistics "
+            "from 100 fixed training batches at every evaluation (BatchNorm1d with "
+            "`momentum=None`, weights frozen, the EMA restored after), and the same probes "
+            "(`torch.quantile`, `torch.histc`, mean activation)."
+        )
+    if modes == {"running"}:
+        return "The PyTorch script evaluates loss and accuracy with its running statistics only."
+    return "The PyTorch rows evaluate as their setting says."
 
 
 def write_report(result: dict[str, Any]) -> str:
@@ -377,7 +471,8 @@ def write_report(result: dict[str, Any]) -> str:
     for name, torch_result in torch_results.items():
         add_row(
             f"PyTorch eager, {name}",
-            f"torch.set_num_threads({torch_result['threads']}), nets and seeds one after another",
+            f"torch.set_num_threads({torch_result['threads']}), nets and seeds one after "
+            f"another, {torch_result.get('evaluation', 'running')} evaluation",
             torch_result,
         )
     members = len(result["seeds"].split(","))
@@ -398,8 +493,8 @@ def write_report(result: dict[str, Any]) -> str:
             if _bn_eval_statistics(result) == "population"
             else ""
         )
-        + " and records the study's probes (percentiles, histograms); the PyTorch script "
-        "evaluates loss and accuracy with its running statistics only.",
+        + " and records the study's probes (percentiles, histograms). "
+        + _torch_evaluation_text(torch_results),
         "",
         common.markdown_table(
             [
@@ -456,6 +551,14 @@ def main() -> None:
         "script, each a full run (0: PyTorch's default); '' skips PyTorch. With "
         "its default threads PyTorch collapses when another process is busy "
         "(benchmarks/README.md): use 1 on a shared machine",
+    )
+    parser.add_argument(
+        "--torch-eval",
+        choices=("study", "running"),
+        default="study",
+        help="the PyTorch script's evaluations: 'study' — as the study's (Alg. 2 statistics for "
+        "the BN net at every evaluation, the probes); 'running' — loss and accuracy with the "
+        "running statistics only (the session 1 protocol)",
     )
     parser.add_argument(
         "--output",

@@ -14,9 +14,13 @@ for initialisation, data order, dropout (then folded with the step) and Alg. 2's
 models trained with the same seed therefore see the same data order, and layers with the same
 name get the same initial weights (flax derives parameter keys from module names).
 
-After training, BN's inference statistics are computed both ways: the EMA tracked during training
-(``batch_stats``) and Alg. 2's population statistics (Ioffe & Szegedy 2015), and the model is
-evaluated with each.
+After training, BN's inference statistics are computed three ways — the EMA tracked during
+training (``batch_stats``), Alg. 2's population statistics (Ioffe & Szegedy 2015), and the EMA
+settled on the final weights (a diagnostic of the EMA's lag) — and the model is evaluated with
+each.
+
+Several runs (e.g. the nets a study compares) can train at the same time, one share of the
+devices each (:func:`train_and_evaluate_concurrently`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import dataclasses
 import functools
 import json
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent import futures
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -355,10 +359,14 @@ def empty_data_order(num_members: int, num_examples: int) -> DataOrder:
     )
 
 
-def member_devices(num_members: int, devices: Sequence[jax.Device] | None = None) -> list:
+def member_devices(
+    num_members: int, devices: Sequence[jax.Device] | None = None
+) -> list[jax.Device]:
     """The devices a run of ``num_members`` members uses: all of ``devices`` (default: the local
     devices) when their count divides the member count, else the first one."""
-    devices = list(devices or jax.local_devices())
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must name at least one device (or be None for all).")
     return devices if num_members % len(devices) == 0 else devices[:1]
 
 
@@ -655,7 +663,15 @@ def population_statistics(
 
 def ema_settling_batches(momentum: float, residual: float = 1e-3) -> int:
     """The number of EMA updates after which the statistics' starting value weighs at most
-    ``residual``: the smallest ``n`` with ``momentum**n ≤ residual`` (688 for 0.99)."""
+    ``residual``: the smallest ``n ≥ 1`` with ``momentum**n ≤ residual`` (688 for 0.99).
+
+    Raises:
+      ValueError: ``momentum`` outside [0, 1) — with 1 the EMA never moves, so never settles.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"An EMA settles only for a momentum in [0, 1), got {momentum}.")
+    if momentum == 0.0:
+        return 1
     return max(1, math.ceil(math.log(residual) / math.log(momentum)))
 
 
@@ -777,6 +793,11 @@ def _check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None
     path.write_text(text)
 
 
+# Concurrent runs load their data one at a time: the first prepares a dataset (tfds) and writes
+# bnreg's cache, the others then read it, rather than all preparing into the same directory.
+_DATA_LOCK = threading.Lock()
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -793,7 +814,8 @@ def train_and_evaluate(
     Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (one record per evaluation and
     member, every ``config.eval_every`` steps and at step 0); orbax checkpoints every
     ``config.checkpoint_every`` steps and at the end; ``summary.json`` (final accuracy per member
-    with the EMA and, for BN nets, Alg. 2's and the settled EMA's statistics). Rerunning with
+    with the EMA and, for BN nets, the settled EMA's and Alg. 2's statistics; see
+    :func:`_final_summary`). Rerunning with
     the same ``workdir`` and config resumes from the latest checkpoint; the result equals an
     uninterrupted run bit-for-bit.
 
@@ -806,7 +828,8 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config_file(workdir, config)
 
-    run_data = load_run_data(config)
+    with _DATA_LOCK:
+        run_data = load_run_data(config)
     model = build_model(config.model, run_data.num_classes)
     tx = build_optimizer(config.optimizer)
     members = members_from_config(config)
@@ -896,8 +919,11 @@ def train_and_evaluate_concurrently(
     from its own thread. With one device the runs are made one after another.
 
     Each run's results equal those of the same run made alone on the same devices. On a CPU with
-    one XLA device per core, two runs on a device each trained 1.4× the member-steps per second
-    of the same runs one after another (benchmarks/README.md).
+    one XLA device per core, the BN study's two nets trained this way took 56 s where one after
+    another they took 78 s (benchmarks/README.md).
+
+    The threads are daemons: an interrupt (Ctrl-C) ends the process at once, as a kill would,
+    and rerunning resumes each run from its last checkpoint.
 
     Raises:
       The error of the first failed run (in the order of ``runs``), after every run has ended.
@@ -905,18 +931,30 @@ def train_and_evaluate_concurrently(
     devices = jax.local_devices()
     if len(runs) < 2 or len(devices) < 2:
         return [train_and_evaluate(config, workdir) for config, workdir in runs]
-    shares = [
-        devices[i :: len(runs)] or [devices[i % len(devices)]] for i in range(len(runs))
-    ]
-    with futures.ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        pending = [
-            pool.submit(
-                train_and_evaluate, config, workdir, devices=share, progress_position=index
+    outcomes: list[tuple[RunResult | None, BaseException | None]] = [(None, None)] * len(runs)
+
+    def run(index: int, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+        share = devices[index :: len(runs)] or [devices[index % len(devices)]]
+        try:
+            result = train_and_evaluate(
+                config, workdir, devices=share, progress_position=index
             )
-            for index, ((config, workdir), share) in enumerate(zip(runs, shares, strict=True))
-        ]
-        futures.wait(pending)
-    return [run.result() for run in pending]
+            outcomes[index] = (result, None)
+        except BaseException as error:  # handed to the calling thread below
+            outcomes[index] = (None, error)
+
+    threads = [
+        threading.Thread(target=run, args=(index, config, workdir), daemon=True)
+        for index, (config, workdir) in enumerate(runs)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+    return [result for result, _ in outcomes]
 
 
 def _make_evaluate_with(
@@ -933,10 +971,10 @@ def _make_evaluate_with(
     )
     # statistics: (its function over members, the number of training batches it runs)
     recomputed = {
-        "population": (make_population_statistics(model), config.population_batches),
+        "population": (make_population_statistics(model), lambda: config.population_batches),
         "settled_ema": (
             make_settled_ema_statistics(model),
-            ema_settling_batches(config.model.bn_momentum),
+            lambda: ema_settling_batches(config.model.bn_momentum),
         ),
     }
     # The batches depend only on the members' keys, fixed for the run: drawn once per kind.
@@ -951,7 +989,7 @@ def _make_evaluate_with(
                     population_batch_indices,
                     num_examples=train.images.shape[0],
                     batch_size=config.batch_size,
-                    num_batches=num_batches,
+                    num_batches=num_batches(),
                 )
                 batches[statistics] = jax.jit(jax.vmap(draw))(state.key)
             batch_stats = statistics_of(
@@ -970,11 +1008,12 @@ def _final_summary(
     evaluate_with: Callable[[TrainState, str], dict[str, jax.Array]],
     has_bn: bool,
 ) -> dict:
-    """Final accuracy per member with the EMA statistics and, for BN nets, with Alg. 2's and
-    with the EMA settled on the final weights (:func:`settled_ema_statistics`)."""
+    """Final accuracy per member with the EMA statistics and, for BN nets, with the EMA settled
+    on the final weights (:func:`settled_ema_statistics`; not for a momentum of 1, which never
+    settles) and with Alg. 2's (unless ``config.population_batches`` is 0)."""
     split = run_data.evaluation_split
     accuracies = {"ema": evaluate_with(state, "ema")["accuracy"]}
-    if has_bn:
+    if has_bn and config.model.bn_momentum < 1.0:
         accuracies["settled_ema"] = evaluate_with(state, "settled_ema")["accuracy"]
     if has_bn and config.population_batches:
         accuracies["population"] = evaluate_with(state, "population")["accuracy"]

@@ -257,8 +257,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyRe
 
 
 def _setting(result: StudyResult, lr: float) -> str:
-    """The learning rate with its setting's label, e.g. ``1 (i)``."""
-    return f"{lr:g} ({('i', 'ii', 'iii')[result.learning_rates.index(lr)]})"
+    """The learning rate with its settings' labels, e.g. ``1 (i)`` (``0.1 (i, iii)`` when two
+    settings coincide)."""
+    settings = zip(("i", "ii", "iii"), result.learning_rates, strict=True)
+    labels = [label for label, rate in settings if rate == lr]
+    return f"{lr:g} ({', '.join(labels)})"
 
 
 def _accuracy_at(steps: np.ndarray, values: np.ndarray, milestone: int) -> str:
@@ -500,7 +503,7 @@ def plot_fig1a(config: ml_collections.ConfigDict, result: StudyResult, path: Pat
         for color, (net, run) in zip(("C1", "C0"), result.study.items(), strict=True):
             steps, values = curves(select_members(run.history, learning_rate=lr), "test_accuracy")
             plots.band(ax, steps, values, label=NET_LABELS[net], color=color)
-            lows.append(values[:, steps >= config.study.milestones[0]].min())
+            lows.append(values[:, steps >= min(config.study.milestones[0], steps[-1])].min())
         ax.set_title(f"{config.dataset}, SGD lr {_setting(result, lr)}")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)

@@ -13,7 +13,8 @@ else
   dataset=fashion_mnist
 fi
 workdir=runs/bn_$dataset
-# One XLA CPU device per core: the engine spreads the seeds over them, which beats XLA's intra-op
+# One XLA CPU device per core: the study trains its two nets at the same time, one device each
+# (a run's members spread over its devices when they divide evenly), which beats XLA's intra-op
 # threading for networks this small (benchmarks/README.md). Harmless on GPU/TPU.
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=$(nproc)}"
 .venv/bin/python -m experiments.bn_mnist --workdir="$workdir" --config.dataset="$dataset" "$@"

@@ -264,11 +264,24 @@ def test_settled_ema_equals_numpy_ema_over_the_same_batches():
     np.testing.assert_allclose(settled["BatchNorm_1"]["var"], var, rtol=1e-4)
 
 
-@pytest.mark.parametrize("momentum, expected", [(0.99, 688), (0.9, 66), (0.5, 10)])
+@pytest.mark.parametrize("momentum, expected", [(0.99, 688), (0.9, 66), (0.5, 10), (0.0, 1)])
 def test_ema_settling_batches_is_the_first_count_below_the_residual(momentum, expected):
     batches = train.ema_settling_batches(momentum)
     assert batches == expected
     assert momentum**batches <= 1e-3 < momentum ** (batches - 1)
+
+
+@pytest.mark.parametrize("momentum", [1.0, 1.5, -0.1])
+def test_ema_settling_batches_rejects_an_ema_that_cannot_settle(momentum):
+    with pytest.raises(ValueError, match="momentum"):
+        train.ema_settling_batches(momentum)
+
+
+def test_a_bn_net_whose_ema_never_moves_reports_no_settled_ema(tmp_path):
+    result = train.train_and_evaluate(tiny_config(**{"model.bn_momentum": 1.0}), tmp_path)
+    member = result.summary["members"][0]
+    assert "test_accuracy_settled_ema" not in member
+    assert "test_accuracy_population" in member
 
 
 def test_probe_percentiles_equal_jnp_percentile_of_recorded_preactivations():
@@ -417,10 +430,14 @@ CONCURRENT_SCRIPT = textwrap.dedent(
     from test_train import tiny_config
     from bnreg.train import train_and_evaluate, train_and_evaluate_concurrently
     workdir = sys.argv[1]
-    configs = [tiny_config(seeds=(0, 1)), tiny_config(**{{"model.norm": None}})]
-    together = train_and_evaluate_concurrently(
-        [(config, f"{{workdir}}/together{{i}}") for i, config in enumerate(configs)]
-    )
+    configs = [
+        tiny_config(seeds=(0, 1), checkpoint_every=20),
+        tiny_config(checkpoint_every=20, **{{"model.norm": None}}),
+    ]
+    runs = [(config, f"{{workdir}}/together{{i}}") for i, config in enumerate(configs)]
+    together = train_and_evaluate_concurrently(runs)
+    # Again: each run resumes from its last checkpoint, restored onto its own device.
+    again = train_and_evaluate_concurrently(runs)
     alone = [
         train_and_evaluate(config, f"{{workdir}}/alone{{i}}", devices=[device])
         for i, (config, device) in enumerate(zip(configs, jax.devices()))
@@ -437,6 +454,7 @@ CONCURRENT_SCRIPT = textwrap.dedent(
         "devices": [[d.id for d in r.state.params["Dense_0"]["kernel"].sharding.device_set]
                     for r in together],
         "together": [[r.history, r.summary] for r in together],
+        "again": [[r.history, r.summary] for r in again],
         "alone": [[r.history, r.summary] for r in alone],
     }}))
     """
@@ -457,7 +475,7 @@ def test_concurrent_runs_on_two_devices_equal_runs_made_alone_and_raise_errors(t
     assert completed.returncode == 0, completed.stderr[-2000:]
     output = json.loads(completed.stdout.strip().splitlines()[-1])
     assert output["devices"] == [[0], [1]]
-    assert output["together"] == output["alone"]
+    assert output["together"] == output["alone"] == output["again"]
     # A failing run raises its error, after the other run has finished.
     assert "batch_size" in output["error"]
     assert (tmp_path / "good" / train.SUMMARY_FILE).is_file()
