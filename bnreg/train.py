@@ -919,8 +919,8 @@ def train_and_evaluate_concurrently(
     from its own thread. With one device the runs are made one after another.
 
     Each run's results equal those of the same run made alone on the same devices. On a CPU with
-    one XLA device per core, the BN study's two nets trained this way took 56 s where one after
-    another they took 78 s (benchmarks/README.md).
+    one XLA device per core, the BN study's two nets trained this way took 55 s where one after
+    another they took 80 s (benchmarks/README.md).
 
     The threads are daemons: an interrupt (Ctrl-C) ends the process at once, as a kill would,
     and rerunning resumes each run from its last checkpoint.
