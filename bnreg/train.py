@@ -384,7 +384,7 @@ def shard_members(
     devices = member_devices(num_members, devices)
     if len(devices) == 1:
         return jax.device_put(tree, devices[0])
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
+    mesh = _member_mesh(devices)
     by_member = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     shardings = jax.tree.map(
@@ -395,12 +395,16 @@ def shard_members(
     return jax.device_put(tree, shardings)
 
 
+def _member_mesh(devices: Sequence[jax.Device]) -> jax.sharding.Mesh:
+    return jax.sharding.Mesh(np.asarray(devices), ("members",))
+
+
 def _replicate(array: np.ndarray, devices: Sequence[jax.Device]) -> jax.Array:
     """``array`` on every one of ``devices`` (the data every member of a run reads)."""
     if len(devices) == 1:
         return jax.device_put(array, devices[0])
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
-    return jax.device_put(array, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    replicated = jax.sharding.NamedSharding(_member_mesh(devices), jax.sharding.PartitionSpec())
+    return jax.device_put(array, replicated)
 
 
 def make_train_chunk(
@@ -695,21 +699,22 @@ def settled_ema_statistics(
     return variables["batch_stats"]
 
 
+def _over_members(statistics: Callable[..., dict[str, Any]], model: nn.Module):
+    # Every argument but the images has a leading member axis.
+    return jax.jit(jax.vmap(functools.partial(statistics, model), in_axes=(0, 0, 0, None, 0)))
+
+
 def make_population_statistics(model: nn.Module) -> Callable[..., dict[str, Any]]:
     """:func:`population_statistics` over all members, jitted:
     ``f(params, batch_stats, keys, images, batch_indices)`` with a leading member axis on all
     but ``images``."""
-    return jax.jit(
-        jax.vmap(functools.partial(population_statistics, model), in_axes=(0, 0, 0, None, 0))
-    )
+    return _over_members(population_statistics, model)
 
 
 def make_settled_ema_statistics(model: nn.Module) -> Callable[..., dict[str, Any]]:
     """:func:`settled_ema_statistics` over all members, jitted, as
     :func:`make_population_statistics`."""
-    return jax.jit(
-        jax.vmap(functools.partial(settled_ema_statistics, model), in_axes=(0, 0, 0, None, 0))
-    )
+    return _over_members(settled_ema_statistics, model)
 
 
 def _to_json(value: Any) -> Any:
@@ -815,9 +820,8 @@ def train_and_evaluate(
     member, every ``config.eval_every`` steps and at step 0); orbax checkpoints every
     ``config.checkpoint_every`` steps and at the end; ``summary.json`` (final accuracy per member
     with the EMA and, for BN nets, the settled EMA's and Alg. 2's statistics; see
-    :func:`_final_summary`). Rerunning with
-    the same ``workdir`` and config resumes from the latest checkpoint; the result equals an
-    uninterrupted run bit-for-bit.
+    :func:`_final_summary`). Rerunning with the same ``workdir`` and config resumes from the
+    latest checkpoint; the result equals an uninterrupted run bit-for-bit.
 
     Raises:
       ValueError: an invalid config, or a workdir that holds a run with another config.

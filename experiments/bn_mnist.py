@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -221,34 +221,23 @@ class StudyResult:
     workdir: Path
 
 
+def _train_nets(
+    engine_config: Callable[[str], ml_collections.ConfigDict], workdir: Path
+) -> dict[str, RunResult]:
+    """One phase: each net's engine run in ``workdir / net``, the nets at the same time when
+    there are several devices."""
+    runs = train_and_evaluate_concurrently([(engine_config(net), workdir / net) for net in NETS])
+    return dict(zip(NETS, runs, strict=True))
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyResult:
     """Runs the sweep and the full study for both nets, then writes the results and figures."""
     workdir = Path(workdir)
-    # The two nets of each phase train at the same time when there are several devices.
-    sweep = dict(
-        zip(
-            NETS,
-            train_and_evaluate_concurrently(
-                [(sweep_config(config, net), workdir / "sweep" / net) for net in NETS]
-            ),
-            strict=True,
-        )
-    )
+    sweep = _train_nets(lambda net: sweep_config(config, net), workdir / "sweep")
     learning_rates = choose_learning_rates(
         sweep_scores(sweep["no_bn"]), config.study.high_lr_factor, config.study.low_lr_factor
     )
-    study = dict(
-        zip(
-            NETS,
-            train_and_evaluate_concurrently(
-                [
-                    (study_config(config, net, learning_rates), workdir / "study" / net)
-                    for net in NETS
-                ]
-            ),
-            strict=True,
-        )
-    )
+    study = _train_nets(lambda net: study_config(config, net, learning_rates), workdir / "study")
     result = StudyResult(sweep, study, learning_rates, workdir)
     write_results(config, result)
     plot_fig1a(config, result, workdir / "fig1a.png")
