@@ -382,7 +382,8 @@ def _torch_evaluate(
 ) -> dict[str, Any]:
     """Test loss and accuracy in eval mode; with ``probes``, also the study's probes (the
     percentiles of the chosen units' input to the last hidden sigmoid, each hidden layer's
-    activation histogram and mean), as bnreg's evaluation computes them."""
+    mean activation and, if the config has histogram bins, histogram), as bnreg's evaluation
+    computes them."""
     model.eval()
     loss_sum, correct = 0.0, 0
     probed, histograms, activation_sums = [], 0, 0
@@ -401,15 +402,16 @@ def _torch_evaluate(
             correct += int((x.argmax(-1) == target).sum())
             if probes:
                 probed.append(preactivations[config.probe.layer][:, list(config.probe.units)])
-                low, high = config.probe.histogram_range
-                batch_histograms = torch.stack(
-                    [
-                        torch.histc(a, bins=config.probe.histogram_bins, min=low, max=high)
-                        for a in activations
-                    ]
-                )
+                if config.probe.histogram_bins:
+                    low, high = config.probe.histogram_range
+                    batch_histograms = torch.stack(
+                        [
+                            torch.histc(a, bins=config.probe.histogram_bins, min=low, max=high)
+                            for a in activations
+                        ]
+                    )
+                    histograms = histograms + batch_histograms
                 batch_sums = torch.stack([a.mean(1).sum() for a in activations])
-                histograms = histograms + batch_histograms
                 activation_sums = activation_sums + batch_sums
     record: dict[str, Any] = {
         "step": step,
@@ -419,7 +421,8 @@ def _torch_evaluate(
     if probes:
         q = torch.tensor(config.probe.percentiles) / 100.0
         record["probe_percentiles"] = torch.quantile(torch.cat(probed), q, dim=0).T.tolist()
-        record["activation_histogram"] = histograms.tolist()
+        if config.probe.histogram_bins:
+            record["activation_histogram"] = histograms.tolist()
         record["mean_activation"] = (activation_sums / len(images)).tolist()
     return record
 
@@ -446,7 +449,8 @@ def _torch_evaluation_text(torch_results: dict[str, Any]) -> str:
             "The PyTorch script evaluates as the study does: the BN net with Alg. 2 statistics "
             "from 100 fixed training batches at every evaluation (BatchNorm1d with "
             "`momentum=None`, weights frozen, the EMA restored after), and the same probes "
-            "(`torch.quantile`, `torch.histc`, mean activation)."
+            "(`torch.quantile`, mean activation; `torch.histc` only where the config asks for "
+            "activation histograms)."
         )
     if modes == {"running"}:
         return "The PyTorch script evaluates loss and accuracy with its running statistics only."
@@ -493,7 +497,8 @@ def write_report(result: dict[str, Any]) -> str:
             if _bn_eval_statistics(result) == "population"
             else ""
         )
-        + " and records the study's probes (percentiles, histograms). "
+        + " and records the study's probes (percentiles, mean activations; histograms where "
+        "`probe.histogram_bins` > 0). "
         + _torch_evaluation_text(torch_results),
         "",
         common.markdown_table(

@@ -80,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.probe.layer = -1  # hidden layer index; -1 is the last hidden layer
     config.probe.units = (0, 1, 2)
     config.probe.percentiles = (15.0, 50.0, 85.0)
+    # Activation histograms per hidden layer (Srivastava et al. 2014, Fig. 8); 0: none.
     config.probe.histogram_bins = 50
     config.probe.histogram_range = (0.0, 1.0)
 
@@ -140,6 +141,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.bn_eval_statistics == "population" and not config.population_batches:
         raise ValueError(
             'config.bn_eval_statistics="population" needs config.population_batches ≥ 1.'
+        )
+    if config.probe.histogram_bins < 0:
+        raise ValueError(
+            f"config.probe.histogram_bins must be ≥ 0 (0: no histograms), got "
+            f"{config.probe.histogram_bins}."
         )
     if config.model.norm == "batch" and config.batch_size < 2:
         raise ValueError("Batch Normalization needs config.batch_size ≥ 2 in training.")

@@ -504,7 +504,7 @@ def evaluate(
     Returns:
       ``loss`` and ``accuracy`` over the split; ``probe_percentiles`` ``(units, percentiles)`` of
       the chosen units' pre-activations in ``probe.layer``; per hidden layer, ``mean_activation``
-      and ``activation_histogram`` ``(layers, bins)``.
+      and, unless ``probe.histogram_bins`` is 0, ``activation_histogram`` ``(layers, bins)``.
     """
     num_examples = images.shape[0]
     num_batches = math.ceil(num_examples / batch_size)
@@ -533,7 +533,7 @@ def evaluate(
                 batch_weights.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape
             )
 
-        return {
+        sums = {
             "loss_sum": jnp.sum(
                 optax.softmax_cross_entropy_with_integer_labels(logits, batch_labels)
                 * batch_weights
@@ -543,7 +543,9 @@ def evaluate(
             "activation_sum": jnp.stack(
                 [jnp.sum(a * per_example_weights(a)) / (a.size // a.shape[0]) for a in activations]
             ),
-            "histogram": jnp.stack(
+        }
+        if probe.histogram_bins:
+            sums["histogram"] = jnp.stack(
                 [
                     probes.histogram(
                         a,
@@ -553,20 +555,22 @@ def evaluate(
                     )
                     for a in activations
                 ]
-            ),
-        }
+            )
+        return sums
 
     totals = jax.lax.map(one_batch, (pad(images), pad(labels), weights))
     probed = totals["probed"]
     samples_per_example = probed.shape[1] // batch_size
     probed = probed.reshape(-1, probed.shape[-1])[: num_examples * samples_per_example]
-    return {
+    result = {
         "loss": totals["loss_sum"].sum() / num_examples,
         "accuracy": totals["correct"].sum() / num_examples,
         "probe_percentiles": probes.percentiles(probed, probe.percentiles),
         "mean_activation": totals["activation_sum"].sum(0) / num_examples,
-        "activation_histogram": totals["histogram"].sum(0),
     }
+    if probe.histogram_bins:
+        result["activation_histogram"] = totals["histogram"].sum(0)
+    return result
 
 
 def make_evaluate(

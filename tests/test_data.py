@@ -575,6 +575,23 @@ def test_epoch_permutation_is_a_permutation_fixed_by_key_and_epoch():
     np.testing.assert_array_equal(first, data.epoch_permutation(KEYS["legacy"], 7, NUM))
 
 
+def test_epoch_permutations_are_uniform_over_all_orders():
+    """Each of the 24 orders of 4 examples is equally likely: 24,000 epochs, chi-square."""
+    from scipy import stats
+
+    epochs = jnp.arange(24_000)
+    drawn = jax.jit(jax.vmap(lambda e: data.epoch_permutation(KEYS["typed"], e, 4)))(epochs)
+    codes = np.asarray(drawn) @ np.array([64, 16, 4, 1])  # distinct per order
+    _, counts = np.unique(codes, return_counts=True)
+    assert counts.size == 24
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_epoch_permutation_differs_between_epochs():
+    first, second = (data.epoch_permutation(KEYS["typed"], e, 1000) for e in (0, 1))
+    assert not np.array_equal(first, second)
+
+
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
 def test_batch_size_larger_than_n_raises(jitted):
     function = batch_at_step_jit if jitted else data.batch_at_step

@@ -46,3 +46,22 @@ def test_unit_out_of_range_is_an_error():
 def test_sown_without_probes_is_an_error_that_says_what_to_do():
     with pytest.raises(ValueError, match="mutable=\\['intermediates'\\]"):
         probes.sown({}, "preactivation")
+
+
+@pytest.mark.parametrize("num", [1, 2, 7, 1000])
+@pytest.mark.parametrize("q", [(15.0, 50.0, 85.0), (0.0, 100.0), (33.3,)])
+def test_percentiles_equal_jnp_percentile(num, q):
+    samples = jnp.asarray(np.random.default_rng(num).normal(size=(num, 3)), jnp.float32)
+    expected = jnp.percentile(samples, jnp.asarray(q), axis=0).T
+    np.testing.assert_allclose(probes.percentiles(samples, q), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_percentiles_with_ties_and_a_sorted_column():
+    samples = jnp.asarray([[1.0, 0.0], [1.0, 1.0], [3.0, 2.0], [1.0, 3.0]])
+    np.testing.assert_allclose(probes.percentiles(samples, (50.0, 100.0)), [[1, 3], [1.5, 3]])
+
+
+@pytest.mark.parametrize("q", [(-1.0,), (101.0,), ()])
+def test_percentiles_outside_0_100_are_an_error(q):
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        probes.percentiles(jnp.zeros((5, 2)), q)

@@ -301,6 +301,28 @@ def test_probe_percentiles_equal_jnp_percentile_of_recorded_preactivations():
     np.testing.assert_array_equal(result["activation_histogram"].sum(1), [50 * 6, 50 * 5])
 
 
+def test_zero_histogram_bins_leave_out_the_histograms_and_nothing_else():
+    model = MLP(hidden_sizes=(6, 5), num_classes=3, norm=None)
+    images, labels = random_batch(n=50, features=7)
+    variables = model.init(jax.random.key(0), images, train=False)
+    probe = train.ProbeSpec(
+        layer=-1, units=(0, 3), percentiles=(50.0,), histogram_bins=10,
+        histogram_range=(0.0, 1.0),
+    )
+    with_histograms, without = (
+        train.evaluate(model, variables, images, labels, probe=spec, batch_size=16)
+        for spec in (probe, probe._replace(histogram_bins=0))
+    )
+    assert set(with_histograms) - set(without) == {"activation_histogram"}
+    for name, value in without.items():
+        np.testing.assert_array_equal(value, with_histograms[name], err_msg=name)
+
+
+def test_negative_histogram_bins_are_an_error(tmp_path):
+    with pytest.raises(ValueError, match="histogram_bins must be ≥ 0"):
+        train.train_and_evaluate(tiny_config(**{"probe.histogram_bins": -1}), tmp_path)
+
+
 def test_overfits_a_tiny_dataset(tmp_path):
     config = tiny_config(num_steps=300, eval_every=100, train_subset=100)
     config.model.norm = None
