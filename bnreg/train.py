@@ -733,6 +733,7 @@ def _metrics_records(
     split: str,
     train_losses: np.ndarray | None,
 ) -> list[dict]:
+    evaluation = jax.device_get(dict(evaluation))  # one transfer, then host-side indexing
     records = []
     for index, member in enumerate(members):
         record = {
