@@ -34,7 +34,7 @@ Optimizer and learning rate — the paper states neither, so the comparison is m
    (ii) ``study.high_lr_factor`` (5) times it, BN's claim being that it tolerates higher rates
    (the paper's "BN-x5"), and (iii) ``study.low_lr_factor`` (0.05) times it, a small rate at
    which the baseline is still far from converged after 50k steps, as in the paper's Fig. 1a
-   (on Fashion-MNIST it is 0.05, the rate of the issue's PyTorch reference run). The claims are
+   (on Fashion-MNIST it is 0.1; see the evidence below). The claims are
    judged at (i); (ii) and (iii) are reported beside it. ``results.md`` records the sweep table
    and the choice.
 4. The BN net is evaluated — curves, probes, the sweep's score — with Alg. 2's population
@@ -46,12 +46,18 @@ Optimizer and learning rate — the paper states neither, so the comparison is m
 Nothing is tuned in BN's favour: the selection uses the baseline's sweep only.
 
 Evidence (Fashion-MNIST, measured by the command above; experiments/results/bn_fashion_mnist):
-the no-BN net's validation accuracy after 10k steps rises from 60.6% at lr 0.01 to a maximum of
-87.8% at lr 1.0 and falls to 86.4% at lr 5.0, so (i) = 1.0, an interior point of the grid,
-(ii) = 5.0 and (iii) = 0.05. The BN net is flat by comparison (84.4% at 0.01, 87.9–88.3% from 0.2
-to 5.0). The factor of (iii) gives the issue's reference rate, 0.05; it was chosen after a pilot
-of both nets at 0.05 and 0.2 (3 seeds), so the claims are judged at (i), which the pilot did not
-touch. At (iii) the baseline reaches 87.0% after 50k steps, at (i) 88.7%.
+the no-BN net's validation accuracy after 10k steps rises from 59.5% at lr 0.01 to 87.7–87.9% at
+lr 0.5, 1.0 and 2.0 (maximum at 2.0) and falls to 86.3% at lr 5.0, so (i) = 2.0, an interior
+point of the grid, (ii) = 10 and (iii) = 0.1. The BN net is flat by comparison (84.3% at 0.01,
+87.5–88.5% from 0.2 to 5.0). The top three rates of the baseline lie within 0.2 points, inside
+the seeds' std, so which of them is (i) is chance: before the epoch shuffle changed to one sort
+on 64-bit keys (same distribution, other draws) the same command chose 1.0, and the verdicts at
+(i) came out alike (BN ahead by +0.6 points on average but within the seeds' std at about 40 of
+91 evaluations; the drift about equal; the tracked EMA behind Alg. 2, the settled EMA not). The
+factor of (iii), 0.05, was chosen after a pilot of both nets at 0.05 and 0.2 (3 seeds) when (i)
+was 1.0, to make (iii) the issue's reference rate 0.05; the claims are judged at (i), which the
+pilot did not touch. At (ii) = 10 the baseline does not learn at all (10% test accuracy, chance),
+while BN reaches 88.3%.
 """
 
 from __future__ import annotations
@@ -418,6 +424,12 @@ def _comparison_verdict(label, steps, curves_at, from_step) -> str:
         f"- lr {label}: BN − baseline from step {from_step:,} on: min {100 * gap.min():+.2f}, "
         f"mean {100 * gap.mean():+.2f}, max {100 * gap.max():+.2f} points. "
     )
+    baseline = curves_at["no_bn"][1].mean(0)
+    if baseline[-1] <= baseline[0] + 0.01:
+        text += (
+            f"The baseline did not learn at this rate: {100 * baseline[-1]:.2f}% at step "
+            f"{int(steps[-1]):,}, {100 * baseline[0]:.2f}% at step {int(steps[0]):,}. "
+        )
     if failing.size == 0:
         return text + "BN is above by more than the larger seed std at every evaluation."
     return text + (
@@ -488,21 +500,22 @@ def plot_fig1a(config: ml_collections.ConfigDict, result: StudyResult, path: Pat
     """Test accuracy vs steps, both nets, mean ± std over seeds; one panel per learning rate."""
     figure, axes = plt.subplots(
         1, len(result.learning_rates), figsize=(5.5 * len(result.learning_rates), 4),
-        sharey=True, squeeze=False,
+        squeeze=False,
     )
-    lows = []
     for ax, lr in zip(axes[0], result.learning_rates, strict=True):
+        lows = []
         for color, (net, run) in zip(("C1", "C0"), result.study.items(), strict=True):
             steps, values = curves(select_members(run.history, learning_rate=lr), "test_accuracy")
             plots.band(ax, steps, values, label=NET_LABELS[net], color=color)
             lows.append(values[:, steps >= min(config.study.milestones[0], steps[-1])].min())
+        # As in the paper's Fig. 1a, the axis starts near the lowest accuracy from the first
+        # milestone on: the first steps' climb from chance would squeeze the differences. Each
+        # panel has its own axis, so a net that fails at one rate squeezes no other panel.
+        ax.set_ylim(max(0.0, min(lows) - 0.03), None)
         ax.set_title(f"{config.dataset}, SGD lr {_setting(result, lr)}")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
-    # As in the paper's Fig. 1a, the axis starts near the lowest accuracy from the first
-    # milestone on: the first steps' climb from chance would squeeze the differences.
-    axes[0, 0].set_ylim(max(0.0, min(lows) - 0.03), None)
     axes[0, 0].set_ylabel("test accuracy")
     figure.suptitle(f"Fig. 1a: {len(config.seeds)} seeds, mean ± std")
     return plots.save(figure, path)

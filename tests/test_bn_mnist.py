@@ -105,6 +105,23 @@ def test_percentile_drift_is_the_range_of_the_median_and_of_the_spread():
     np.testing.assert_allclose(spread_range, [[3.0]])
 
 
+@pytest.mark.parametrize("baseline_learns", [True, False])
+def test_comparison_verdict_counts_evaluations_and_says_when_the_baseline_did_not_learn(
+    baseline_learns,
+):
+    steps = np.array([0, 10, 20, 30])
+    baseline = np.array([[0.1, 0.5, 0.6, 0.7]] * 2) if baseline_learns else np.full((2, 4), 0.1)
+    bn = np.array([[0.1, 0.8, 0.6, 0.9], [0.1, 0.8, 0.62, 0.9]])
+    verdict = bn_mnist._comparison_verdict(
+        "1 (i)", steps, {"no_bn": (steps, baseline), "bn": (steps, bn)}, 10
+    )
+    assert ("did not learn" in verdict) is not baseline_learns
+    if baseline_learns:  # at step 20 the lead (0.01) is below BN's std (0.01)
+        assert "at 1 of 3 evaluations (first at step 20; last at step 20)" in verdict
+    else:
+        assert "every evaluation" in verdict
+
+
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="variant"):
         bn_mnist.get_config("huge")
