@@ -828,6 +828,13 @@ def train_and_evaluate(
     :func:`_final_summary`). Rerunning with the same ``workdir`` and config resumes from the
     latest checkpoint; the result equals an uninterrupted run bit-for-bit.
 
+    Reproducibility: the same config on the same devices gives bit-identical results. Another
+    layout of the members (another number of members in the run, or of devices) changes how
+    XLA batches their arithmetic, hence the rounding, and over tens of thousands of SGD steps
+    the runs then differ like different seeds do (the BN study's no-BN net at lr 5 ended at
+    86.99 ± 0.34% with 6 members on 2 devices, 86.54 ± 0.51% with 9 on one): equal in
+    distribution, not in bits. Compare runs made with the same layout.
+
     Raises:
       ValueError: an invalid config, or a workdir that holds a run with another config.
       NonFiniteLossError: a NaN/inf training loss; the last good checkpoint is kept.
@@ -928,8 +935,8 @@ def train_and_evaluate_concurrently(
     from its own thread. With one device the runs are made one after another.
 
     Each run's results equal those of the same run made alone on the same devices. On a CPU with
-    one XLA device per core, the BN study's two nets trained this way took 55 s where one after
-    another they took 80 s (benchmarks/README.md).
+    one XLA device per core, the BN study's two nets trained this way took 54–58 s where one after
+    another they took 73 s (benchmarks/README.md).
 
     The threads are daemons: an interrupt (Ctrl-C) ends the process at once, as a kill would,
     and rerunning resumes each run from its last checkpoint.
