@@ -934,7 +934,7 @@ def epoch_permutation(key: jax.Array, epoch: int | jax.Array, num_examples: int)
     tie has probability below :math:`N^2 / 2^{65}` (1e-10 at N = 60,000), about as in
     ``jax.random.permutation``, which for 60,000 examples sorts twice on 32-bit keys; one sort
     on two 32-bit key words takes 40% less time on XLA:CPU, where the shuffle is a measurable
-    share of an epoch (benchmarks/README.md, item 8).
+    share of an epoch (benchmarks/README.md, items 8–9).
 
     Args:
       key: a ``jax.random`` key, typed (``jax.random.key``) or legacy uint32

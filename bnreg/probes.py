@@ -67,9 +67,14 @@ def percentiles(samples: jax.Array, q: Sequence[float]) -> jax.Array:
     needed are found (``lax.top_k``), which on XLA:CPU takes 40% less time than
     ``jnp.percentile``'s full sort for the BN study's {15, 50, 85} of 10,000 samples.
 
+    Integer samples are converted to float first; a column with a NaN gives NaN percentiles.
+
     Raises:
       ValueError: a percentile outside [0, 100], or no samples.
     """
+    samples = jnp.asarray(samples)
+    if not jnp.issubdtype(samples.dtype, jnp.floating):
+        samples = samples.astype(jnp.result_type(float))
     q = np.asarray(q, dtype=np.float64)
     if q.size == 0 or np.any((q < 0) | (q > 100)):
         raise ValueError(f"percentiles must be in [0, 100], got {q.tolist()}.")
@@ -81,7 +86,9 @@ def percentiles(samples: jax.Array, q: Sequence[float]) -> jax.Array:
     above = np.minimum(below + 1, num - 1)
     weight = jnp.asarray(rank - below, samples.dtype)
     smallest = -jax.lax.top_k(-samples.T, int(above.max()) + 1)[0]  # ascending, (units, k)
-    return smallest[:, below] * (1 - weight) + smallest[:, above] * weight
+    result = smallest[:, below] * (1 - weight) + smallest[:, above] * weight
+    # top_k ranks NaN above every number, so a NaN would go unseen below the top rank.
+    return jnp.where(jnp.isnan(samples).any(0)[:, None], jnp.nan, result)
 
 
 def histogram(

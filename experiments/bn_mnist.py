@@ -427,7 +427,7 @@ def _comparison_verdict(label, steps, curves_at, from_step) -> str:
     baseline = curves_at["no_bn"][1].mean(0)
     if baseline[-1] <= baseline[0] + 0.01:
         text += (
-            f"The baseline did not learn at this rate: {100 * baseline[-1]:.2f}% at step "
+            f"The baseline ended no better than it started: {100 * baseline[-1]:.2f}% at step "
             f"{int(steps[-1]):,}, {100 * baseline[0]:.2f}% at step {int(steps[0]):,}. "
         )
     if failing.size == 0:
@@ -500,7 +500,7 @@ def plot_fig1a(config: ml_collections.ConfigDict, result: StudyResult, path: Pat
     """Test accuracy vs steps, both nets, mean ± std over seeds; one panel per learning rate."""
     figure, axes = plt.subplots(
         1, len(result.learning_rates), figsize=(5.5 * len(result.learning_rates), 4),
-        squeeze=False,
+        squeeze=False, layout="constrained",
     )
     for ax, lr in zip(axes[0], result.learning_rates, strict=True):
         lows = []
@@ -515,7 +515,7 @@ def plot_fig1a(config: ml_collections.ConfigDict, result: StudyResult, path: Pat
         ax.set_title(f"{config.dataset}, SGD lr {_setting(result, lr)}")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     axes[0, 0].set_ylabel("test accuracy")
     figure.suptitle(f"Fig. 1a: {len(config.seeds)} seeds, mean ± std")
     return plots.save(figure, path)

@@ -65,3 +65,16 @@ def test_percentiles_with_ties_and_a_sorted_column():
 def test_percentiles_outside_0_100_are_an_error(q):
     with pytest.raises(ValueError, match=r"\[0, 100\]"):
         probes.percentiles(jnp.zeros((5, 2)), q)
+
+
+def test_percentiles_of_a_column_with_a_nan_are_nan_as_jnp_percentile():
+    samples = jnp.asarray([[1.0, 1.0], [jnp.nan, 2.0], [3.0, 3.0]])
+    result = probes.percentiles(samples, (15.0, 50.0))
+    assert np.isnan(result[0]).all()
+    np.testing.assert_allclose(result[1], [1.3, 2.0], rtol=1e-6)
+
+
+def test_percentiles_of_integers_interpolate_in_float():
+    result = probes.percentiles(jnp.asarray([[1], [2], [3], [4]], jnp.int32), (50.0,))
+    assert jnp.issubdtype(result.dtype, jnp.floating)
+    np.testing.assert_allclose(result, [[2.5]])
