@@ -203,6 +203,19 @@ def choose_learning_rates(
     return best, float(f"{best * high_lr_factor:.12g}"), float(f"{best * low_lr_factor:.12g}")
 
 
+def rates_tied_with_best(baseline_scores: dict[float, tuple[float, float]]) -> list[float]:
+    """The learning rates whose mean score is within the seeds' std of the best one's (the
+    larger of the two stds): the rates the sweep cannot tell from the best, the best included.
+    """
+    best = max(baseline_scores, key=lambda lr: baseline_scores[lr][0])
+    best_mean, best_std = baseline_scores[best]
+    return sorted(
+        lr
+        for lr, (mean, std) in baseline_scores.items()
+        if best_mean - mean <= max(best_std, std)
+    )
+
+
 def percentile_drift(history: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """How much a probed unit's input distribution moves over training (Fig. 1b,c), per member
     and probed unit: the range (max − min over all evaluations) of its median, and of its
@@ -314,6 +327,13 @@ def _sweep_table(config: ml_collections.ConfigDict, result: StudyResult) -> list
         "baseline is still far from converged after the full run, as the paper's Fig. 1 shows "
         "it. The claims are judged at (i).",
     ]
+    tied = rates_tied_with_best(columns["no-BN"])
+    if len(tied) > 1:
+        lines.append(
+            f"The sweep cannot tell (i) from {', '.join(f'{lr:g}' for lr in tied if lr != best)}"
+            ": their no-BN scores lie within the seeds' std of the best, so which of them is (i) "
+            "is partly chance (another draw of the seeds or the data order may pick another)."
+        )
     grid = sorted(config.study.sweep_learning_rates)
     if best in (grid[0], grid[-1]):
         lines.append(
