@@ -831,8 +831,8 @@ def train_and_evaluate(
     Reproducibility: the same config on the same devices gives bit-identical results. Another
     layout of the members (another number of members in the run, or of devices) changes how
     XLA batches their arithmetic, hence the rounding, and over tens of thousands of SGD steps
-    the runs then differ like different seeds do (in session 2, moving the BN study's main phase
-    from 6 members on 2 devices to 9 on one moved a 3-seed final accuracy by 0.45 points, within
+    the runs then differ like different seeds do (moving the BN study's main phase from 6
+    members on 2 devices to 9 on one once moved a 3-seed final accuracy by 0.45 points, within
     the seeds' spread): equal in distribution, not in bits. Compare runs made with the same
     layout.
 
