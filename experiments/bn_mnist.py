@@ -372,7 +372,11 @@ def _study_tables(config: ml_collections.ConfigDict, result: StudyResult) -> lis
         for net, run in result.study.items():
             steps, values = curves_at[net]
             members = [m for m in run.summary["members"] if m["learning_rate"] == lr]
-            reached = first_step_reaching(steps, values.mean(0), baseline_final)
+            reached = (
+                first_step_reaching(steps, values.mean(0), baseline_final)
+                if _learned(baseline)
+                else "— (baseline did not learn)"
+            )
             population = [m.get("test_accuracy_population") for m in members]
             ema = mean_std(np.asarray([m["test_accuracy_ema"] for m in members]))
             pop = (
@@ -433,6 +437,13 @@ def _inference_statistics_verdict(label: str, lr: float, run: RunResult) -> str:
     )
 
 
+def _learned(accuracy: np.ndarray) -> bool:
+    """Whether a net's mean accuracy curve ``(members, T)`` ended more than 1 point above where
+    it started."""
+    mean = accuracy.mean(0)
+    return bool(mean[-1] > mean[0] + 0.01)
+
+
 def _comparison_verdict(label, steps, curves_at, from_step) -> str:
     mask = steps >= from_step
     bn_mean, bn_std = mean_std(curves_at["bn"][1][:, mask])
@@ -444,8 +455,8 @@ def _comparison_verdict(label, steps, curves_at, from_step) -> str:
         f"- lr {label}: BN − baseline from step {from_step:,} on: min {100 * gap.min():+.2f}, "
         f"mean {100 * gap.mean():+.2f}, max {100 * gap.max():+.2f} points. "
     )
-    baseline = curves_at["no_bn"][1].mean(0)
-    if baseline[-1] <= baseline[0] + 0.01:
+    if not _learned(curves_at["no_bn"][1]):
+        baseline = curves_at["no_bn"][1].mean(0)
         text += (
             f"The baseline ended no better than it started: {100 * baseline[-1]:.2f}% at step "
             f"{int(steps[-1]):,}, {100 * baseline[0]:.2f}% at step {int(steps[0]):,}. "
