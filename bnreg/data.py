@@ -562,6 +562,9 @@ def _fixes(name: str, builder: Any, data_root: Path) -> list[str]:
     return fixes
 
 
+_PREPARING = threading.Lock()
+
+
 def _load_tfds(
     name: str,
     data_dir: str | os.PathLike[str] | None,
@@ -579,13 +582,18 @@ def _load_tfds(
     image_shape = tuple(int(d) for d in features["image"].shape)
     cache = _cache_path(data_root, name, str(builder.version))
 
-    if cache.is_file():
+    # Threads of one process (a study's concurrent runs) prepare a dataset one at a time: the
+    # first prepares it and writes the cache; the others, waiting, then read the cache, and
+    # loads of an already cached dataset never wait for each other.
+    with _PREPARING:
+        prepared = not cache.is_file()
+        if prepared:
+            source = _prepare(name, builder, tfds, data_root, manual_dir, download)
+            arrays = _read_prepared(builder, tfds)
+            _write_cache(cache, arrays, source)
+    if not prepared:
         arrays, source = _read_cache(cache, num_classes)
         source = f"{source}; decoded arrays cached in {cache}"
-    else:
-        source = _prepare(name, builder, tfds, data_root, manual_dir, download)
-        arrays = _read_prepared(builder, tfds)
-        _write_cache(cache, arrays, source)
     return Dataset(
         name=name,
         train=_to_split(arrays["train_images"], arrays["train_labels"]),

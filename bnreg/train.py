@@ -803,11 +803,6 @@ def _check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None
     path.write_text(text)
 
 
-# Concurrent runs load their data one at a time: the first prepares a dataset (tfds) and writes
-# bnreg's cache, the others then read it, rather than all preparing into the same directory.
-_DATA_LOCK = threading.Lock()
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -845,8 +840,7 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config_file(workdir, config)
 
-    with _DATA_LOCK:
-        run_data = load_run_data(config)
+    run_data = load_run_data(config)
     model = build_model(config.model, run_data.num_classes)
     tx = build_optimizer(config.optimizer)
     members = members_from_config(config)

@@ -285,6 +285,37 @@ def test_second_load_comes_from_cache_equal_and_faster(tmp_path, tiny_fashion_mn
     assert second_s < first_s
 
 
+def test_concurrent_first_loads_prepare_once_and_agree(tmp_path, tiny_fashion_mnist, monkeypatch):
+    import threading
+
+    prepare, calls = data._prepare, []
+
+    def counted_prepare(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.5)  # a slow preparation: the other thread arrives meanwhile
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(data, "_prepare", counted_prepare)
+    kwargs = dict(data_dir=tmp_path / "data", manual_dir=tiny_fashion_mnist, download=False)
+    loaded = {}
+    threads = [
+        threading.Thread(
+            target=lambda i=i: loaded.__setitem__(i, data.load_dataset("fashion_mnist", **kwargs))
+        )
+        for i in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert sorted("decoded arrays cached in" in d.source for d in loaded.values()) == [False, True]
+    for split in ("train", "test"):
+        first, second = (getattr(loaded[i], split) for i in range(2))
+        np.testing.assert_array_equal(first.images, second.images)
+        np.testing.assert_array_equal(first.labels, second.labels)
+
+
 def test_failed_cache_write_warns_and_leaves_no_partial_file(
     tmp_path, tiny_fashion_mnist, monkeypatch
 ):
