@@ -930,7 +930,7 @@ def train_and_evaluate_concurrently(
     from its own thread. With one device the runs are made one after another.
 
     Each run's results equal those of the same run made alone on the same devices. On a CPU with
-    one XLA device per core, the BN study's two nets trained this way took 54–58 s where one after
+    one XLA device per core, the BN study's two nets trained this way took 52–58 s where one after
     another they took 73 s (benchmarks/README.md).
 
     The threads are daemons: an interrupt (Ctrl-C) ends the process at once, as a kill would,
