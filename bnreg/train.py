@@ -988,23 +988,34 @@ def _make_evaluate_with(
             lambda: ema_settling_batches(config.model.bn_momentum),
         ),
     }
-    # The batches depend only on the members' keys, fixed for the run: drawn once per kind.
-    batches: dict[str, jax.Array] = {}
+    # Both kinds run the first batches of one stream that depends only on the members' keys,
+    # fixed for the run: drawn once, as many as the longer kind needs, and sliced per kind.
+    drawn: list[jax.Array] = []
+
+    def longest() -> int:
+        counts = [config.population_batches]
+        if 0.0 <= config.model.bn_momentum < 1.0:  # else the EMA never settles
+            counts.append(ema_settling_batches(config.model.bn_momentum))
+        return max(counts)
 
     def evaluate_with(state: TrainState, statistics: str) -> dict[str, jax.Array]:
         batch_stats = state.batch_stats
         if statistics in recomputed:
             statistics_of, num_batches = recomputed[statistics]
-            if statistics not in batches:
+            if not drawn:
                 draw = functools.partial(
                     population_batch_indices,
                     num_examples=train.images.shape[0],
                     batch_size=config.batch_size,
-                    num_batches=num_batches(),
+                    num_batches=longest(),
                 )
-                batches[statistics] = jax.jit(jax.vmap(draw))(state.key)
+                drawn.append(jax.jit(jax.vmap(draw))(state.key))
             batch_stats = statistics_of(
-                state.params, state.batch_stats, state.key, train.images, batches[statistics]
+                state.params,
+                state.batch_stats,
+                state.key,
+                train.images,
+                drawn[0][:, : num_batches()],
             )
         return evaluate_members(state.params, batch_stats, evaluation.images, evaluation.labels)
 
