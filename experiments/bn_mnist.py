@@ -191,6 +191,11 @@ def sweep_scores(
     return scores
 
 
+def best_rate(scores: dict[float, tuple[float, float]]) -> float:
+    """The learning rate with the highest mean score."""
+    return max(scores, key=lambda lr: scores[lr][0])
+
+
 def choose_learning_rates(
     baseline_scores: dict[float, tuple[float, float]],
     high_lr_factor: float,
@@ -198,7 +203,7 @@ def choose_learning_rates(
 ) -> tuple[float, float, float]:
     """(i) the no-BN net's best learning rate on validation, (ii) ``high_lr_factor`` × it,
     (iii) ``low_lr_factor`` × it."""
-    best = max(baseline_scores, key=lambda lr: baseline_scores[lr][0])
+    best = best_rate(baseline_scores)
     # Rounded so that 0.1 × 0.05 reads 0.005, not 0.005000000000000001, in every output.
     return best, float(f"{best * high_lr_factor:.12g}"), float(f"{best * low_lr_factor:.12g}")
 
@@ -207,7 +212,7 @@ def rates_tied_with_best(baseline_scores: dict[float, tuple[float, float]]) -> l
     """The learning rates whose mean score is within the seeds' std of the best one's (the
     larger of the two stds): the rates the sweep cannot tell from the best, the best included.
     """
-    best = max(baseline_scores, key=lambda lr: baseline_scores[lr][0])
+    best = best_rate(baseline_scores)
     best_mean, best_std = baseline_scores[best]
     return sorted(
         lr
