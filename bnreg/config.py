@@ -85,6 +85,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.probe.histogram_range = (0.0, 1.0)
 
     config.progress = True
+    # TensorBoard events of the metrics in <workdir>/tensorboard (bnreg.tensorboard_events).
+    config.tensorboard = False
     # A study's own keys (its sweep, its milestones, ...); the engine ignores them.
     config.study = ml_collections.ConfigDict()
     return config

@@ -25,6 +25,7 @@ devices each (:func:`train_and_evaluate_concurrently`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -49,6 +50,7 @@ from bnreg.batch_norm import PopulationStatsAccumulator, population_stats_finali
 from bnreg.config import validate_config
 from bnreg.max_norm import is_kernel, max_norm
 from bnreg.models import MLP, ConvNet
+from bnreg.tensorboard_events import TENSORBOARD_DIR, TensorBoardEvents
 
 # Streams folded into a member's key.
 _INIT, _DATA, _DROPOUT, _POPULATION = range(4)
@@ -792,9 +794,10 @@ def _check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None
     if path.exists() and (workdir / CHECKPOINT_DIR).exists():
         saved = json.loads(path.read_text())
         current = json.loads(text)
-        # Progress display does not change results, so it may differ between attempts.
-        saved.pop("progress", None)
-        current.pop("progress", None)
+        # Outputs that do not change results may differ between attempts.
+        for key in ("progress", "tensorboard"):
+            saved.pop(key, None)
+            current.pop(key, None)
         if saved != current:
             raise ValueError(
                 f"{workdir} holds a run with a different configuration ({path}). Resume with "
@@ -820,8 +823,10 @@ def train_and_evaluate(
     member, every ``config.eval_every`` steps and at step 0); orbax checkpoints every
     ``config.checkpoint_every`` steps and at the end; ``summary.json`` (final accuracy per member
     with the EMA and, for BN nets, the settled EMA's and Alg. 2's statistics; see
-    :func:`_final_summary`). Rerunning with the same ``workdir`` and config resumes from the
-    latest checkpoint; the result equals an uninterrupted run bit-for-bit.
+    :func:`_final_summary`); with ``config.tensorboard``, the same metrics as TensorBoard
+    events in ``tensorboard/`` (:mod:`bnreg.tensorboard_events`). Rerunning with the same
+    ``workdir`` and config (``progress`` and ``tensorboard`` may differ) resumes from the latest
+    checkpoint; the result equals an uninterrupted run bit-for-bit.
 
     Reproducibility: the same config on the same devices gives bit-identical results. Another
     layout of the members (another number of members in the run, or of devices) changes how
@@ -865,6 +870,7 @@ def train_and_evaluate(
     step = int(state.step)
     history = _read_history(metrics_path, step) if step else []
     _write_jsonl(metrics_path, history, "w")
+    events = _tensorboard_events(config, workdir, members)
 
     train_chunk = make_train_chunk(model, tx, batch_size=config.batch_size)
     data_order = shard_members(empty_data_order(len(members), len(train_images)), devices)
@@ -885,15 +891,19 @@ def train_and_evaluate(
         records = _metrics_records(step, members, evaluation, split, train_losses)
         history.extend(records)
         _write_jsonl(metrics_path, records, "a")
+        if events:
+            events.write(records)
         return float(np.mean([r[f"{split}_accuracy"] for r in records]))
 
-    if step == 0:
-        log_evaluation(None)
     progress = tqdm(
         total=config.num_steps, initial=step, unit="step", disable=not config.progress,
         desc=f"{config.dataset} × {len(members)} members", position=progress_position,
     )
-    with progress:
+    with progress, contextlib.closing(events) if events else contextlib.nullcontext():
+        if events:
+            events.write(history)  # a resumed run's records so far
+        if step == 0:
+            log_evaluation(None)
         while step < config.num_steps:
             num_steps = min(config.eval_every - step % config.eval_every, config.num_steps - step)
             state, data_order, losses = train_chunk(
@@ -910,15 +920,27 @@ def train_and_evaluate(
             accuracy = log_evaluation(losses)
             if checkpoints and (step % config.checkpoint_every == 0 or step == config.num_steps):
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
+                if events:
+                    events.flush()
             progress.update(num_steps)
             progress.set_postfix(loss=f"{losses[-1].mean():.4f}", **{f"{split}_acc": accuracy})
-    if checkpoints:
-        checkpoints.wait_until_finished()
-        checkpoints.close()
+        if checkpoints:
+            checkpoints.wait_until_finished()
+            checkpoints.close()
 
-    summary = _final_summary(config, state, members, run_data, evaluate_with, has_bn)
-    (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        summary = _final_summary(config, state, members, run_data, evaluate_with, has_bn)
+        (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        if events:
+            events.write_summary(summary)
     return RunResult(history=history, summary=summary, state=state, members=members)
+
+
+def _tensorboard_events(
+    config: ml_collections.ConfigDict, workdir: Path, members: list[Member]
+) -> TensorBoardEvents | None:
+    if not config.tensorboard:
+        return None
+    return TensorBoardEvents(workdir / TENSORBOARD_DIR, members, config.probe)
 
 
 def train_and_evaluate_concurrently(

@@ -18,7 +18,8 @@ Commands::
 
 Outputs in ``--workdir``: ``results.md`` (tables, the paper's claims beside the measurements),
 ``fig1a.png``, ``fig1bc.png``, and one engine run directory per net and phase (``sweep/no_bn``,
-``sweep/bn``, ``study/no_bn``, ``study/bn``: ``metrics.jsonl``, ``summary.json``, checkpoints).
+``sweep/bn``, ``study/no_bn``, ``study/bn``: ``metrics.jsonl``, ``summary.json``, checkpoints;
+TensorBoard events too with ``--config.tensorboard=True``: ``tensorboard --logdir <workdir>``).
 Rerunning the command resumes where it stopped.
 
 Optimizer and learning rate — the paper states neither, so the comparison is made fair and shown:

@@ -23,6 +23,7 @@ from bnreg.batch_norm import BatchNormParams, BatchNormState, batch_norm
 from bnreg.config import default_config
 from bnreg.data import batch_at_step
 from bnreg.models import MLP
+from bnreg.tensorboard_events import TENSORBOARD_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -509,7 +510,9 @@ RUN_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_train import tiny_config
     from bnreg.train import train_and_evaluate
-    config = tiny_config(num_steps=3000, eval_every=50, checkpoint_every=100, seeds=(0, 1))
+    config = tiny_config(
+        num_steps=3000, eval_every=50, checkpoint_every=100, seeds=(0, 1), tensorboard=True
+    )
     train_and_evaluate(config, sys.argv[1])
     """
 )
@@ -524,6 +527,8 @@ def run_script(tmp_path: Path, workdir: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    from test_tensorboard_events import read_events  # it imports this module
+
     uninterrupted = tmp_path / "uninterrupted"
     assert run_script(tmp_path, uninterrupted).wait(timeout=300) == 0
 
@@ -548,3 +553,4 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert (killed / train.SUMMARY_FILE).read_text() == (
         uninterrupted / train.SUMMARY_FILE
     ).read_text()
+    assert read_events(killed / TENSORBOARD_DIR) == read_events(uninterrupted / TENSORBOARD_DIR)
