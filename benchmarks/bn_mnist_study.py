@@ -14,8 +14,11 @@ evaluation on the 10k test set at step 0 and every 500 steps, checkpoints every 
   processes started together, each pinned to its own core with ``os.sched_setaffinity``.
 * **PyTorch** — written for this benchmark: the same arrays (``bnreg.train.load_run_data``), the
   same network (:func:`benchmarks.common.torch_mlp`), BN, plain SGD, batch 60, shuffled epochs,
-  the same evaluation schedule (test loss and accuracy in eval mode, batches of 2000) and
-  ``torch.save`` checkpoints every 5000 steps; 3 seeds × 2 nets one after another.
+  the same evaluation schedule and work (``--torch-eval study``, the default: test loss and
+  accuracy in eval mode, batches of 2000, the BN net with Alg. 2 statistics from 100 fixed
+  training batches at every evaluation, and the study's probes; ``--torch-eval running``: the
+  running statistics only, no probes) and ``torch.save`` checkpoints every 5000 steps; 3 seeds ×
+  2 nets one after another.
 
 Commands (from the repository root)::
 

@@ -32,7 +32,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.binarize = config_dict.placeholder(bool)
     config.standardize = "none"
     config.train_subset = 0  # 0: the whole train split; N: a stratified subset of N examples.
-    config.validation_size = 0  # >0: carve a validation split from train and evaluate on it.
+    # >0: hold out this fraction of the training split (class-stratified, rounded to whole
+    # examples) as a validation split, and evaluate on it instead of the test split.
+    config.validation_fraction = 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
@@ -138,6 +140,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     learning_rates = tuple(config.learning_rates) or (config.optimizer.learning_rate,)
     if any(lr <= 0 for lr in learning_rates):
         raise ValueError(f"learning rates must be > 0, got {learning_rates}.")
+    if not 0.0 <= config.validation_fraction < 1.0:
+        raise ValueError(
+            f"config.validation_fraction must be in [0, 1) (0: evaluate on the test split), got "
+            f"{config.validation_fraction}."
+        )
     if config.population_batches < 0:
         raise ValueError("config.population_batches must be ≥ 0 (0 skips Alg. 2).")
     if config.bn_eval_statistics == "population" and not config.population_batches:

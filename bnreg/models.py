@@ -133,7 +133,7 @@ class MLP(_Classifier):
 
 
 class ConvNet(_Classifier):
-    """A small convolutional classifier: ``(conv3×3 → [BN] → act → maxpool2) × C →
+    """A small convolutional classifier: ``(conv3×3 → [BN] → act → [dropout] → maxpool2) × C →
     (dense → [BN] → act → [dropout]) × L → dense``.
 
     BN in a conv block normalises each feature map over batch and spatial positions

@@ -95,7 +95,7 @@ class Member(NamedTuple):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite training or evaluation loss."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +143,15 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
         config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir
     )
     train, evaluation, split = dataset.train, dataset.test, "test"
-    if config.validation_size:
-        train, evaluation = data_lib.train_validation_split(
-            train, config.validation_size, seed=0
-        )
+    if config.validation_fraction:
+        num_validation = round(config.validation_fraction * len(train.labels))
+        if not 1 <= num_validation < len(train.labels):
+            raise ValueError(
+                f"config.validation_fraction = {config.validation_fraction} of the "
+                f"{len(train.labels)} training examples of {config.dataset} is {num_validation} "
+                "examples; it must hold at least one and leave at least one for training."
+            )
+        train, evaluation = data_lib.train_validation_split(train, num_validation, seed=0)
         split = "validation"
     if config.train_subset:
         train = data_lib.stratified_subset(train, config.train_subset, seed=0)
@@ -752,16 +757,33 @@ def _metrics_records(
     return records
 
 
-def _check_finite(losses: np.ndarray, first_step: int, members: list[Member], where: str):
+def _check_finite(
+    losses: np.ndarray,
+    records: list[dict],
+    split: str,
+    first_step: int,
+    members: list[Member],
+    where: str,
+):
+    """Raises on the first non-finite training loss of a chunk (``losses[i]`` is step
+    ``first_step + i``'s, taken before its update) or, when they are all finite, on a
+    non-finite loss in the evaluation ``records`` that follows: the chunk's last update broke
+    the weights, which must then be neither recorded nor checkpointed."""
     bad = np.argwhere(~np.isfinite(losses))
+    evaluation_losses = np.array([record[f"{split}_loss"] for record in records])
     if bad.size:
         offset, member = bad[0]
-        m = members[member]
-        raise NonFiniteLossError(
-            f"Non-finite training loss at step {first_step + offset} for member {member} "
-            f"(learning rate {m.learning_rate}, seed {m.seed}). {where} Lower the learning "
-            "rate, or add BN or max-norm."
-        )
+        what = f"Non-finite training loss at step {first_step + offset}"
+    elif not np.isfinite(evaluation_losses).all():
+        member = np.flatnonzero(~np.isfinite(evaluation_losses))[0]
+        what = f"Non-finite {split} loss at the evaluation of step {records[member]['step']}"
+    else:
+        return
+    m = members[member]
+    raise NonFiniteLossError(
+        f"{what} for member {member} (learning rate {m.learning_rate}, seed {m.seed}). {where} "
+        "Lower the learning rate, or add BN or max-norm."
+    )
 
 
 def _read_history(path: Path, last_step: int) -> list[dict]:
@@ -838,7 +860,8 @@ def train_and_evaluate(
 
     Raises:
       ValueError: an invalid config, or a workdir that holds a run with another config.
-      NonFiniteLossError: a NaN/inf training loss; the last good checkpoint is kept.
+      NonFiniteLossError: a NaN/inf training or evaluation loss; the last good checkpoint is
+        kept, and metrics are recorded up to the last finite evaluation.
     """
     validate_config(config)
     workdir = Path(workdir)
@@ -886,9 +909,11 @@ def train_and_evaluate(
     has_bn = bool(jax.tree.leaves(state.batch_stats))
     statistics = config.bn_eval_statistics if has_bn else "ema"
 
-    def log_evaluation(train_losses):
+    def evaluation_records(train_losses):
         evaluation = evaluate_with(state, statistics)
-        records = _metrics_records(step, members, evaluation, split, train_losses)
+        return _metrics_records(step, members, evaluation, split, train_losses)
+
+    def log(records):
         history.extend(records)
         _write_jsonl(metrics_path, records, "a")
         if events:
@@ -903,21 +928,22 @@ def train_and_evaluate(
         if events:
             events.write(history)  # a resumed run's records so far
         if step == 0:
-            log_evaluation(None)
+            log(evaluation_records(None))
         while step < config.num_steps:
             num_steps = min(config.eval_every - step % config.eval_every, config.num_steps - step)
             state, data_order, losses = train_chunk(
                 state, data_order, train_images, train_labels, num_steps
             )
             losses = np.asarray(losses)
+            first_step, step = step, int(state.step)
+            records = evaluation_records(losses)
             last_good = checkpoints.latest_step() if checkpoints else None
             _check_finite(
-                losses, step, members,
+                losses, records, split, first_step, members,
                 f"The last good checkpoint (step {last_good}) is kept in {workdir}."
                 if last_good is not None else "No checkpoint was written.",
             )
-            step = int(state.step)
-            accuracy = log_evaluation(losses)
+            accuracy = log(records)
             if checkpoints and (step % config.checkpoint_every == 0 or step == config.num_steps):
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
                 if events:
@@ -1066,6 +1092,8 @@ def _final_summary(
         "source": run_data.source,
         "evaluation_split": split,
         "input_shape": list(run_data.train.images.shape[1:]),
+        "num_train_examples": len(run_data.train.labels),
+        f"num_{split}_examples": len(run_data.evaluation.labels),
         "num_steps": int(state.step),
         "bn_eval_statistics": config.bn_eval_statistics if has_bn else None,
         "members": [

@@ -94,9 +94,10 @@ for name, a, b in zip(names, jax.tree.leaves(paper), jax.tree.leaves(autodiff), 
 # %% [markdown]
 # ## Fig. 1 in miniature
 #
-# The study's network (784-100-100-100-10 sigmoid, N(0, 0.1²) init, SGD, batch 60) with and without
-# BN, in the study's smoke size on scikit-learn's digits so that it runs in seconds. The full study
-# is `python -m experiments.bn_mnist` (see its docstring).
+# The study's network (three hidden layers of 100 sigmoid units, N(0, 0.1²) init, SGD, batch 60)
+# with and without BN, in the study's smoke size on scikit-learn's digits (8×8 inputs, so
+# 64-100-100-100-10 instead of MNIST's 784-100-100-100-10) so that it runs in seconds. The full
+# study is `python -m experiments.bn_mnist` (see its docstring).
 
 # %%
 config = bn_mnist.get_config("smoke")

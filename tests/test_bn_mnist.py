@@ -50,12 +50,22 @@ def test_smoke_study_writes_valid_figures(smoke_run, name):
 def test_smoke_study_writes_results_table_and_run_outputs(smoke_run):
     workdir, stdout = smoke_run
     results = (workdir / "results.md").read_text()
-    assert "| net | lr | 50 steps | 100 steps | 200 steps |" in results
+    header = (
+        "| net | lr | 50 steps | 100 steps | 200 steps | first step ≥ no-BN final | "
+        "final, EMA stats | final, Alg. 2 stats | paper (Fig. 1a) |"
+    )
+    assert header + "\n" in results
     for net in ("with BN", "without BN"):
-        # One accuracy row per learning rate (i), (ii) and (iii).
-        assert len(re.findall(rf"^\| {net} \| [0-9.]+ \(i+\) \|", results, flags=re.M)) == 3
-    assert "| lr | median drift, without BN | median drift, with BN | ratio |" in results
-    assert len(re.findall(r"^- lr [0-9.]+ \(i+\): Alg. 2 − EMA tracked", results, flags=re.M)) == 3
+        # One accuracy row per learning rate (i), (ii) and (iii), with every column filled.
+        rows = re.findall(rf"^\| {net} \| [0-9.]+ \(i+\) \|.*$", results, flags=re.M)
+        assert len(rows) == 3
+        assert all(row.count("|") == header.count("|") and "| |" not in row for row in rows)
+    assert (
+        "| lr | median drift, without BN | median drift, with BN | ratio | spread drift, "
+        "without BN | spread drift, with BN | ratio | paper (Fig. 1b,c) |\n"
+    ) in results
+    for verdict in (r"Alg. 2 − EMA tracked", r"the median drifts [0-9.]+× less with BN"):
+        assert len(re.findall(rf"^- lr [0-9.]+ \(i+\): {verdict}", results, flags=re.M)) == 3
     assert "## Learning-rate sweep" in results
     assert "fig1a.png" in stdout and "fig1bc.png" in stdout
     for phase in ("sweep", "study"):
@@ -69,6 +79,16 @@ def test_unknown_config_key_on_the_command_line_is_an_error(tmp_path):
                         "--config.learning_rate=0.1")
     assert completed.returncode != 0
     assert "learning_rate" in completed.stderr
+
+
+def test_the_full_config_on_digits_holds_out_a_twelfth_of_train_for_the_sweep():
+    config = bn_mnist.get_config()
+    config.unlock()
+    config.dataset = "digits"  # 1,497 training examples: 5,000 would not fit
+    run_data = train.load_run_data(bn_mnist.sweep_config(config, "no_bn"))
+    total = len(run_data.train.labels) + len(run_data.evaluation.labels)
+    assert (run_data.evaluation_split, total) == ("validation", 1497)
+    assert len(run_data.evaluation.labels) == round(1497 / 12)
 
 
 def test_both_nets_start_from_the_same_weights_and_see_the_same_batches():
@@ -109,6 +129,15 @@ def test_percentile_drift_is_the_range_of_the_median_and_of_the_spread():
     median_range, spread_range = bn_mnist.percentile_drift(history)
     np.testing.assert_allclose(median_range, [[8.0]])
     np.testing.assert_allclose(spread_range, [[3.0]])
+
+
+@pytest.mark.parametrize(
+    "median_ratio, verdict", [(2.0, ": well below"), (1.99, ": **not well below**")]
+)
+def test_drift_is_well_below_with_bn_when_the_median_drifts_at_most_half_as_much(
+    median_ratio, verdict
+):
+    assert verdict in bn_mnist._drift_verdict("1 (i)", median_ratio, 1.0)
 
 
 @pytest.mark.parametrize("baseline_learns", [True, False])

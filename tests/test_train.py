@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from bnreg import train
@@ -81,6 +83,64 @@ def assert_trees_equal(a, b):
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    config = default_config().optimizer
+    config.learning_rate = 0.5
+    for name, value in overrides.items():
+        config[name] = value
+    return config
+
+
+def optimizer_updates(optimizer, num_updates=4):
+    """The updates of ``optimizer`` over ``num_updates`` steps of fixed gradients, applied."""
+    params = {"Dense_0": {"kernel": jnp.full((3, 2), 2.0), "bias": jnp.full((2,), 2.0)}}
+    grads = jax.tree.map(lambda x: jnp.arange(x.size, dtype=x.dtype).reshape(x.shape) - 1, params)
+    state = optimizer.init(params)
+    history = []
+    for _ in range(num_updates):
+        updates, state = optimizer.update(grads, state, params)
+        params = jax.tree.map(jnp.add, params, updates)
+        history.append(updates)
+    return history
+
+
+@pytest.mark.parametrize(
+    "overrides, reference",
+    [
+        ({}, lambda: optax.sgd(0.5)),
+        ({"momentum": 0.9}, lambda: optax.sgd(0.5, momentum=0.9)),
+        ({"momentum": 0.9, "nesterov": True}, lambda: optax.sgd(0.5, 0.9, nesterov=True)),
+        ({"name": "adam"}, lambda: optax.adam(0.5)),
+        (
+            {"schedule": "exponential", "decay_rate": 0.5, "decay_steps": 2},
+            lambda: optax.sgd(lambda count: 0.5 * 0.5 ** (count / 2)),
+        ),
+        (
+            {"schedule": "step", "step_boundaries": (1, 3), "step_factor": 0.1},
+            lambda: optax.sgd(lambda count: 0.5 * 0.1 ** jnp.sum(count >= jnp.array([1, 3]))),
+        ),
+        (
+            {"weight_decay": 0.01},
+            # λ·w is added to the kernel's gradient only, not to the bias's.
+            lambda: optax.chain(
+                optax.masked(optax.add_decayed_weights(0.01), {
+                    "Dense_0": {"kernel": True, "bias": False}
+                }),
+                optax.sgd(0.5),
+            ),
+        ),
+    ],
+)
+def test_the_configured_optimizer_equals_its_optax_definition(overrides, reference):
+    built = optimizer_updates(train.build_optimizer(optimizer_config(**overrides)))
+    expected = optimizer_updates(reference())
+    for step, (a, b) in enumerate(zip(built, expected, strict=True)):
+        jax.tree.map(
+            lambda x, y, step=step: np.testing.assert_allclose(x, y, rtol=1e-6, err_msg=str(step)),
+            a, b,
+        )
 
 
 def test_jit_and_no_jit_train_step_agree(model_and_tx):
@@ -372,13 +432,46 @@ def test_evaluations_use_the_configured_bn_statistics(tmp_path, statistics):
     assert final == result.summary["members"][0][f"test_accuracy_{statistics}"]
 
 
-def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
-    config = tiny_config(num_steps=200, eval_every=20, checkpoint_every=20)
-    config.model.norm = None
-    config.model.activation = "relu"
-    config.optimizer.learning_rate = 1e30
-    with pytest.raises(train.NonFiniteLossError, match=r"Non-finite training loss at step \d+"):
+def exploding_learning_rate_at(boundary: int, **overrides) -> ml_collections.ConfigDict:
+    """A run whose learning rate jumps to 5e37 at step ``boundary`` (optax's piecewise-constant
+    schedule scales from count ``boundary`` on), whose update blows the weights up."""
+    config = tiny_config(num_steps=100, eval_every=20, checkpoint_every=20, **overrides)
+    config.optimizer.schedule = "step"
+    config.optimizer.step_boundaries = (boundary,)
+    config.optimizer.step_factor = 1e38
+    return config
+
+
+@pytest.mark.parametrize(
+    "boundary, message",
+    [
+        # The update of step 44 breaks the weights: step 45's loss is the first non-finite one.
+        (44, "Non-finite training loss at step 45 "),
+        # The update of step 59, the last before the evaluation and checkpoint at 60, breaks
+        # them: every training loss of the chunk is finite, the evaluation's is not.
+        (59, "Non-finite test loss at the evaluation of step 60 "),
+    ],
+)
+def test_non_finite_training_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, boundary, message
+):
+    config = exploding_learning_rate_at(boundary)
+    with pytest.raises(train.NonFiniteLossError, match=re.escape(message)) as error:
         train.train_and_evaluate(config, tmp_path)
+    assert "The last good checkpoint (step 40) is kept" in str(error.value)
+    checkpoints = sorted(int(p.name) for p in (tmp_path / train.CHECKPOINT_DIR).iterdir())
+    assert checkpoints == [20, 40]
+    history = [json.loads(line) for line in (tmp_path / train.METRICS_FILE).open()]
+    assert history[-1]["step"] == 40
+    assert all(np.isfinite(record["test_loss"]) for record in history)
+
+
+@pytest.mark.parametrize(
+    "fraction, message", [(1.0, "must be in \\[0, 1\\)"), (1e-6, "is 0 examples")]
+)
+def test_a_validation_fraction_that_leaves_no_split_is_an_error(tmp_path, fraction, message):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(tiny_config(validation_fraction=fraction), tmp_path)
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
@@ -402,11 +495,15 @@ def test_max_norm_keeps_every_column_within_c_throughout_training(tmp_path):
     state = train.init_members(model, tx, [train.Member(5.0, 0)], images[:1])
     chunk = train.make_train_chunk(model, tx, batch_size=32)
     data_order = train.empty_data_order(1, len(images))
-    for _ in range(4):
-        state, data_order, _ = chunk(state, data_order, images, labels, 10)
+    largest = 0.0
+    for _ in range(40):  # one step per call: the bound is checked after every update
+        state, data_order, _ = chunk(state, data_order, images, labels, 1)
         for name, layer in state.params.items():
             norms = jnp.linalg.norm(layer["kernel"][0], axis=0)
             assert float(norms.max()) <= 1.5 * (1 + 1e-6), name
+            largest = max(largest, float(norms.max()))
+    # The constraint binds (columns reach c), so the bound above is the projection's doing.
+    assert largest >= 1.5 * (1 - 1e-6)
 
 
 SHARDED_SCRIPT = textwrap.dedent(
