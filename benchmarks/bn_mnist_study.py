@@ -404,7 +404,10 @@ def _torch_evaluate(
             loss_sum += torch.nn.functional.cross_entropy(x, target, reduction="sum").item()
             correct += int((x.argmax(-1) == target).sum())
             if probes:
-                probed.append(preactivations[config.probe.layer][:, list(config.probe.units)])
+                probed.append(
+                    [preactivations[layer][:, list(config.probe.units)]
+                     for layer in config.probe.layers]
+                )
                 if config.probe.histogram_bins:
                     low, high = config.probe.histogram_range
                     batch_histograms = torch.stack(
@@ -423,7 +426,10 @@ def _torch_evaluate(
     }
     if probes:
         q = torch.tensor(config.probe.percentiles) / 100.0
-        record["probe_percentiles"] = torch.quantile(torch.cat(probed), q, dim=0).T.tolist()
+        record["probe_percentiles"] = [
+            torch.quantile(torch.cat(per_layer), q, dim=0).T.tolist()
+            for per_layer in zip(*probed, strict=True)
+        ]
         if config.probe.histogram_bins:
             record["activation_histogram"] = histograms.tolist()
         record["mean_activation"] = (activation_sums / len(images)).tolist()

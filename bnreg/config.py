@@ -79,7 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Probes (bnreg.probes), computed on the evaluation split at every evaluation.
     config.probe = ml_collections.ConfigDict()
-    config.probe.layer = -1  # hidden layer index; -1 is the last hidden layer
+    config.probe.layers = (-1,)  # hidden layer indices; negative ones count from the last
     config.probe.units = (0, 1, 2)
     config.probe.percentiles = (15.0, 50.0, 85.0)
     # Activation histograms per hidden layer (Srivastava et al. 2014, Fig. 8); 0: none.
@@ -151,6 +151,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             'config.bn_eval_statistics="population" needs config.population_batches ≥ 1.'
         )
+    if not config.probe.layers or not config.probe.units:
+        raise ValueError("config.probe.layers and config.probe.units must name at least one each.")
     if config.probe.histogram_bins < 0:
         raise ValueError(
             f"config.probe.histogram_bins must be ≥ 0 (0: no histograms), got "

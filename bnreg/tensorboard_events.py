@@ -7,11 +7,12 @@ TensorBoard overlays the members' curves. View them with ``tensorboard --logdir
 
 Tags, one per value of a metrics record at the record's step: the record's scalars under their
 own names (``train_loss``, ``test_loss``, ``test_accuracy``, …); ``probe_percentiles`` as
-``probe_percentiles/unit<u>/p<q>``; ``mean_activation`` as ``mean_activation/layer<i>``;
-``activation_histogram`` as a histogram per hidden layer, ``activation_histogram/layer<i>``, over
-``probe.histogram_range`` (its counts are exact; the sum and sum of squares that TensorBoard's
-histogram format also asks for are taken at the bins' centres). The final accuracies of
-``summary.json`` go in as ``final/<name>`` at the last step.
+``probe_percentiles/layer<l>/unit<u>/p<q>`` (``l`` as in ``probe.layers``: -1 is the last);
+``mean_activation`` as ``mean_activation/layer<i>``; ``activation_histogram`` as a histogram
+per hidden layer, ``activation_histogram/layer<i>``, over ``probe.histogram_range`` (its counts
+are exact; the sum and sum of squares that TensorBoard's histogram format also asks for are
+taken at the bins' centres). The final accuracies of ``summary.json`` go in as
+``final/<name>`` at the last step.
 
 The files are derived from ``metrics.jsonl``: a resumed run deletes them and writes them again
 from the records it kept, so they never hold the evaluations made after the checkpoint it
@@ -48,9 +49,10 @@ def scalar_tags(
         if name in _IDENTITY_FIELDS or value is None or name == "activation_histogram":
             continue
         if name == "probe_percentiles":
-            for unit, row in zip(probe.units, value, strict=True):
-                for q, percentile in zip(probe.percentiles, row, strict=True):
-                    scalars[f"{name}/unit{unit}/p{q:g}"] = float(percentile)
+            for layer, table in zip(probe.layers, value, strict=True):
+                for unit, row in zip(probe.units, table, strict=True):
+                    for q, percentile in zip(probe.percentiles, row, strict=True):
+                        scalars[f"{name}/layer{layer}/unit{unit}/p{q:g}"] = float(percentile)
         elif name == "mean_activation":
             for layer, mean in enumerate(value):
                 scalars[f"{name}/layer{layer}"] = float(mean)

@@ -478,7 +478,7 @@ def make_train_chunk(
 class ProbeSpec(NamedTuple):
     """What the evaluation records of the hidden layers (see :mod:`bnreg.probes`)."""
 
-    layer: int
+    layers: tuple[int, ...]
     units: tuple[int, ...]
     percentiles: tuple[float, ...]
     histogram_bins: int
@@ -487,7 +487,7 @@ class ProbeSpec(NamedTuple):
     @classmethod
     def from_config(cls, probe_config: ml_collections.ConfigDict) -> ProbeSpec:
         return cls(
-            layer=int(probe_config.layer),
+            layers=tuple(int(layer) for layer in probe_config.layers),
             units=tuple(int(u) for u in probe_config.units),
             percentiles=tuple(float(q) for q in probe_config.percentiles),
             histogram_bins=int(probe_config.histogram_bins),
@@ -509,8 +509,10 @@ def evaluate(
     BN uses the statistics in ``variables["batch_stats"]``; dropout is off.
 
     Returns:
-      ``loss`` and ``accuracy`` over the split; ``probe_percentiles`` ``(units, percentiles)`` of
-      the chosen units' pre-activations in ``probe.layer``; per hidden layer, ``mean_activation``
+      ``loss`` and ``accuracy`` over the split; ``probe_percentiles`` ``(layers, units,
+      percentiles)`` of the chosen units' pre-activations in each of ``probe.layers`` (a conv
+      layer's unit is a feature map, sampled at every position); per hidden layer,
+      ``mean_activation``
       and, unless ``probe.histogram_bins`` is 0, ``activation_histogram`` ``(layers, bins)``.
     """
     num_examples = images.shape[0]
@@ -531,9 +533,13 @@ def evaluate(
         )
         intermediates = state["intermediates"]
         activations = probes.sown(intermediates, "activation")
-        probed = probes.unit_columns(
-            probes.sown(intermediates, "preactivation")[probe.layer], probe.units
-        )
+        preactivations = probes.sown(intermediates, "preactivation")
+        if not all(-len(preactivations) <= layer < len(preactivations) for layer in probe.layers):
+            raise ValueError(
+                f"config.probe.layers {list(probe.layers)} must index the model's "
+                f"{len(preactivations)} hidden layers (negative indices count from the last)."
+            )
+        probed = [probes.unit_columns(preactivations[layer], probe.units) for layer in probe.layers]
 
         def per_example_weights(x):
             return jnp.broadcast_to(
@@ -566,13 +572,16 @@ def evaluate(
         return sums
 
     totals = jax.lax.map(one_batch, (pad(images), pad(labels), weights))
-    probed = totals["probed"]
-    samples_per_example = probed.shape[1] // batch_size
-    probed = probed.reshape(-1, probed.shape[-1])[: num_examples * samples_per_example]
+
+    def layer_percentiles(probed):  # (batches, batch_size · samples per example, units)
+        samples_per_example = probed.shape[1] // batch_size
+        probed = probed.reshape(-1, probed.shape[-1])[: num_examples * samples_per_example]
+        return probes.percentiles(probed, probe.percentiles)
+
     result = {
         "loss": totals["loss_sum"].sum() / num_examples,
         "accuracy": totals["correct"].sum() / num_examples,
-        "probe_percentiles": probes.percentiles(probed, probe.percentiles),
+        "probe_percentiles": jnp.stack([layer_percentiles(p) for p in totals["probed"]]),
         "mean_activation": totals["activation_sum"].sum(0) / num_examples,
     }
     if probe.histogram_bins:

@@ -103,7 +103,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     # The paper's inference network uses Alg. 2's population statistics; so does every
     # evaluation of the BN net here (curves, probes). The EMA is reported beside it at the end.
     config.bn_eval_statistics = "population"
-    config.probe.layer = -1
+    config.probe.layers = (-1,)
     config.probe.units = (0, 1, 2)
     config.probe.percentiles = (15.0, 50.0, 85.0)
     # Fig. 1 needs no activation histograms (the dropout study's Fig. 8 does); on one core they
@@ -224,13 +224,14 @@ def rates_tied_with_best(baseline_scores: dict[float, tuple[float, float]]) -> l
 
 def percentile_drift(history: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """How much a probed unit's input distribution moves over training (Fig. 1b,c), per member
-    and probed unit: the range (max − min over all evaluations) of its median, and of its
-    spread between the outer percentiles (85th − 15th).
+    and probed unit of the first probed layer: the range (max − min over all evaluations) of
+    its median, and of its spread between the outer percentiles (85th − 15th).
 
     Returns:
       ``(median_range, spread_range)``, each ``(members, units)``.
     """
-    _, values = curves(history, "probe_percentiles")  # (members, T, units, percentiles)
+    _, values = curves(history, "probe_percentiles")  # (members, T, layers, units, percentiles)
+    values = values[:, :, 0]  # the first probed layer (the study probes only the last)
     median = values[..., values.shape[-1] // 2]
     spread = values[..., -1] - values[..., 0]
     return (
@@ -530,8 +531,8 @@ def _drift_verdict(label: str, median_ratio: float, spread_ratio: float) -> str:
     of it (a ratio ≥ 2)."""
     verdict = "well below" if median_ratio >= 2.0 else "**not well below**"
     return (
-        f"- lr {label}: the median drifts {median_ratio:.1f}× less with BN: {verdict} "
-        f"(the spread: {spread_ratio:.1f}× less)."
+        f"- lr {label}: without BN the median drifts {median_ratio:.1f}× as much as with BN: "
+        f"{verdict} (the spread: {spread_ratio:.1f}×)."
     )
 
 
@@ -594,7 +595,7 @@ def plot_fig1bc(config: ml_collections.ConfigDict, result: StudyResult, path: Pa
                 result.study[net].history, learning_rate=lr, seed=config.seeds[0]
             )
             steps, values = curves(history, "probe_percentiles")
-            plots.percentile_lines(ax, steps, values[0, :, 0, :], config.probe.percentiles)
+            plots.percentile_lines(ax, steps, values[0, :, 0, 0, :], config.probe.percentiles)
             ax.set_title(f"{panel} {NET_LABELS[net]}, lr {_setting(result, lr)}")
             ax.grid(alpha=0.3)
         row[0].set_ylabel(f"input to sigmoid unit {config.probe.units[0]}")

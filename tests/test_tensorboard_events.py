@@ -35,7 +35,9 @@ def read_events(directory: Path) -> dict[str, dict[tuple[str, int], object]]:
 @pytest.fixture(scope="module")
 def run_with_events(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("events")
-    config = tiny_config(tensorboard=True, seeds=(0, 1), **{"probe.histogram_bins": 8})
+    config = tiny_config(
+        tensorboard=True, seeds=(0, 1), **{"probe.histogram_bins": 8, "probe.layers": (0, -1)}
+    )
     return workdir, config, train.train_and_evaluate(config, workdir)
 
 
@@ -62,10 +64,11 @@ def test_probe_events_name_their_unit_percentile_and_layer(run_with_events):
     for record in result.history:
         events = runs[member_run_name(record["learning_rate"], record["seed"])]
         step = record["step"]
-        for unit, row in zip(config.probe.units, record["probe_percentiles"], strict=True):
-            for q, value in zip(config.probe.percentiles, row, strict=True):
-                tag = f"probe_percentiles/unit{unit}/p{q:g}"
-                assert events[(tag, step)] == pytest.approx(value, rel=1e-6)
+        for layer, table in zip(config.probe.layers, record["probe_percentiles"], strict=True):
+            for unit, row in zip(config.probe.units, table, strict=True):
+                for q, value in zip(config.probe.percentiles, row, strict=True):
+                    tag = f"probe_percentiles/layer{layer}/unit{unit}/p{q:g}"
+                    assert events[(tag, step)] == pytest.approx(value, rel=1e-6)
         for layer, value in enumerate(record["mean_activation"]):
             assert events[(f"mean_activation/layer{layer}", step)] == pytest.approx(value, rel=1e-6)
         for layer, counts in enumerate(record["activation_histogram"]):

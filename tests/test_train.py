@@ -24,7 +24,7 @@ from bnreg import train
 from bnreg.batch_norm import BatchNormParams, BatchNormState, batch_norm
 from bnreg.config import default_config
 from bnreg.data import batch_at_step
-from bnreg.models import MLP
+from bnreg.models import MLP, ConvNet
 from bnreg.tensorboard_events import TENSORBOARD_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,21 +345,50 @@ def test_a_bn_net_whose_ema_never_moves_reports_no_settled_ema(tmp_path):
     assert "test_accuracy_population" in member
 
 
-def test_probe_percentiles_equal_jnp_percentile_of_recorded_preactivations():
-    model = MLP(hidden_sizes=(6, 5), num_classes=3, norm=None)
-    images, labels = random_batch(n=50, features=7)
+@pytest.mark.parametrize(
+    "model, images, layers",
+    [
+        (MLP(hidden_sizes=(6, 5), num_classes=3, norm=None), random_batch(n=50, features=7)[0],
+         (-1, 0)),
+        # A conv layer's unit is a feature map, sampled at each of its 4×4 positions.
+        (ConvNet(conv_features=(6,), hidden_sizes=(5,), num_classes=3),
+         jax.random.normal(jax.random.key(1), (50, 4, 4, 2)), (0, 1)),
+    ],
+    ids=["mlp", "convnet"],
+)
+def test_probe_percentiles_equal_jnp_percentile_of_recorded_preactivations(model, images, layers):
+    labels = jnp.zeros(len(images), jnp.int32)
     variables = model.init(jax.random.key(0), images, train=False)
     probe = train.ProbeSpec(
-        layer=-1, units=(0, 3), percentiles=(15.0, 50.0, 85.0),
+        layers=layers, units=(0, 3), percentiles=(15.0, 50.0, 85.0),
         histogram_bins=10, histogram_range=(0.0, 1.0),
     )
     result = train.evaluate(model, variables, images, labels, probe=probe, batch_size=16)
     _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
-    recorded = state["intermediates"]["preactivation_1"][0][:, jnp.asarray([0, 3])]
-    expected = jnp.percentile(recorded, jnp.asarray([15.0, 50.0, 85.0]), axis=0).T
+    recorded = [state["intermediates"][f"preactivation_{i}"][0] for i in range(2)]
+    expected = [
+        jnp.percentile(
+            recorded[layer].reshape(-1, recorded[layer].shape[-1])[:, jnp.asarray([0, 3])],
+            jnp.asarray([15.0, 50.0, 85.0]),
+            axis=0,
+        ).T
+        for layer in layers
+    ]
     np.testing.assert_allclose(result["probe_percentiles"], expected, rtol=1e-5, atol=1e-6)
     # Padding of the last evaluation batch is not counted anywhere.
-    np.testing.assert_array_equal(result["activation_histogram"].sum(1), [50 * 6, 50 * 5])
+    sizes = [r[0].size for r in recorded]  # values per example in each hidden layer
+    np.testing.assert_array_equal(result["activation_histogram"].sum(1), [50 * n for n in sizes])
+
+
+def test_a_probed_layer_the_model_does_not_have_is_an_error():
+    model = MLP(hidden_sizes=(6, 5), num_classes=3, norm=None)
+    images, labels = random_batch(n=20, features=7)
+    variables = model.init(jax.random.key(0), images, train=False)
+    probe = train.ProbeSpec(
+        layers=(2,), units=(0,), percentiles=(50.0,), histogram_bins=0, histogram_range=(0, 1)
+    )
+    with pytest.raises(ValueError, match=r"must index the model's 2 hidden layers"):
+        train.evaluate(model, variables, images, labels, probe=probe, batch_size=16)
 
 
 def test_zero_histogram_bins_leave_out_the_histograms_and_nothing_else():
@@ -367,7 +396,7 @@ def test_zero_histogram_bins_leave_out_the_histograms_and_nothing_else():
     images, labels = random_batch(n=50, features=7)
     variables = model.init(jax.random.key(0), images, train=False)
     probe = train.ProbeSpec(
-        layer=-1, units=(0, 3), percentiles=(50.0,), histogram_bins=10,
+        layers=(-1,), units=(0, 3), percentiles=(50.0,), histogram_bins=10,
         histogram_range=(0.0, 1.0),
     )
     with_histograms, without = (
@@ -377,6 +406,12 @@ def test_zero_histogram_bins_leave_out_the_histograms_and_nothing_else():
     assert set(with_histograms) - set(without) == {"activation_histogram"}
     for name, value in without.items():
         np.testing.assert_array_equal(value, with_histograms[name], err_msg=name)
+
+
+@pytest.mark.parametrize("field", ["probe.layers", "probe.units"])
+def test_probing_no_layer_or_no_unit_is_an_error(tmp_path, field):
+    with pytest.raises(ValueError, match="must name at least one each"):
+        train.train_and_evaluate(tiny_config(**{field: ()}), tmp_path)
 
 
 def test_negative_histogram_bins_are_an_error(tmp_path):
