@@ -68,6 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.batch_size = 60
     config.num_steps = 50_000
     config.eval_every = 500
+    # Training steps per compiled call (one lax.scan); 0: eval_every. Smaller values update the
+    # progress bar and catch a non-finite loss sooner, at one host round trip per call.
+    config.steps_per_call = 0
     config.eval_batch_size = 2_000
     config.checkpoint_every = 5_000  # 0: no checkpoints; else a multiple of eval_every
     config.seeds = (0, 1, 2)
@@ -130,6 +133,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name in ("batch_size", "num_steps", "eval_every", "eval_batch_size"):
         if config[name] < 1:
             raise ValueError(f"config.{name} must be ≥ 1, got {config[name]}.")
+    if config.steps_per_call < 0:
+        raise ValueError(
+            f"config.steps_per_call must be ≥ 0 (0: eval_every), got {config.steps_per_call}."
+        )
     if config.checkpoint_every < 0 or config.checkpoint_every % config.eval_every:
         raise ValueError(
             f"config.checkpoint_every ({config.checkpoint_every}) must be 0 (off) or a multiple "

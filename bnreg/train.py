@@ -5,9 +5,10 @@ config.seeds`` — as one compiled program: every per-member function is written
 ``jax.vmap``-ed over a leading member axis, so 3 seeds (or a learning-rate sweep) cost one
 compilation and one pass of Python per chunk of steps, not one per member.
 
-Speed comes from fusing whole chunks of steps with ``lax.scan`` (no Python per step): the training
-split lives on the device, each step's batch is drawn inside the compiled loop from a per-epoch
-permutation (:mod:`bnreg.data`), and the state buffers are donated to the next chunk.
+Speed comes from fusing whole chunks of steps with ``lax.scan`` (no Python per step; a chunk runs
+to the next evaluation, or ``config.steps_per_call`` steps): the training split lives on the
+device, each step's batch is drawn inside the compiled loop from a per-epoch permutation
+(:mod:`bnreg.data`), and the state buffers are donated to the next chunk.
 
 Keys: each member's key comes from its seed; ``jax.random.fold_in`` derives independent streams
 for initialisation, data order, dropout (then folded with the step) and Alg. 2's batches. Two
@@ -766,33 +767,36 @@ def _metrics_records(
     return records
 
 
-def _check_finite(
-    losses: np.ndarray,
-    records: list[dict],
-    split: str,
-    first_step: int,
-    members: list[Member],
-    where: str,
-):
-    """Raises on the first non-finite training loss of a chunk (``losses[i]`` is step
-    ``first_step + i``'s, taken before its update) or, when they are all finite, on a
-    non-finite loss in the evaluation ``records`` that follows: the chunk's last update broke
-    the weights, which must then be neither recorded nor checkpointed."""
-    bad = np.argwhere(~np.isfinite(losses))
-    evaluation_losses = np.array([record[f"{split}_loss"] for record in records])
-    if bad.size:
-        offset, member = bad[0]
-        what = f"Non-finite training loss at step {first_step + offset}"
-    elif not np.isfinite(evaluation_losses).all():
-        member = np.flatnonzero(~np.isfinite(evaluation_losses))[0]
-        what = f"Non-finite {split} loss at the evaluation of step {records[member]['step']}"
-    else:
-        return
+def _non_finite(what: str, member: int, members: list[Member], where: str) -> NonFiniteLossError:
     m = members[member]
-    raise NonFiniteLossError(
+    return NonFiniteLossError(
         f"{what} for member {member} (learning rate {m.learning_rate}, seed {m.seed}). {where} "
         "Lower the learning rate, or add BN or max-norm."
     )
+
+
+def _check_training_losses(
+    losses: np.ndarray, first_step: int, members: list[Member], where: str
+) -> None:
+    """Raises on the first non-finite loss of a chunk; ``losses[i]`` is step ``first_step + i``'s,
+    taken before its update."""
+    bad = np.argwhere(~np.isfinite(losses))
+    if bad.size:
+        offset, member = bad[0]
+        raise _non_finite(
+            f"Non-finite training loss at step {first_step + offset}", member, members, where
+        )
+
+
+def _check_evaluation(records: list[dict], split: str, members: list[Member], where: str):
+    """Raises on a non-finite loss in an evaluation that follows finite training losses: the
+    last update broke the weights, which must then be neither recorded nor checkpointed."""
+    for member, record in enumerate(records):
+        if not np.isfinite(record[f"{split}_loss"]):
+            raise _non_finite(
+                f"Non-finite {split} loss at the evaluation of step {record['step']}",
+                member, members, where,
+            )
 
 
 def _read_history(path: Path, last_step: int) -> list[dict]:
@@ -918,6 +922,14 @@ def train_and_evaluate(
     has_bn = bool(jax.tree.leaves(state.batch_stats))
     statistics = config.bn_eval_statistics if has_bn else "ema"
 
+    steps_per_call = config.steps_per_call or config.eval_every
+
+    def last_good() -> str:
+        step = checkpoints.latest_step() if checkpoints else None
+        if step is None:
+            return "No checkpoint was written."
+        return f"The last good checkpoint (step {step}) is kept in {workdir}."
+
     def evaluation_records(train_losses):
         evaluation = evaluate_with(state, statistics)
         return _metrics_records(step, members, evaluation, split, train_losses)
@@ -938,26 +950,32 @@ def train_and_evaluate(
             events.write(history)  # a resumed run's records so far
         if step == 0:
             log(evaluation_records(None))
+        accuracy = None
         while step < config.num_steps:
-            num_steps = min(config.eval_every - step % config.eval_every, config.num_steps - step)
-            state, data_order, losses = train_chunk(
-                state, data_order, train_images, train_labels, num_steps
+            next_evaluation = min(
+                (step // config.eval_every + 1) * config.eval_every, config.num_steps
             )
-            losses = np.asarray(losses)
-            first_step, step = step, int(state.step)
-            records = evaluation_records(losses)
-            last_good = checkpoints.latest_step() if checkpoints else None
-            _check_finite(
-                losses, records, split, first_step, members,
-                f"The last good checkpoint (step {last_good}) is kept in {workdir}."
-                if last_good is not None else "No checkpoint was written.",
-            )
+            interval_losses = []  # per compiled call, the interval's training losses
+            while step < next_evaluation:
+                num_steps = min(steps_per_call, next_evaluation - step)
+                state, data_order, losses = train_chunk(
+                    state, data_order, train_images, train_labels, num_steps
+                )
+                losses = np.asarray(losses)
+                _check_training_losses(losses, step, members, last_good())
+                interval_losses.append(losses)
+                step = int(state.step)
+                progress.update(num_steps)
+                progress.set_postfix(
+                    loss=f"{losses[-1].mean():.4f}", **{f"{split}_acc": accuracy}
+                )
+            records = evaluation_records(np.concatenate(interval_losses))
+            _check_evaluation(records, split, members, last_good())
             accuracy = log(records)
             if checkpoints and (step % config.checkpoint_every == 0 or step == config.num_steps):
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
                 if events:
                     events.flush()
-            progress.update(num_steps)
             progress.set_postfix(loss=f"{losses[-1].mean():.4f}", **{f"{split}_acc": accuracy})
         if checkpoints:
             checkpoints.wait_until_finished()

@@ -437,6 +437,16 @@ def test_overfits_a_tiny_dataset(tmp_path):
     assert float(jnp.mean(jnp.argmax(logits, -1) == run_data.train.labels)) == 1.0
 
 
+def test_steps_per_compiled_call_change_nothing_but_the_calls(tmp_path):
+    # 7 steps per call: calls of 7, 7, 6 between evaluations 20 steps apart.
+    runs = [
+        train.train_and_evaluate(tiny_config(steps_per_call=k), tmp_path / str(k)) for k in (0, 7)
+    ]
+    assert runs[0].history == runs[1].history
+    assert runs[0].summary == runs[1].summary
+    assert_trees_equal(runs[0].state, runs[1].state)
+
+
 def test_two_runs_with_the_same_seed_give_identical_metrics(tmp_path):
     first = train.train_and_evaluate(tiny_config(), tmp_path / "a")
     second = train.train_and_evaluate(tiny_config(), tmp_path / "b")
@@ -487,10 +497,11 @@ def exploding_learning_rate_at(boundary: int, **overrides) -> ml_collections.Con
         (59, "Non-finite test loss at the evaluation of step 60 "),
     ],
 )
+@pytest.mark.parametrize("steps_per_call", [0, 7])
 def test_non_finite_training_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-    tmp_path, boundary, message
+    tmp_path, boundary, message, steps_per_call
 ):
-    config = exploding_learning_rate_at(boundary)
+    config = exploding_learning_rate_at(boundary, steps_per_call=steps_per_call)
     with pytest.raises(train.NonFiniteLossError, match=re.escape(message)) as error:
         train.train_and_evaluate(config, tmp_path)
     assert "The last good checkpoint (step 40) is kept" in str(error.value)
