@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "BatchNormParams",
@@ -193,7 +194,7 @@ def batch_norm(
       ``(y, new_state)``; ``y`` has the shape and dtype of ``x``.
 
     Raises:
-      TypeError: if ``x`` is not a floating-point array.
+      TypeError: if ``x`` is not a floating-point array; if ``train`` is not a Python bool.
       ValueError: if ``x.ndim < 2``; if a params/state array is not ``(F,)``; if ``epsilon <= 0``;
         if ``momentum`` is outside ``[0, 1]``; if ``backward`` is unknown; if ``train=True`` with
         one value per feature (``m == 1``). All of these fire under ``jax.jit``; ``epsilon`` and
@@ -206,6 +207,11 @@ def batch_norm(
     _check_momentum(momentum)
     if backward not in _BACKWARDS:
         raise ValueError(f"backward must be one of {_BACKWARDS}, got {backward!r}.")
+    if not isinstance(train, bool | np.bool_):
+        raise TypeError(
+            f"train must be a Python bool (static under jax.jit: it selects Alg. 1 or the "
+            f"inference transform), got {train!r}."
+        )
     if not train:
         inv_std = jax.lax.rsqrt(state.var + epsilon)
         multiplier = params.scale * inv_std
@@ -352,12 +358,12 @@ def fold_batch_norm(
 ) -> tuple[jax.Array, jax.Array]:
     r"""Folds inference BN into the preceding dense or conv layer (Ioffe & Szegedy 2015, Alg. 2).
 
-    For ``z = x·W + b`` followed by ``BN(z)`` with ``state`` statistics,
+    For ``z = x·W + b`` followed by ``BN(z)`` with ``state`` statistics of BN's input :math:`z`,
 
     .. math::
 
-        s = \frac{\gamma}{\sqrt{\mathrm{Var}[x] + \epsilon}}, \qquad
-        W' = W \cdot \mathrm{diag}(s), \qquad b' = s\,(b - \mathrm{E}[x]) + \beta,
+        s = \frac{\gamma}{\sqrt{\mathrm{Var}[z] + \epsilon}}, \qquad
+        W' = W \cdot \mathrm{diag}(s), \qquad b' = s\,(b - \mathrm{E}[z]) + \beta,
 
     so ``x·W' + b' == BN_inference(x·W + b)``. The output features are ``kernel``'s last axis.
 
@@ -478,7 +484,7 @@ def _paper_forward(
     y = (scale * x_hat + bias).astype(x.dtype)
     # m is a residual: under vmap the backward may run after the axis name is unbound.
     group_size = jnp.asarray(_group_size(x, axis_name), var.dtype)
-    return (y, mean, var), (x_centered, x_hat, var, scale, epsilon, group_size)
+    return (y, mean, var), (x_centered, x_hat, var, scale, bias, epsilon, group_size)
 
 
 def _paper_backward(
@@ -486,7 +492,7 @@ def _paper_backward(
 ) -> tuple[jax.Array, ...]:
     # The μ_B and σ²_B outputs only feed the stop_gradient'ed statistics update, so their
     # cotangents are zero and the paper's formulas (which have no such outputs) are exact.
-    x_centered, x_hat, var, scale, epsilon, m = residuals
+    x_centered, x_hat, var, scale, bias, epsilon, m = residuals
     dy = cotangents[0]
     axes = tuple(range(dy.ndim - 1))
     dx_hat = dy * scale
@@ -507,7 +513,7 @@ def _paper_backward(
     d_mean = sum_dx_hat * -inv_std + d_var * sum_minus_two_centered / m
     dx = dx_hat * inv_std + d_var * 2 * x_centered / m + d_mean / m
     d_scale = _as_cotangent_of(jnp.sum(dy * x_hat, axis=axes), scale)
-    d_bias = _as_cotangent_of(jnp.sum(dy, axis=axes), scale)
+    d_bias = _as_cotangent_of(jnp.sum(dy, axis=axes), bias)
     return dx.astype(dy.dtype), d_scale, d_bias, jnp.zeros_like(epsilon)
 
 

@@ -62,7 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.step_boundaries = ()  # step: lr·factor at each boundary
     config.optimizer.step_factor = 0.1
     config.optimizer.weight_decay = 0.0  # L2 on kernels, added to the gradient as λ·w
-    config.optimizer.max_norm = 0.0  # 0: off; c > 0: project each unit's incoming weights
+    config.optimizer.max_norm = 0.0  # 0: off; c > 0: each hidden unit's incoming weights ≤ c
 
     # The run. Members = learning_rates × seeds, trained together by one compiled program.
     config.batch_size = 60

@@ -9,6 +9,9 @@ Conventions (shared with :mod:`bnreg.dropout`):
   "mean inference" :math:`a(pWv)` becomes ``activation(x @ kernel + bias)``.
 * ``kernel`` has shape ``(in, out)`` (flax's layout) and ``x`` has shape ``(batch, in)``; the
   paper writes :math:`W v` with :math:`W` of shape ``(out, in)``, i.e. ``W = kernel.T``.
+* The bias is masked too, as in the paper (Wan et al. 2013, Sec. 2: "the biases are also masked
+  out during training"): it is the weight of a constant input of 1, with its own Bernoulli mask.
+  ``mask_bias=False`` leaves it unmasked (a common variant).
 """
 
 from __future__ import annotations
@@ -56,6 +59,18 @@ def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
     return y if bias is None else y + bias
 
 
+def _bias_as_weight(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(x', K')`` with ``x' K' = x K + bias``: the bias as the kernel row of a constant input 1,
+    so one weight mask over ``K'`` masks it like every other weight."""
+    ones = jnp.ones((x.shape[0], 1), x.dtype)
+    return (
+        jnp.concatenate([x, ones], axis=1),
+        jnp.concatenate([kernel, bias[None].astype(kernel.dtype)], axis=0),
+    )
+
+
 def dropconnect_dense(
     key: jax.Array | None,
     x: jax.typing.ArrayLike,
@@ -65,6 +80,7 @@ def dropconnect_dense(
     rate: float,
     deterministic: bool = False,
     per_example: bool = True,
+    mask_bias: bool = True,
     chunk_size: int | None = None,
 ) -> jax.Array:
     r"""Pre-activations of a DropConnect dense layer (Wan et al. 2013, Sec. 2, Eq. 1).
@@ -75,12 +91,14 @@ def dropconnect_dense(
 
     .. math::
 
-        u_b = \frac{1}{p}\, x_b \,(M_b \odot K) + \text{bias}, \qquad
-        M_{b,ij} \sim \mathrm{Bernoulli}(p)
+        u_b = \frac{1}{p}\, \big(x_b \,(M_b \odot K) + m_b \odot \text{bias}\big), \qquad
+        M_{b,ij},\ m_{b,j} \sim \mathrm{Bernoulli}(p)
 
     where :math:`x_b` is row ``b`` of ``x``, :math:`K` is ``kernel`` (``(in, out)``, so the
-    paper's :math:`W = K^\top` and :math:`v = x_b^\top`) and :math:`p = 1 - \text{rate}`.
-    :math:`\mathbb{E}_M[u_b] = x_b K + \text{bias}`, which is what ``deterministic=True`` returns.
+    paper's :math:`W = K^\top` and :math:`v = x_b^\top`), :math:`m_b` masks the bias (the paper's
+    bias is a weight like the others; ``mask_bias=False``: :math:`m_b = p`, an unmasked bias) and
+    :math:`p = 1 - \text{rate}`. :math:`\mathbb{E}_M[u_b] = x_b K + \text{bias}`, which is what
+    ``deterministic=True`` returns.
 
     ``per_example=True`` (the paper) draws a fresh mask :math:`M_b` for every example;
     ``per_example=False`` draws one mask for the whole batch (one matmul, ``in × out`` memory).
@@ -111,10 +129,11 @@ def dropconnect_dense(
         ``rate == 0``.
       x: inputs, shape ``(batch, in)``.
       kernel: weights, shape ``(in, out)``.
-      bias: optional bias, shape ``(out,)``; it is never masked.
+      bias: optional bias, shape ``(out,)``.
       rate: drop probability of each weight, in ``[0, 1)``; static under :func:`jax.jit`.
       deterministic: ``True`` for evaluation: returns ``x @ kernel + bias``.
       per_example: fresh mask per example (paper) or one mask per batch.
+      mask_bias: mask the bias like the weights (paper) or add it unmasked.
       chunk_size: examples whose masks are alive at once in per-example mode (``None``: chosen
         from ``DEFAULT_MASK_BUDGET``).
 
@@ -122,15 +141,16 @@ def dropconnect_dense(
       Pre-activations, shape ``(batch, out)``.
 
     Raises:
-      TypeError: traced ``rate``/``deterministic``/``per_example``, non-float ``x``/``kernel``,
-        non-int ``chunk_size``.
+      TypeError: traced ``rate``/``deterministic``/``per_example``/``mask_bias``, non-float
+        ``x``/``kernel``, non-int ``chunk_size``.
       ValueError: ``rate`` outside ``[0, 1)``; shapes of ``x``/``kernel``/``bias`` that do not
         match; ``chunk_size < 1``; ``key is None`` with ``deterministic=False`` and ``rate > 0``.
     """
     rate = _check_rate(rate)
     deterministic = _check_deterministic(deterministic)
-    if not isinstance(per_example, bool):
-        raise TypeError(f"per_example must be a Python bool (static), got {per_example!r}.")
+    for name, flag in (("per_example", per_example), ("mask_bias", mask_bias)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a Python bool (static), got {flag!r}.")
     if chunk_size is not None:
         chunk_size = _check_positive_int(chunk_size, "chunk_size")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
@@ -138,6 +158,8 @@ def dropconnect_dense(
         return _add_bias(x @ kernel, bias)
     _check_key(key, "dropconnect_dense")
     keep = 1.0 - rate
+    if mask_bias and bias is not None:
+        (x, kernel), bias = _bias_as_weight(x, kernel, bias), None
     if not per_example:
         mask = jax.random.bernoulli(key, keep, kernel.shape)
         return _add_bias(x @ jnp.where(mask, kernel, jnp.zeros((), kernel.dtype)) / keep, bias)
@@ -169,26 +191,30 @@ def dropconnect_moments(
     bias: jax.typing.ArrayLike | None = None,
     *,
     rate: float,
+    mask_bias: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Mean and variance of each DropConnect pre-activation over masks (Wan et al. 2013, Sec. 3).
 
-    For the inverted-scaled pre-activation :math:`u = x (M \odot K)/p + \text{bias}` of
-    :func:`dropconnect_dense`, with independent :math:`M_{ij} \sim \mathrm{Bernoulli}(p)`:
+    For the inverted-scaled pre-activation :math:`u = (x (M \odot K) + m \odot \text{bias})/p` of
+    :func:`dropconnect_dense`, with independent :math:`M_{ij}, m_j \sim \mathrm{Bernoulli}(p)`:
 
     .. math::
 
         \mathbb{E}[u] = x K + \text{bias}, \qquad
-        \mathrm{Var}[u] = \frac{1 - p}{p}\, (x \odot x)(K \odot K).
+        \mathrm{Var}[u] = \frac{1 - p}{p}\, \big((x \odot x)(K \odot K)
+            + \text{bias} \odot \text{bias}\big)
 
-    These are the paper's moments :math:`\mathbb{E} = pWv`,
-    :math:`\mathrm{Var} = p(1-p)(W \odot W)(v \odot v)` divided by :math:`p` (mean) and
-    :math:`p^2` (variance) — the inverted-scaling convention of this module.
+    (without the bias term for ``mask_bias=False``). These are the paper's moments
+    :math:`\mathbb{E} = pWv`, :math:`\mathrm{Var} = p(1-p)(W \odot W)(v \odot v)`, with the bias
+    a column of :math:`W` on a constant input 1, divided by :math:`p` (mean) and :math:`p^2`
+    (variance) — the inverted-scaling convention of this module.
 
     Args:
       x: inputs, shape ``(batch, in)``.
       kernel: weights, shape ``(in, out)``.
-      bias: optional bias, shape ``(out,)`` (shifts the mean only).
+      bias: optional bias, shape ``(out,)``.
       rate: drop probability of each weight, in ``[0, 1)``; static under :func:`jax.jit`.
+      mask_bias: whether the bias is masked (paper) or added unmasked (mean only).
 
     Returns:
       ``(mean, var)``, each of shape ``(batch, out)``.
@@ -201,8 +227,10 @@ def dropconnect_moments(
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
     keep = 1.0 - rate
     mean = _add_bias(x @ kernel, bias)
-    var = (rate / keep) * (jnp.square(x) @ jnp.square(kernel))
-    return mean, var
+    second_moment = jnp.square(x) @ jnp.square(kernel)
+    if mask_bias and bias is not None:
+        second_moment = second_moment + jnp.square(bias)
+    return mean, (rate / keep) * second_moment
 
 
 def dropconnect_gaussian_inference(
@@ -214,6 +242,7 @@ def dropconnect_gaussian_inference(
     rate: float,
     activation: Callable[[jax.Array], jax.Array],
     num_samples: int,
+    mask_bias: bool = True,
 ) -> jax.Array:
     r"""The paper's DropConnect inference by moment matching (Wan et al. 2013, Sec. 3, Alg. 2).
 
@@ -223,12 +252,14 @@ def dropconnect_gaussian_inference(
     .. math::
 
         u^{(z)} \sim \mathcal{N}\Big(x K + \text{bias},\;
-            \tfrac{1 - p}{p}\,(x \odot x)(K \odot K)\Big), \qquad
+            \tfrac{1 - p}{p}\,\big((x \odot x)(K \odot K) + \text{bias} \odot \text{bias}\big)
+            \Big), \qquad
         r = \frac{1}{Z} \sum_{z=1}^{Z} a\big(u^{(z)}\big)
 
     with :math:`a` = ``activation``, :math:`Z` = ``num_samples``, :math:`K` = ``kernel``,
     :math:`p = 1 - \text{rate}`. The paper states the same with its own (non-inverted) scaling,
-    :math:`u \sim \mathcal{N}(pWv,\, p(1-p)(W \odot W)(v \odot v))`; with inverted scaling
+    :math:`u \sim \mathcal{N}(pWv,\, p(1-p)(W \odot W)(v \odot v))`, the bias a column of
+    :math:`W` on a constant input 1 (``mask_bias=False`` drops its variance); with inverted scaling
     (this module) both moments are divided by :math:`p` and :math:`p^2`, matching
     :func:`dropconnect_dense`. All ``num_samples × batch × out`` samples are drawn at once.
 
@@ -240,6 +271,8 @@ def dropconnect_gaussian_inference(
       rate: drop probability of each weight, in ``[0, 1)``; static under :func:`jax.jit`.
       activation: elementwise nonlinearity :math:`a` (e.g. ``jax.nn.relu``).
       num_samples: :math:`Z \ge 1`, a Python int.
+      mask_bias: whether the training layer masked the bias (paper), as in
+        :func:`dropconnect_dense`.
 
     Returns:
       The average of ``activation(u)`` over samples, shape ``(batch, out)``.
@@ -250,7 +283,7 @@ def dropconnect_gaussian_inference(
         ``key is None``.
     """
     num_samples = _check_positive_int(num_samples, "num_samples")
-    mean, var = dropconnect_moments(x, kernel, bias, rate=rate)
+    mean, var = dropconnect_moments(x, kernel, bias, rate=rate, mask_bias=mask_bias)
     if key is None:
         raise ValueError("dropconnect_gaussian_inference needs a jax.random key to sample u.")
     noise = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)

@@ -8,8 +8,9 @@ Collections and rng streams:
 
 * ``params``: learnable weights (``scale``/``bias`` of :class:`BatchNorm`, ``kernel``/``bias`` of
   :class:`DropConnectDense`).
-* ``batch_stats``: the running (EMA) mean and variance of :class:`BatchNorm`. Updated only in
-  training and only when the caller passes ``mutable=["batch_stats"]``.
+* ``batch_stats``: the running (EMA) mean and variance of :class:`BatchNorm`, updated in
+  training, which therefore needs ``mutable=["batch_stats"]`` (without it flax raises an
+  error); evaluation leaves them unchanged.
 * ``population_stats``: Alg. 2's accumulator of :class:`BatchNorm`, filled only when the caller
   passes ``mutable=["population_stats"]`` (see :func:`bnreg.train.population_statistics`).
 * ``"dropout"`` rng stream: the keys of :class:`Dropout` and :class:`DropConnectDense`.
@@ -117,6 +118,7 @@ class DropConnectDense(nn.Module):
       rate: drop probability of each weight.
       use_bias: whether to add a bias.
       per_example: a fresh weight mask per example (as in Wan et al. 2013) or one per batch.
+      mask_bias: mask the bias like the weights (as in Wan et al. 2013) or add it unmasked.
       kernel_init, bias_init: initialisers.
     """
 
@@ -124,6 +126,7 @@ class DropConnectDense(nn.Module):
     rate: float
     use_bias: bool = True
     per_example: bool = True
+    mask_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros
 
@@ -146,4 +149,5 @@ class DropConnectDense(nn.Module):
             rate=self.rate,
             deterministic=deterministic or self.rate == 0.0,
             per_example=self.per_example,
+            mask_bias=self.mask_bias,
         )

@@ -18,7 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnreg.dropout import _check_rate
 from bnreg.layers import BatchNorm, DropConnectDense, Dropout
+from bnreg.max_norm import is_kernel
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
@@ -26,6 +28,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
 }
 NORMS = (None, "batch")
+# The name of every classifier's output layer; all other weight layers are hidden.
+OUTPUT_LAYER = "Dense_out"
+
+
+def is_hidden_kernel(path: tuple, leaf: jax.Array) -> bool:
+    """A kernel of a hidden layer (:func:`bnreg.max_norm.is_kernel`, not the output layer's): the
+    weights max-norm constrains, "the incoming weight vector at each hidden unit" (Srivastava et
+    al. 2014, Sec. 5.1)."""
+    return is_kernel(path, leaf) and all(getattr(k, "key", None) != OUTPUT_LAYER for k in path)
 
 
 def kernel_initializer(name: str, stddev: float = 0.1) -> Callable[..., jax.Array]:
@@ -116,20 +127,21 @@ class MLP(_Classifier):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         _check_choice("activation", self.activation, list(ACTIVATIONS))
         _check_choice("norm", self.norm, NORMS)
+        dropconnect = _check_rate(self.dropconnect)  # a negative or NaN rate is an error, not "off"
         init = kernel_initializer(self.kernel_init, self.init_stddev)
         use_bias = self.norm is None
         h = x.reshape((x.shape[0], -1))
         h = Dropout(self.input_dropout, name="Dropout_input")(h, deterministic=not train)
         for index, width in enumerate(self.hidden_sizes):
-            if self.dropconnect > 0.0:
+            if dropconnect > 0.0:
                 h = DropConnectDense(
-                    width, self.dropconnect, use_bias=use_bias, kernel_init=init,
+                    width, dropconnect, use_bias=use_bias, kernel_init=init,
                     name=f"Dense_{index}",
                 )(h, deterministic=not train)
             else:
                 h = nn.Dense(width, use_bias=use_bias, kernel_init=init, name=f"Dense_{index}")(h)
             h = _finish_hidden(self, h, index, train)
-        return nn.Dense(self.num_classes, kernel_init=init, name="Dense_out")(h)
+        return nn.Dense(self.num_classes, kernel_init=init, name=OUTPUT_LAYER)(h)
 
 
 class ConvNet(_Classifier):
@@ -173,4 +185,4 @@ class ConvNet(_Classifier):
             h = nn.Dense(width, use_bias=use_bias, kernel_init=init, name=f"Dense_{layer}")(h)
             h = _finish_hidden(self, h, layer, train)
             layer += 1
-        return nn.Dense(self.num_classes, kernel_init=init, name="Dense_out")(h)
+        return nn.Dense(self.num_classes, kernel_init=init, name=OUTPUT_LAYER)(h)

@@ -104,10 +104,15 @@ def histogram(
     Bin ``i`` holds ``low + i·w ≤ x < low + (i+1)·w`` (``w = (high − low)/bins``) with the index
     computed as ``floor((x − low)/w)`` in float32, so a value within rounding of an edge may land
     in the neighbouring bin; values outside the range go to the end bins, so the counts add up to
-    ``weights.sum()`` (``x.size`` unweighted). A ``bincount``, several times faster on CPU than
+    ``weights.sum()`` (``x.size`` unweighted); a NaN has no bin and is counted in whichever bin
+    XLA's float-to-int conversion sends it to. A ``bincount``, several times faster on CPU than
     ``jnp.histogram``'s search over the edges (benchmarks/README.md).
     """
     low, high = value_range
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an int ≥ 1, got {bins!r}.")
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}.")
     index = jnp.floor((x.reshape(-1) - low) * (bins / (high - low))).astype(jnp.int32)
     flat_weights = None if weights is None else weights.reshape(-1)
     return jnp.bincount(jnp.clip(index, 0, bins - 1), weights=flat_weights, length=bins)

@@ -50,7 +50,7 @@ from bnreg import probes
 from bnreg.batch_norm import PopulationStatsAccumulator, population_stats_finalize
 from bnreg.config import validate_config
 from bnreg.max_norm import is_kernel, max_norm
-from bnreg.models import MLP, ConvNet
+from bnreg.models import MLP, ConvNet, is_hidden_kernel
 from bnreg.tensorboard_events import TENSORBOARD_DIR, TensorBoardEvents
 
 # Streams folded into a member's key.
@@ -222,8 +222,9 @@ def build_optimizer(
     The base learning rate is an injected hyperparameter (``opt_state.hyperparams
     ["learning_rate"]``) multiplying the schedule, so members of one run can differ in it.
     Weight decay adds ``λ·w`` to the gradient of every kernel (an L2 penalty ``λ/2‖w‖²``);
-    max-norm (:func:`bnreg.max_norm.max_norm`) comes last so the constraint holds after
-    ``optax.apply_updates``.
+    max-norm (:func:`bnreg.max_norm.max_norm`) constrains the hidden layers' kernels (each hidden
+    unit's incoming weights; :func:`bnreg.models.is_hidden_kernel`) and comes last so the
+    constraint holds after ``optax.apply_updates``.
     """
     shape = _schedule_shape(optimizer_config)
 
@@ -246,7 +247,7 @@ def build_optimizer(
         else:
             parts.append(optax.adam(schedule))
         if optimizer_config.max_norm:
-            parts.append(max_norm(optimizer_config.max_norm))
+            parts.append(max_norm(optimizer_config.max_norm, predicate=is_hidden_kernel))
         return optax.chain(*parts)
 
     return optax.inject_hyperparams(make, hyperparam_dtype=jnp.float32)(
@@ -674,10 +675,12 @@ def population_statistics(
     .. math::
         E[x] = E_B[\\mu_B], \\qquad \\mathrm{Var}[x] = \\frac{m}{m-1} E_B[\\sigma_B^2]
 
-    over the training batches ``images[batch_indices[i]]`` of ``m = batch_indices.shape[1]``
-    examples (the engine's: :func:`population_batch_indices`). The network runs as in training
-    (BN normalises with each batch's statistics, dropout on) with frozen parameters; this is the
-    distribution the EMA statistics track too. ``key`` seeds the dropout masks.
+    over the training batches ``images[batch_indices[i]]`` (the engine's:
+    :func:`population_batch_indices`), ``m`` being the examples per normalisation group:
+    ``batch_indices.shape[1]`` for a dense layer, times the positions for a conv layer. The
+    network runs as in training (BN normalises with each batch's statistics, dropout on) with
+    frozen parameters; this is the distribution the EMA statistics track too. ``key`` seeds the
+    dropout masks.
 
     Returns:
       A collection in the layout of ``batch_stats`` (``{"BatchNorm_i": {"mean", "var"}}``).

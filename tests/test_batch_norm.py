@@ -1,6 +1,11 @@
 """Tests for bnreg.batch_norm: Alg. 1, EMA statistics, Alg. 2, sync BN, paper backward, folding."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -190,6 +195,64 @@ def test_paper_backward_matches_autodiff_under_shard_map_with_replicated_params(
     paper, autodiff = grads("paper"), grads("autodiff")
     for got, want in zip(jax.tree.leaves(paper), jax.tree.leaves(autodiff), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+TWO_DEVICE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import jax
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+from bnreg.batch_norm import batch_norm
+from test_batch_norm import linear_loss, make_params, make_state, make_x
+
+assert len(jax.devices()) == 2
+layout = sys.argv[2]
+x, params, upstream = make_x(layout), make_params(), make_x(layout, seed=3)
+
+def loss(x, params, upstream, backward, axis_name=None):
+    y, _ = batch_norm(
+        x, params, make_state(), train=True, axis_name=axis_name, backward=backward
+    )
+    return linear_loss(y, upstream)
+
+spec = PartitionSpec("d")
+sharded = jax.jit(jax.shard_map(
+    lambda x, params, upstream: jax.grad(loss, argnums=(0, 1))(
+        x, params, upstream, "paper", "d"
+    ),
+    mesh=Mesh(np.array(jax.devices()), ("d",)),
+    in_specs=(spec, PartitionSpec(), spec),
+    out_specs=(spec, PartitionSpec()),
+))
+whole_batch = jax.grad(loss, argnums=(0, 1))(x, params, upstream, "autodiff")
+print(json.dumps([
+    float(np.abs(np.asarray(a) - np.asarray(b)).max() / (np.abs(np.asarray(b)).max()))
+    for a, b in zip(jax.tree.leaves(sharded(x, params, upstream)),
+                    jax.tree.leaves(whole_batch), strict=True)
+]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_paper_backward_over_two_devices_equals_autodiff_of_the_whole_batch(layout):
+    # Each device holds half the batch; the paper's backward must psum its statistics' sums
+    # and the parameter gradients so that both equal the gradient of BN over the whole batch.
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICE_SCRIPT, str(Path(__file__).parent), layout],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    relative_errors = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert len(relative_errors) == 3  # dx, dγ, dβ
+    assert max(relative_errors) < 1e-5, relative_errors
 
 
 # --- synchronised BN (axis_name) ----------------------------------------------------------------
@@ -503,6 +566,12 @@ STATIC_ERRORS = {
         np.ones((3, NUM_FEATURES), np.float32),
         ValueError,
         "bias has shape",
+    ),
+    "train_traced": (
+        lambda x: batch_norm(x, _params(), _state(), train=jnp.sum(x) > 0),
+        np.ones((3, NUM_FEATURES), np.float32),
+        TypeError,
+        "train must be a Python bool",
     ),
     "fold_epsilon_negative": (
         lambda x: fold_batch_norm(x, None, _params(), _state(), epsilon=-1.0),

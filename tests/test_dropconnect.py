@@ -59,6 +59,33 @@ def test_per_example_masks_differ_across_examples():
             assert not np.array_equal(out[i], out[j]), (i, j)
 
 
+@pytest.mark.parametrize("per_example", [True, False])
+def test_the_bias_is_masked_like_a_weight_unless_asked_not_to(per_example):
+    # With a zero input the pre-activation is the (masked) bias alone: each entry is 0 or b/p,
+    # as the paper's bias is the weight of a constant input 1 under its own Bernoulli(p) mask.
+    zeros = jnp.zeros((200, 8))
+    masked = np.asarray(jax.vmap(
+        lambda k: dropconnect_dense(k, zeros, KERNEL, BIAS, rate=RATE, per_example=per_example)
+    )(KEYS[:50]))
+    scaled = np.broadcast_to(np.asarray(BIAS) / (1 - RATE), masked.shape)
+    dropped = masked == 0
+    np.testing.assert_allclose(masked[~dropped], scaled[~dropped], rtol=1e-6)
+    independent_masks = dropped.size if per_example else dropped.shape[0] * dropped.shape[2]
+    standard_error = np.sqrt(RATE * (1 - RATE) / independent_masks)
+    assert abs(dropped.mean() - RATE) < Z * standard_error
+    unmasked = dropconnect_dense(
+        KEYS[0], zeros, KERNEL, BIAS, rate=RATE, per_example=per_example, mask_bias=False
+    )
+    np.testing.assert_allclose(unmasked, np.broadcast_to(BIAS, unmasked.shape), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mask_bias", [True, False])
+def test_moments_count_the_bias_variance_only_when_the_bias_is_masked(mask_bias):
+    _, var = dropconnect_moments(jnp.zeros((2, 8)), KERNEL, BIAS, rate=RATE, mask_bias=mask_bias)
+    expected = RATE / (1 - RATE) * np.square(BIAS) if mask_bias else np.zeros(5)
+    np.testing.assert_allclose(var, np.broadcast_to(expected, var.shape), rtol=1e-6)
+
+
 def test_per_batch_mask_is_shared_by_every_example():
     repeated = jnp.tile(X[:1], (6, 1))
     out = np.asarray(

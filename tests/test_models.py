@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnreg.models import MLP, ConvNet
+from bnreg.models import MLP, OUTPUT_LAYER, ConvNet, is_hidden_kernel
 
 
 @pytest.mark.parametrize("norm", [None, "batch"])
@@ -44,8 +45,15 @@ def test_conv_bn_has_one_scale_and_shift_per_feature_map_normalised_over_positio
     )
     assert logits.shape == (4, 4)
     conv_preactivation = state["intermediates"]["preactivation_0"][0]  # (4, 8, 8, 3)
-    np.testing.assert_allclose(conv_preactivation.mean((0, 1, 2)), 0.0, atol=1e-5)
-    np.testing.assert_allclose(conv_preactivation.var((0, 1, 2)), 1.0, rtol=1e-3)
+    # Each map normalised over batch and positions together (m' = m·p·q), not per position.
+    z = np.asarray(
+        nn.Conv(3, (3, 3), use_bias=False).apply(
+            {"params": variables["params"]["Conv_0"]}, x
+        ),
+        np.float64,
+    )
+    expected = (z - z.mean((0, 1, 2))) / np.sqrt(z.var((0, 1, 2)) + 1e-5)
+    np.testing.assert_allclose(conv_preactivation, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_dropconnect_mlp_is_stochastic_in_training_and_deterministic_in_evaluation():
@@ -55,8 +63,10 @@ def test_dropconnect_mlp_is_stochastic_in_training_and_deterministic_in_evaluati
     train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
     train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(train_a, train_b)
-    np.testing.assert_array_equal(
-        model.apply(variables, x, train=False), model.apply(variables, x, train=False)
+    # Evaluation is the plain network with the same weights (inverted scaling: mean inference).
+    plain = MLP(hidden_sizes=(6,), num_classes=2)
+    np.testing.assert_allclose(
+        model.apply(variables, x, train=False), plain.apply(variables, x, train=False), rtol=1e-6
     )
 
 
@@ -65,3 +75,21 @@ def test_unknown_model_choices_are_errors(field, value):
     model = MLP(hidden_sizes=(2,), num_classes=2, **{field: value})
     with pytest.raises(ValueError, match=field):
         model.init(jax.random.key(0), jnp.zeros((2, 3)), train=False)
+
+
+def test_hidden_kernels_are_every_kernel_but_the_output_layers():
+    model = ConvNet(conv_features=(3,), hidden_sizes=(5,), num_classes=4)
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)), train=False)["params"]
+    selected = jax.tree_util.tree_map_with_path(is_hidden_kernel, params)
+    assert selected == {
+        "Conv_0": {"kernel": True, "bias": False},
+        "Dense_1": {"kernel": True, "bias": False},
+        OUTPUT_LAYER: {"kernel": False, "bias": False},
+    }
+
+
+@pytest.mark.parametrize("rate", [-0.1, float("nan"), 1.0])
+def test_a_dropconnect_rate_outside_0_1_is_an_error_not_off(rate):
+    model = MLP(hidden_sizes=(6,), num_classes=2, dropconnect=rate)
+    with pytest.raises(ValueError, match="rate"):
+        model.init(jax.random.key(0), jnp.ones((3, 4)), train=False)

@@ -78,3 +78,12 @@ def test_percentiles_of_integers_interpolate_in_float():
     result = probes.percentiles(jnp.asarray([[1], [2], [3], [4]], jnp.int32), (50.0,))
     assert jnp.issubdtype(result.dtype, jnp.floating)
     np.testing.assert_allclose(result, [[2.5]])
+
+
+@pytest.mark.parametrize(
+    "bins, value_range, message",
+    [(0, (0.0, 1.0), "bins must be an int ≥ 1"), (4, (1.0, 1.0), "high > low")],
+)
+def test_histogram_without_bins_or_with_an_empty_range_is_an_error(bins, value_range, message):
+    with pytest.raises(ValueError, match=message):
+        probes.histogram(jnp.zeros(3), bins=bins, value_range=value_range)
