@@ -68,8 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.batch_size = 60
     config.num_steps = 50_000
     config.eval_every = 500
-    # Training steps per compiled call (one lax.scan); 0: eval_every. Smaller values update the
-    # progress bar and catch a non-finite loss sooner, at one host round trip per call.
+    # Training steps per compiled call (one lax.scan), at most eval_every (a call never crosses an
+    # evaluation); 0: eval_every. Smaller values update the progress bar and catch a non-finite
+    # loss sooner, at one host round trip per call.
     config.steps_per_call = 0
     config.eval_batch_size = 2_000
     config.checkpoint_every = 5_000  # 0: no checkpoints; else a multiple of eval_every
@@ -145,6 +146,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not config.seeds:
         raise ValueError("config.seeds must name at least one seed.")
     learning_rates = tuple(config.learning_rates) or (config.optimizer.learning_rate,)
+    for name, values in (("seeds", tuple(config.seeds)), ("learning_rates", learning_rates)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"config.{name} {values} repeats a value: members must differ.")
     if any(lr <= 0 for lr in learning_rates):
         raise ValueError(f"learning rates must be > 0, got {learning_rates}.")
     if not 0.0 <= config.validation_fraction < 1.0:

@@ -55,6 +55,12 @@ def _check_dense_shapes(
     return x, kernel, bias
 
 
+def _check_static_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a Python bool (static), got {value!r}.")
+    return value
+
+
 def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
     return y if bias is None else y + bias
 
@@ -148,9 +154,8 @@ def dropconnect_dense(
     """
     rate = _check_rate(rate)
     deterministic = _check_deterministic(deterministic)
-    for name, flag in (("per_example", per_example), ("mask_bias", mask_bias)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a Python bool (static), got {flag!r}.")
+    _check_static_bool(per_example, "per_example")
+    _check_static_bool(mask_bias, "mask_bias")
     if chunk_size is not None:
         chunk_size = _check_positive_int(chunk_size, "chunk_size")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
@@ -220,10 +225,11 @@ def dropconnect_moments(
       ``(mean, var)``, each of shape ``(batch, out)``.
 
     Raises:
-      TypeError: traced ``rate``; non-float ``x``/``kernel``.
+      TypeError: traced ``rate``; non-bool ``mask_bias``; non-float ``x``/``kernel``.
       ValueError: ``rate`` outside ``[0, 1)``; mismatched shapes.
     """
     rate = _check_rate(rate)
+    _check_static_bool(mask_bias, "mask_bias")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
     keep = 1.0 - rate
     mean = _add_bias(x @ kernel, bias)
@@ -278,7 +284,8 @@ def dropconnect_gaussian_inference(
       The average of ``activation(u)`` over samples, shape ``(batch, out)``.
 
     Raises:
-      TypeError: traced ``rate``; non-int ``num_samples``; non-float ``x``/``kernel``.
+      TypeError: traced ``rate``; non-int ``num_samples``; non-bool ``mask_bias``; non-float
+        ``x``/``kernel``.
       ValueError: ``rate`` outside ``[0, 1)``; ``num_samples < 1``; mismatched shapes;
         ``key is None``.
     """

@@ -1,7 +1,10 @@
 r"""Max-norm regularisation (Srivastava et al. 2014, Sec. 5.1) as a projection and an optax step.
 
 Each hidden unit's incoming weight vector is constrained to the ball :math:`\|w\|_2 \le c`, and the
-constraint is kept by projecting onto the ball after every parameter update. The paper pairs it
+constraint is kept by projecting onto the ball after every parameter update. The default predicate
+(:func:`is_kernel`) selects every kernel, the output layer's too; to constrain hidden units only,
+as the paper does, pass a predicate that leaves the output layer out (the engine uses
+``bnreg.models.is_hidden_kernel``). The paper pairs it
 with dropout and reports that it allows 10-100x larger learning rates; ``c`` is typically 3-4.
 
 Layout convention: the *last* axis of a selected leaf indexes the units and all other axes hold the

@@ -7,12 +7,12 @@ TensorBoard overlays the members' curves. View them with ``tensorboard --logdir
 
 Tags, one per value of a metrics record at the record's step: the record's scalars under their
 own names (``train_loss``, ``test_loss``, ``test_accuracy``, …); ``probe_percentiles`` as
-``probe_percentiles/layer<l>/unit<u>/p<q>`` (``l`` as in ``probe.layers``: -1 is the last);
-``mean_activation`` as ``mean_activation/layer<i>``; ``activation_histogram`` as a histogram
-per hidden layer, ``activation_histogram/layer<i>``, over ``probe.histogram_range`` (its counts
-are exact; the sum and sum of squares that TensorBoard's histogram format also asks for are
-taken at the bins' centres). The final accuracies of ``summary.json`` go in as
-``final/<name>`` at the last step.
+``probe_percentiles/layer<i>/unit<u>/p<q>``; ``mean_activation`` as ``mean_activation/layer<i>``;
+``activation_histogram`` as a histogram per hidden layer, ``activation_histogram/layer<i>``, over
+``probe.histogram_range`` (its counts are exact; the sum and sum of squares that TensorBoard's
+histogram format also asks for are taken at the bins' centres). ``i`` counts the hidden layers
+from 0, also for a probed layer configured as -1. The final accuracies of ``summary.json`` go in
+as ``final/<name>`` at the last step.
 
 The files are derived from ``metrics.jsonl``: a resumed run deletes them and writes them again
 from the records it kept, so they never hold the evaluations made after the checkpoint it
@@ -35,8 +35,9 @@ _IDENTITY_FIELDS = ("step", "member", "learning_rate", "seed")
 
 
 def member_run_name(learning_rate: float, seed: int) -> str:
-    """The TensorBoard run (sub-directory) of one member."""
-    return f"lr={learning_rate:g},seed={seed}"
+    """The TensorBoard run (sub-directory) of one member; the rate as Python writes it, so two
+    members never share one."""
+    return f"lr={learning_rate!r},seed={seed}"
 
 
 def scalar_tags(
@@ -49,7 +50,9 @@ def scalar_tags(
         if name in _IDENTITY_FIELDS or value is None or name == "activation_histogram":
             continue
         if name == "probe_percentiles":
-            for layer, table in zip(probe.layers, value, strict=True):
+            num_hidden = len(record["mean_activation"])
+            layers = [layer % num_hidden for layer in probe.layers]
+            for layer, table in zip(layers, value, strict=True):
                 for unit, row in zip(probe.units, table, strict=True):
                     for q, percentile in zip(probe.percentiles, row, strict=True):
                         scalars[f"{name}/layer{layer}/unit{unit}/p{q:g}"] = float(percentile)

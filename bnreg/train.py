@@ -514,8 +514,8 @@ def evaluate(
       ``loss`` and ``accuracy`` over the split; ``probe_percentiles`` ``(layers, units,
       percentiles)`` of the chosen units' pre-activations in each of ``probe.layers`` (a conv
       layer's unit is a feature map, sampled at every position); per hidden layer,
-      ``mean_activation``
-      and, unless ``probe.histogram_bins`` is 0, ``activation_histogram`` ``(layers, bins)``.
+      ``mean_activation`` and, unless ``probe.histogram_bins`` is 0, ``activation_histogram``
+      ``(layers, bins)``.
     """
     num_examples = images.shape[0]
     num_batches = math.ceil(num_examples / batch_size)
@@ -770,35 +770,43 @@ def _metrics_records(
     return records
 
 
-def _non_finite(what: str, member: int, members: list[Member], where: str) -> NonFiniteLossError:
+def _non_finite_error(
+    what: str, member: int, members: list[Member], checkpoint_note: Callable[[], str]
+) -> NonFiniteLossError:
     m = members[member]
     return NonFiniteLossError(
-        f"{what} for member {member} (learning rate {m.learning_rate}, seed {m.seed}). {where} "
-        "Lower the learning rate, or add BN or max-norm."
+        f"{what} for member {member} (learning rate {m.learning_rate}, seed {m.seed}). "
+        f"{checkpoint_note()} Lower the learning rate, or add BN or max-norm."
     )
 
 
 def _check_training_losses(
-    losses: np.ndarray, first_step: int, members: list[Member], where: str
+    losses: np.ndarray,
+    first_step: int,
+    members: list[Member],
+    checkpoint_note: Callable[[], str],
 ) -> None:
     """Raises on the first non-finite loss of a chunk; ``losses[i]`` is step ``first_step + i``'s,
     taken before its update."""
     bad = np.argwhere(~np.isfinite(losses))
     if bad.size:
         offset, member = bad[0]
-        raise _non_finite(
-            f"Non-finite training loss at step {first_step + offset}", member, members, where
+        raise _non_finite_error(
+            f"Non-finite training loss at step {first_step + offset}",
+            member, members, checkpoint_note,
         )
 
 
-def _check_evaluation(records: list[dict], split: str, members: list[Member], where: str):
+def _check_evaluation(
+    records: list[dict], split: str, members: list[Member], checkpoint_note: Callable[[], str]
+) -> None:
     """Raises on a non-finite loss in an evaluation that follows finite training losses: the
     last update broke the weights, which must then be neither recorded nor checkpointed."""
     for member, record in enumerate(records):
         if not np.isfinite(record[f"{split}_loss"]):
-            raise _non_finite(
+            raise _non_finite_error(
                 f"Non-finite {split} loss at the evaluation of step {record['step']}",
-                member, members, where,
+                member, members, checkpoint_note,
             )
 
 
@@ -832,8 +840,8 @@ def _check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None
     if path.exists() and (workdir / CHECKPOINT_DIR).exists():
         saved = json.loads(path.read_text())
         current = json.loads(text)
-        # Outputs that do not change results may differ between attempts.
-        for key in ("progress", "tensorboard"):
+        # Settings that change neither results nor derived files may differ between attempts.
+        for key in ("progress", "steps_per_call"):
             saved.pop(key, None)
             current.pop(key, None)
         if saved != current:
@@ -863,7 +871,7 @@ def train_and_evaluate(
     with the EMA and, for BN nets, the settled EMA's and Alg. 2's statistics; see
     :func:`_final_summary`); with ``config.tensorboard``, the same metrics as TensorBoard
     events in ``tensorboard/`` (:mod:`bnreg.tensorboard_events`). Rerunning with the same
-    ``workdir`` and config (``progress`` and ``tensorboard`` may differ) resumes from the latest
+    ``workdir`` and config (``progress`` and ``steps_per_call`` may differ) resumes from the latest
     checkpoint; the result equals an uninterrupted run bit-for-bit.
 
     Reproducibility: the same config on the same devices gives bit-identical results. Another
@@ -927,22 +935,28 @@ def train_and_evaluate(
 
     steps_per_call = config.steps_per_call or config.eval_every
 
-    def last_good() -> str:
-        step = checkpoints.latest_step() if checkpoints else None
-        if step is None:
+    def checkpoint_note() -> str:  # for an error message: where the run can resume from
+        last_good = checkpoints.latest_step() if checkpoints else None
+        if last_good is None:
             return "No checkpoint was written."
-        return f"The last good checkpoint (step {step}) is kept in {workdir}."
+        return f"The last good checkpoint (step {last_good}) is kept in {workdir}."
 
     def evaluation_records(train_losses):
         evaluation = evaluate_with(state, statistics)
         return _metrics_records(step, members, evaluation, split, train_losses)
+
+    def mean_accuracy(records):
+        return float(np.mean([r[f"{split}_accuracy"] for r in records])) if records else None
 
     def log(records):
         history.extend(records)
         _write_jsonl(metrics_path, records, "a")
         if events:
             events.write(records)
-        return float(np.mean([r[f"{split}_accuracy"] for r in records]))
+        return mean_accuracy(records)
+
+    def show(losses, accuracy):
+        progress.set_postfix(loss=f"{losses[-1].mean():.4f}", **{f"{split}_acc": accuracy})
 
     progress = tqdm(
         total=config.num_steps, initial=step, unit="step", disable=not config.progress,
@@ -952,8 +966,9 @@ def train_and_evaluate(
         if events:
             events.write(history)  # a resumed run's records so far
         if step == 0:
-            log(evaluation_records(None))
-        accuracy = None
+            accuracy = log(evaluation_records(None))
+        else:  # resumed: the last evaluation kept
+            accuracy = mean_accuracy([r for r in history if r["step"] == step])
         while step < config.num_steps:
             next_evaluation = min(
                 (step // config.eval_every + 1) * config.eval_every, config.num_steps
@@ -965,21 +980,19 @@ def train_and_evaluate(
                     state, data_order, train_images, train_labels, num_steps
                 )
                 losses = np.asarray(losses)
-                _check_training_losses(losses, step, members, last_good())
+                _check_training_losses(losses, step, members, checkpoint_note)
                 interval_losses.append(losses)
                 step = int(state.step)
                 progress.update(num_steps)
-                progress.set_postfix(
-                    loss=f"{losses[-1].mean():.4f}", **{f"{split}_acc": accuracy}
-                )
+                show(losses, accuracy)
             records = evaluation_records(np.concatenate(interval_losses))
-            _check_evaluation(records, split, members, last_good())
+            _check_evaluation(records, split, members, checkpoint_note)
             accuracy = log(records)
             if checkpoints and (step % config.checkpoint_every == 0 or step == config.num_steps):
                 checkpoints.save(step, args=ocp.args.StandardSave(state))
                 if events:
                     events.flush()
-            progress.set_postfix(loss=f"{losses[-1].mean():.4f}", **{f"{split}_acc": accuracy})
+            show(losses, accuracy)
         if checkpoints:
             checkpoints.wait_until_finished()
             checkpoints.close()

@@ -45,9 +45,10 @@ def real_samples():
     return np.asarray(_masked_samples(KEYS, X))
 
 
-def _gaussian(key, activation, num_samples=NUM_KEYS):
+def _gaussian(key, activation, num_samples=NUM_KEYS, mask_bias=True):
     return dropconnect_gaussian_inference(
-        key, X, KERNEL, BIAS, rate=RATE, activation=activation, num_samples=num_samples
+        key, X, KERNEL, BIAS, rate=RATE, activation=activation, num_samples=num_samples,
+        mask_bias=mask_bias,
     )
 
 
@@ -84,6 +85,20 @@ def test_moments_count_the_bias_variance_only_when_the_bias_is_masked(mask_bias)
     _, var = dropconnect_moments(jnp.zeros((2, 8)), KERNEL, BIAS, rate=RATE, mask_bias=mask_bias)
     expected = RATE / (1 - RATE) * np.square(BIAS) if mask_bias else np.zeros(5)
     np.testing.assert_allclose(var, np.broadcast_to(expected, var.shape), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda flag: dropconnect_dense(KEYS[0], X, KERNEL, BIAS, rate=RATE, mask_bias=flag),
+        lambda flag: dropconnect_moments(X, KERNEL, BIAS, rate=RATE, mask_bias=flag),
+        lambda flag: _gaussian(KEYS[0], jax.nn.relu, num_samples=2, mask_bias=flag),
+    ],
+    ids=["dense", "moments", "gaussian_inference"],
+)
+def test_mask_bias_must_be_a_static_bool(call):
+    with pytest.raises(TypeError, match="mask_bias must be a Python bool"):
+        call(jnp.asarray(True))
 
 
 def test_per_batch_mask_is_shared_by_every_example():

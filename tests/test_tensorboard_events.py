@@ -64,7 +64,9 @@ def test_probe_events_name_their_unit_percentile_and_layer(run_with_events):
     for record in result.history:
         events = runs[member_run_name(record["learning_rate"], record["seed"])]
         step = record["step"]
-        for layer, table in zip(config.probe.layers, record["probe_percentiles"], strict=True):
+        hidden_layers = len(record["mean_activation"])  # a probed layer -1 is the last of them
+        layers = [layer % hidden_layers for layer in config.probe.layers]
+        for layer, table in zip(layers, record["probe_percentiles"], strict=True):
             for unit, row in zip(config.probe.units, table, strict=True):
                 for q, value in zip(config.probe.percentiles, row, strict=True):
                     tag = f"probe_percentiles/layer{layer}/unit{unit}/p{q:g}"

@@ -437,14 +437,57 @@ def test_overfits_a_tiny_dataset(tmp_path):
     assert float(jnp.mean(jnp.argmax(logits, -1) == run_data.train.labels)) == 1.0
 
 
-def test_steps_per_compiled_call_change_nothing_but_the_calls(tmp_path):
-    # 7 steps per call: calls of 7, 7, 6 between evaluations 20 steps apart.
-    runs = [
-        train.train_and_evaluate(tiny_config(steps_per_call=k), tmp_path / str(k)) for k in (0, 7)
-    ]
+def test_steps_per_compiled_call_change_nothing_but_the_calls(tmp_path, monkeypatch):
+    calls = []
+
+    def recording_chunk(*args, **kwargs):
+        chunk = make_train_chunk(*args, **kwargs)
+
+        def call(state, data_order, images, labels, num_steps):
+            calls.append(num_steps)
+            return chunk(state, data_order, images, labels, num_steps)
+
+        return call
+
+    make_train_chunk = train.make_train_chunk
+    monkeypatch.setattr(train, "make_train_chunk", recording_chunk)
+    runs = []
+    for steps_per_call in (0, 7):
+        calls.clear()
+        runs.append(train.train_and_evaluate(
+            tiny_config(steps_per_call=steps_per_call), tmp_path / str(steps_per_call)
+        ))
+        # 60 steps, evaluations every 20: one call per interval, or calls of 7, 7, 6.
+        assert calls == ([20] * 3 if steps_per_call == 0 else [7, 7, 6] * 3)
     assert runs[0].history == runs[1].history
     assert runs[0].summary == runs[1].summary
     assert_trees_equal(runs[0].state, runs[1].state)
+
+
+@pytest.mark.parametrize(
+    "change, resumes",
+    [
+        ({"progress": True}, True),
+        ({"steps_per_call": 7}, True),
+        ({"optimizer.learning_rate": 0.25}, False),
+        # Events are rewritten from the metrics only by runs that write them.
+        ({"tensorboard": True}, False),
+    ],
+)
+def test_a_workdir_resumes_only_a_run_of_the_same_configuration(tmp_path, change, resumes):
+    train.train_and_evaluate(tiny_config(checkpoint_every=20), tmp_path)
+    again = tiny_config(checkpoint_every=20, **change)
+    if resumes:
+        assert train.train_and_evaluate(again, tmp_path).summary["num_steps"] == 60
+    else:
+        with pytest.raises(ValueError, match="holds a run with a different configuration"):
+            train.train_and_evaluate(again, tmp_path)
+
+
+@pytest.mark.parametrize("field", ["seeds", "learning_rates"])
+def test_members_that_repeat_a_seed_or_a_learning_rate_are_an_error(tmp_path, field):
+    with pytest.raises(ValueError, match=f"config.{field} .* repeats a value"):
+        train.train_and_evaluate(tiny_config(**{field: (1, 1)}), tmp_path)
 
 
 def test_two_runs_with_the_same_seed_give_identical_metrics(tmp_path):
