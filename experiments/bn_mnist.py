@@ -17,7 +17,8 @@ Commands::
   python -m experiments.bn_mnist --workdir=/tmp/bn_smoke --config=experiments/bn_mnist.py:smoke
 
 Outputs in ``--workdir``: ``results.md`` (tables, the paper's claims beside the measurements),
-``fig1a.png``, ``fig1bc.png``, and one engine run directory per net and phase (``sweep/no_bn``,
+``fig1a.png``, ``fig1bc.png``, ``sweep.png`` (the sweep, the study's rates marked), and one
+engine run directory per net and phase (``sweep/no_bn``,
 ``sweep/bn``, ``study/no_bn``, ``study/bn``: ``metrics.jsonl``, ``summary.json``, checkpoints;
 TensorBoard events too with ``--config.tensorboard=True``: ``tensorboard --logdir <workdir>``).
 Rerunning the command resumes where it stopped.
@@ -82,6 +83,7 @@ from bnreg.train import RunResult, ema_settling_batches, train_and_evaluate_conc
 FLAGS = flags.FLAGS
 NETS = {"no_bn": None, "bn": "batch"}
 NET_LABELS = {"no_bn": "without BN", "bn": "with BN"}
+FIGURES = ("fig1a.png", "fig1bc.png", "sweep.png")
 
 
 def get_config(variant: str = "full") -> ml_collections.ConfigDict:
@@ -271,6 +273,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyRe
     write_results(config, result)
     plot_fig1a(config, result, workdir / "fig1a.png")
     plot_fig1bc(config, result, workdir / "fig1bc.png")
+    plot_sweep(config, result, workdir / "sweep.png")
     return result
 
 
@@ -548,12 +551,40 @@ def write_results(config: ml_collections.ConfigDict, result: StudyResult) -> Pat
         *_drift_table(config, result),
         "Figures: `fig1a.png` (test accuracy, mean ± std band), `fig1bc.png` "
         f"(15/50/85th percentiles, seed {config.seeds[0]}, unit {config.probe.units[0]}, "
-        "one row per learning rate).",
+        "one row per learning rate), `sweep.png` (the sweep's validation accuracy vs learning "
+        "rate, the study's rates marked).",
         "",
     ]
     path = result.workdir / "results.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def plot_sweep(config: ml_collections.ConfigDict, result: StudyResult, path: Path) -> Path:
+    """The learning-rate sweep: final validation accuracy vs rate (log axis) for both nets, mean
+    ± std over the sweep's seeds, with the study's rates (i), (ii), (iii) marked — the evidence
+    for the choice of (i)."""
+    figure, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    for color, net in zip(("C1", "C0"), result.sweep, strict=True):
+        scores = sweep_scores(result.sweep[net])
+        rates = np.asarray(list(scores))
+        mean, std = (np.asarray([score[i] for score in scores.values()]) for i in range(2))
+        ax.errorbar(rates, mean, yerr=std, marker="o", capsize=3, color=color,
+                    label=NET_LABELS[net])
+    for lr in result.learning_rates:
+        ax.axvline(lr, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(_setting(result, lr), (lr, 1.0), xycoords=("data", "axes fraction"),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (plain SGD)")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    figure.suptitle(
+        f"Sweep: {config.study.sweep_steps} steps, seeds {list(config.study.sweep_seeds)}, "
+        f"mean ± std; the study's rates dotted"
+    )
+    return plots.save(figure, path)
 
 
 def plot_fig1a(config: ml_collections.ConfigDict, result: StudyResult, path: Path) -> Path:
@@ -616,7 +647,8 @@ def main(argv: Sequence[str]) -> None:
     config = FLAGS.config
     result = run_study(config, FLAGS.workdir)
     print((result.workdir / "results.md").read_text())
-    print(f"Figures: {result.workdir / 'fig1a.png'}, {result.workdir / 'fig1bc.png'}")
+    figures = ", ".join(str(result.workdir / name) for name in FIGURES)
+    print(f"Figures: {figures}")
     print(json.dumps({"learning_rates": result.learning_rates}))
 
 

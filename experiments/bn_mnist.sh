@@ -18,4 +18,4 @@ workdir=runs/bn_$dataset
 # threading for networks this small (benchmarks/README.md). Harmless on GPU/TPU.
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=$(nproc)}"
 .venv/bin/python -m experiments.bn_mnist --workdir="$workdir" --config.dataset="$dataset" "$@"
-echo "Results: $workdir/results.md; figures: $workdir/fig1a.png, $workdir/fig1bc.png"
+echo "Results: $workdir/results.md; figures: $workdir/fig1a.png, $workdir/fig1bc.png, $workdir/sweep.png"
