@@ -194,7 +194,7 @@ def batch_norm(
       ``(y, new_state)``; ``y`` has the shape and dtype of ``x``.
 
     Raises:
-      TypeError: if ``x`` is not a floating-point array; if ``train`` is not a Python bool.
+      TypeError: if ``x`` is not a floating-point array; if ``train`` is not a static bool.
       ValueError: if ``x.ndim < 2``; if a params/state array is not ``(F,)``; if ``epsilon <= 0``;
         if ``momentum`` is outside ``[0, 1]``; if ``backward`` is unknown; if ``train=True`` with
         one value per feature (``m == 1``). All of these fire under ``jax.jit``; ``epsilon`` and
@@ -209,8 +209,8 @@ def batch_norm(
         raise ValueError(f"backward must be one of {_BACKWARDS}, got {backward!r}.")
     if not isinstance(train, bool | np.bool_):
         raise TypeError(
-            f"train must be a Python bool (static under jax.jit: it selects Alg. 1 or the "
-            f"inference transform), got {train!r}."
+            f"train must be a Python (or NumPy) bool, static under jax.jit: it selects Alg. 1 "
+            f"or the inference transform; got {train!r}."
         )
     if not train:
         inv_std = jax.lax.rsqrt(state.var + epsilon)

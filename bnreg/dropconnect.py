@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bnreg.dropout import _check_deterministic, _check_key, _check_positive_int, _check_rate
 
@@ -56,9 +57,9 @@ def _check_dense_shapes(
 
 
 def _check_static_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a Python bool (static), got {value!r}.")
-    return value
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a Python (or NumPy) bool, static; got {value!r}.")
+    return bool(value)
 
 
 def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -109,8 +110,9 @@ def dropconnect_dense(
     ``per_example=True`` (the paper) draws a fresh mask :math:`M_b` for every example;
     ``per_example=False`` draws one mask for the whole batch (one matmul, ``in × out`` memory).
 
-    Memory of per-example masks: all masks together hold ``batch × in × out`` entries, so they are
-    never materialised at once. Examples are processed by :func:`jax.lax.map` in chunks of
+    Memory of per-example masks: all masks together hold ``batch × in × out`` entries (``in + 1``
+    rows with a masked bias), so they are never materialised at once. Examples are processed by
+    :func:`jax.lax.map` in chunks of
     ``chunk_size`` (default: as many as fit in ``DEFAULT_MASK_BUDGET = 2**20`` mask entries, at
     least one), each example under :func:`jax.checkpoint` so that the backward pass regenerates
     its mask from its key instead of storing it. Peak temporary memory is therefore about
@@ -154,8 +156,8 @@ def dropconnect_dense(
     """
     rate = _check_rate(rate)
     deterministic = _check_deterministic(deterministic)
-    _check_static_bool(per_example, "per_example")
-    _check_static_bool(mask_bias, "mask_bias")
+    per_example = _check_static_bool(per_example, "per_example")
+    mask_bias = _check_static_bool(mask_bias, "mask_bias")
     if chunk_size is not None:
         chunk_size = _check_positive_int(chunk_size, "chunk_size")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
@@ -229,7 +231,7 @@ def dropconnect_moments(
       ValueError: ``rate`` outside ``[0, 1)``; mismatched shapes.
     """
     rate = _check_rate(rate)
-    _check_static_bool(mask_bias, "mask_bias")
+    mask_bias = _check_static_bool(mask_bias, "mask_bias")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
     keep = 1.0 - rate
     mean = _add_bias(x @ kernel, bias)

@@ -109,8 +109,10 @@ def histogram(
     ``jnp.histogram``'s search over the edges (benchmarks/README.md).
     """
     low, high = value_range
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be an int ≥ 1, got {bins!r}.")
+    if isinstance(bins, bool) or not isinstance(bins, int):
+        raise TypeError(f"bins must be a Python int, got {bins!r}.")
+    if bins < 1:
+        raise ValueError(f"bins must be ≥ 1, got {bins}.")
     if not high > low:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}.")
     index = jnp.floor((x.reshape(-1) - low) * (bins / (high - low))).astype(jnp.int32)

@@ -536,10 +536,16 @@ def evaluate(
         intermediates = state["intermediates"]
         activations = probes.sown(intermediates, "activation")
         preactivations = probes.sown(intermediates, "preactivation")
-        if not all(-len(preactivations) <= layer < len(preactivations) for layer in probe.layers):
+        num_hidden = len(preactivations)
+        if not all(-num_hidden <= layer < num_hidden for layer in probe.layers):
             raise ValueError(
                 f"config.probe.layers {list(probe.layers)} must index the model's "
-                f"{len(preactivations)} hidden layers (negative indices count from the last)."
+                f"{num_hidden} hidden layers (negative indices count from the last)."
+            )
+        if len({layer % num_hidden for layer in probe.layers}) < len(probe.layers):
+            raise ValueError(
+                f"config.probe.layers {list(probe.layers)} names a hidden layer twice (of "
+                f"{num_hidden}; negative indices count from the last)."
             )
         probed = [probes.unit_columns(preactivations[layer], probe.units) for layer in probe.layers]
 
@@ -840,8 +846,9 @@ def _check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None
     if path.exists() and (workdir / CHECKPOINT_DIR).exists():
         saved = json.loads(path.read_text())
         current = json.loads(text)
-        # Settings that change neither results nor derived files may differ between attempts.
-        for key in ("progress", "steps_per_call"):
+        # Settings that do not change results may differ between attempts (a run that turns
+        # TensorBoard events off would leave them stale: see _tensorboard_events).
+        for key in ("progress", "steps_per_call", "tensorboard"):
             saved.pop(key, None)
             current.pop(key, None)
         if saved != current:
@@ -871,8 +878,8 @@ def train_and_evaluate(
     with the EMA and, for BN nets, the settled EMA's and Alg. 2's statistics; see
     :func:`_final_summary`); with ``config.tensorboard``, the same metrics as TensorBoard
     events in ``tensorboard/`` (:mod:`bnreg.tensorboard_events`). Rerunning with the same
-    ``workdir`` and config (``progress`` and ``steps_per_call`` may differ) resumes from the latest
-    checkpoint; the result equals an uninterrupted run bit-for-bit.
+    ``workdir`` and config (``progress``, ``steps_per_call``, ``tensorboard`` may differ) resumes
+    from the latest checkpoint; the result equals an uninterrupted run bit-for-bit.
 
     Reproducibility: the same config on the same devices gives bit-identical results. Another
     layout of the members (another number of members in the run, or of devices) changes how
@@ -896,6 +903,7 @@ def train_and_evaluate(
     model = build_model(config.model, run_data.num_classes)
     tx = build_optimizer(config.optimizer)
     members = members_from_config(config)
+    events = _tensorboard_events(config, workdir, members)  # refuses stale events before training
     devices = member_devices(len(members), devices)
     train_images = _replicate(run_data.train.images, devices)
     train_labels = _replicate(run_data.train.labels, devices)
@@ -917,7 +925,6 @@ def train_and_evaluate(
     step = int(state.step)
     history = _read_history(metrics_path, step) if step else []
     _write_jsonl(metrics_path, history, "w")
-    events = _tensorboard_events(config, workdir, members)
 
     train_chunk = make_train_chunk(model, tx, batch_size=config.batch_size)
     data_order = shard_members(empty_data_order(len(members), len(train_images)), devices)
@@ -1007,9 +1014,16 @@ def train_and_evaluate(
 def _tensorboard_events(
     config: ml_collections.ConfigDict, workdir: Path, members: list[Member]
 ) -> TensorBoardEvents | None:
-    if not config.tensorboard:
-        return None
-    return TensorBoardEvents(workdir / TENSORBOARD_DIR, members, config.probe)
+    directory = workdir / TENSORBOARD_DIR
+    if config.tensorboard:
+        return TensorBoardEvents(directory, members, config.probe)
+    if directory.exists():
+        raise ValueError(
+            f"{directory} holds TensorBoard events of an earlier attempt, which this run (with "
+            "config.tensorboard off) would leave stale. Rerun with --config.tensorboard=True "
+            "(the events are rewritten from the metrics), or delete that directory."
+        )
+    return None
 
 
 def train_and_evaluate_concurrently(

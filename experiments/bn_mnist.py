@@ -262,7 +262,18 @@ def _train_nets(
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyResult:
-    """Runs the sweep and the full study for both nets, then writes the results and figures."""
+    """Runs the sweep and the full study for both nets, then writes the results and figures.
+
+    Raises:
+      ValueError: learning-rate factors that would make two of the settings (i), (ii), (iii)
+        the same rate (checked before anything is trained).
+    """
+    factors = (1.0, config.study.high_lr_factor, config.study.low_lr_factor)
+    if len(set(factors)) < 3:
+        raise ValueError(
+            f"config.study.high_lr_factor ({factors[1]}) and low_lr_factor ({factors[2]}) must "
+            "differ from 1 and from each other: (i), (ii) and (iii) are three distinct rates."
+        )
     workdir = Path(workdir)
     sweep = _train_nets(lambda net: sweep_config(config, net), workdir / "sweep")
     learning_rates = choose_learning_rates(
@@ -278,8 +289,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyRe
 
 
 def _setting(result: StudyResult, lr: float) -> str:
-    """The learning rate with its settings' labels, e.g. ``1 (i)`` (``0.1 (i, iii)`` when two
-    settings coincide)."""
+    """The learning rate with its setting's label, e.g. ``1 (i)``."""
     settings = zip(("i", "ii", "iii"), result.learning_rates, strict=True)
     labels = [label for label, rate in settings if rate == lr]
     return f"{lr:g} ({', '.join(labels)})"

@@ -571,7 +571,7 @@ STATIC_ERRORS = {
         lambda x: batch_norm(x, _params(), _state(), train=jnp.sum(x) > 0),
         np.ones((3, NUM_FEATURES), np.float32),
         TypeError,
-        "train must be a Python bool",
+        "train must be a Python \\(or NumPy\\) bool",
     ),
     "fold_epsilon_negative": (
         lambda x: fold_batch_norm(x, None, _params(), _state(), epsilon=-1.0),

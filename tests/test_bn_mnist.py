@@ -158,6 +158,16 @@ def test_comparison_verdict_counts_evaluations_and_says_when_the_baseline_did_no
         assert "every evaluation" in verdict
 
 
+@pytest.mark.parametrize("factors", [(1.0, 0.05), (5.0, 5.0)])
+def test_rate_factors_that_repeat_a_setting_are_an_error_before_any_training(tmp_path, factors):
+    config = bn_mnist.get_config("smoke")
+    config.unlock()
+    config.study.high_lr_factor, config.study.low_lr_factor = factors
+    with pytest.raises(ValueError, match="three distinct rates"):
+        bn_mnist.run_study(config, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="variant"):
         bn_mnist.get_config("huge")

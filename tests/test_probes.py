@@ -82,7 +82,7 @@ def test_percentiles_of_integers_interpolate_in_float():
 
 @pytest.mark.parametrize(
     "bins, value_range, message",
-    [(0, (0.0, 1.0), "bins must be an int ≥ 1"), (4, (1.0, 1.0), "high > low")],
+    [(0, (0.0, 1.0), "bins must be ≥ 1"), (4, (1.0, 1.0), "high > low")],
 )
 def test_histogram_without_bins_or_with_an_empty_range_is_an_error(bins, value_range, message):
     with pytest.raises(ValueError, match=message):

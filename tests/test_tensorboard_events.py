@@ -41,6 +41,11 @@ def run_with_events(tmp_path_factory):
     return workdir, config, train.train_and_evaluate(config, workdir)
 
 
+def test_members_with_close_learning_rates_are_distinct_tensorboard_runs():
+    assert member_run_name(0.1, 0) != member_run_name(0.1000001, 0)
+    assert member_run_name(0.1, 0) == "lr=0.1,seed=0"
+
+
 def test_every_member_is_a_tensorboard_run(run_with_events):
     workdir, _, result = run_with_events
     names = {member_run_name(m.learning_rate, m.seed) for m in result.members}
@@ -64,9 +69,8 @@ def test_probe_events_name_their_unit_percentile_and_layer(run_with_events):
     for record in result.history:
         events = runs[member_run_name(record["learning_rate"], record["seed"])]
         step = record["step"]
-        hidden_layers = len(record["mean_activation"])  # a probed layer -1 is the last of them
-        layers = [layer % hidden_layers for layer in config.probe.layers]
-        for layer, table in zip(layers, record["probe_percentiles"], strict=True):
+        # The run probes layers (0, -1) of its two hidden layers: tags count them from 0.
+        for layer, table in zip((0, 1), record["probe_percentiles"], strict=True):
             for unit, row in zip(config.probe.units, table, strict=True):
                 for q, value in zip(config.probe.percentiles, row, strict=True):
                     tag = f"probe_percentiles/layer{layer}/unit{unit}/p{q:g}"
