@@ -9,9 +9,9 @@ Conventions (shared with :mod:`bnreg.dropout`):
   "mean inference" :math:`a(pWv)` becomes ``activation(x @ kernel + bias)``.
 * ``kernel`` has shape ``(in, out)`` (flax's layout) and ``x`` has shape ``(batch, in)``; the
   paper writes :math:`W v` with :math:`W` of shape ``(out, in)``, i.e. ``W = kernel.T``.
-* The bias is masked too, as in the paper (Wan et al. 2013, Sec. 2: "the biases are also masked
-  out during training"): it is the weight of a constant input of 1, with its own Bernoulli mask.
-  ``mask_bias=False`` leaves it unmasked (a common variant).
+* The bias is masked too, as in the paper (Wan et al. 2013, Sec. 2, where the biases are masked
+  out in training like the weights): it is the weight of a constant input of 1, with its own
+  Bernoulli mask. ``mask_bias=False`` leaves it unmasked (a common variant).
 """
 
 from __future__ import annotations
