@@ -21,9 +21,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from bnreg.dropout import _check_deterministic, _check_key, _check_positive_int, _check_rate
+from bnreg.dropout import _check_key, _check_positive_int, _check_rate, _check_static_bool
 
 __all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
 
@@ -54,12 +53,6 @@ def _check_dense_shapes(
                 f"bias must have shape (out,) = ({kernel.shape[1]},), got {bias.shape}."
             )
     return x, kernel, bias
-
-
-def _check_static_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be a Python (or NumPy) bool, static; got {value!r}.")
-    return bool(value)
 
 
 def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -155,7 +148,7 @@ def dropconnect_dense(
         match; ``chunk_size < 1``; ``key is None`` with ``deterministic=False`` and ``rate > 0``.
     """
     rate = _check_rate(rate)
-    deterministic = _check_deterministic(deterministic)
+    deterministic = _check_static_bool(deterministic, "deterministic")
     per_example = _check_static_bool(per_example, "per_example")
     mask_bias = _check_static_bool(mask_bias, "mask_bias")
     if chunk_size is not None:

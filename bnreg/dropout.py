@@ -57,13 +57,17 @@ def _check_rate(rate: Any) -> float:
     return value
 
 
-def _check_deterministic(deterministic: Any) -> bool:
-    """Returns ``deterministic`` as a Python bool; it selects code paths, so it must be static."""
-    if not isinstance(deterministic, bool | np.bool_):
+def _check_static_bool(value: Any, name: str) -> bool:
+    """Returns ``value`` as a Python bool; flags like ``deterministic`` select code paths, so they
+    must be static.
+
+    Shared by :mod:`bnreg.dropout` and :mod:`bnreg.dropconnect`.
+    """
+    if not isinstance(value, bool | np.bool_):
         raise TypeError(
-            f"deterministic must be a Python bool (static under jax.jit), got {deterministic!r}."
+            f"{name} must be a Python (or NumPy) bool, static under jax.jit; got {value!r}."
         )
-    return bool(deterministic)
+    return bool(value)
 
 
 def _check_key(key: Any, function_name: str) -> None:
@@ -162,7 +166,7 @@ def dropout(
         range; ``key is None`` with ``deterministic=False`` and ``rate > 0``.
     """
     rate = _check_rate(rate)
-    deterministic = _check_deterministic(deterministic)
+    deterministic = _check_static_bool(deterministic, "deterministic")
     if scaling not in _SCALINGS:
         raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}.")
     x = _floating(x, "dropout")
@@ -212,7 +216,7 @@ def gaussian_dropout(
         ``rate > 0``.
     """
     rate = _check_rate(rate)
-    deterministic = _check_deterministic(deterministic)
+    deterministic = _check_static_bool(deterministic, "deterministic")
     x = _floating(x, "gaussian_dropout")
     if rate == 0.0 or deterministic:
         return x

@@ -1085,42 +1085,35 @@ def _make_evaluate_with(
     evaluate_members = make_evaluate(
         model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
     )
-    # statistics: (its function over members, the number of training batches it runs)
     recomputed = {
-        "population": (make_population_statistics(model), lambda: config.population_batches),
-        "settled_ema": (
-            make_settled_ema_statistics(model),
-            lambda: ema_settling_batches(config.model.bn_momentum),
-        ),
+        "population": make_population_statistics(model),
+        "settled_ema": make_settled_ema_statistics(model),
     }
+    # The training batches each kind runs; an EMA with momentum 1 never settles (no summary).
+    num_batches = {"population": config.population_batches}
+    if config.model.bn_momentum < 1.0:
+        num_batches["settled_ema"] = ema_settling_batches(config.model.bn_momentum)
     # Both kinds run the first batches of one stream that depends only on the members' keys,
     # fixed for the run: drawn once, as many as the longer kind needs, and sliced per kind.
     drawn: list[jax.Array] = []
 
-    def longest() -> int:
-        counts = [config.population_batches]
-        if 0.0 <= config.model.bn_momentum < 1.0:  # else the EMA never settles
-            counts.append(ema_settling_batches(config.model.bn_momentum))
-        return max(counts)
-
     def evaluate_with(state: TrainState, statistics: str) -> dict[str, jax.Array]:
         batch_stats = state.batch_stats
         if statistics in recomputed:
-            statistics_of, num_batches = recomputed[statistics]
             if not drawn:
                 draw = functools.partial(
                     population_batch_indices,
                     num_examples=train.images.shape[0],
                     batch_size=config.batch_size,
-                    num_batches=longest(),
+                    num_batches=max(num_batches.values()),
                 )
                 drawn.append(jax.jit(jax.vmap(draw))(state.key))
-            batch_stats = statistics_of(
+            batch_stats = recomputed[statistics](
                 state.params,
                 state.batch_stats,
                 state.key,
                 train.images,
-                drawn[0][:, : num_batches()],
+                drawn[0][:, : num_batches[statistics]],
             )
         return evaluate_members(state.params, batch_stats, evaluation.images, evaluation.labels)
 

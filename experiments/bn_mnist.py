@@ -18,8 +18,8 @@ Commands::
 
 Outputs in ``--workdir``: ``results.md`` (tables, the paper's claims beside the measurements),
 ``fig1a.png``, ``fig1bc.png``, ``sweep.png`` (the sweep, the study's rates marked), and one
-engine run directory per net and phase (``sweep/no_bn``,
-``sweep/bn``, ``study/no_bn``, ``study/bn``: ``metrics.jsonl``, ``summary.json``, checkpoints;
+engine run directory per net and phase (``sweep/no_bn``, ``sweep/bn``, ``study/no_bn``,
+``study/bn``: ``metrics.jsonl``, ``summary.json``, checkpoints;
 TensorBoard events too with ``--config.tensorboard=True``: ``tensorboard --logdir <workdir>``).
 Rerunning the command resumes where it stopped.
 
@@ -290,9 +290,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> StudyRe
 
 def _setting(result: StudyResult, lr: float) -> str:
     """The learning rate with its setting's label, e.g. ``1 (i)``."""
-    settings = zip(("i", "ii", "iii"), result.learning_rates, strict=True)
-    labels = [label for label, rate in settings if rate == lr]
-    return f"{lr:g} ({', '.join(labels)})"
+    label = ("i", "ii", "iii")[result.learning_rates.index(lr)]
+    return f"{lr:g} ({label})"
 
 
 def _accuracy_at(steps: np.ndarray, values: np.ndarray, milestone: int) -> str:
@@ -577,9 +576,8 @@ def plot_sweep(config: ml_collections.ConfigDict, result: StudyResult, path: Pat
     figure, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     for color, net in zip(("C1", "C0"), result.sweep, strict=True):
         scores = sweep_scores(result.sweep[net])
-        rates = np.asarray(list(scores))
-        mean, std = (np.asarray([score[i] for score in scores.values()]) for i in range(2))
-        ax.errorbar(rates, mean, yerr=std, marker="o", capsize=3, color=color,
+        mean, std = np.asarray(list(scores.values())).T
+        ax.errorbar(list(scores), mean, yerr=std, marker="o", capsize=3, color=color,
                     label=NET_LABELS[net])
     for lr in result.learning_rates:
         ax.axvline(lr, color="grey", linestyle=":", linewidth=1)
