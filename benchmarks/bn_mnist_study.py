@@ -301,7 +301,9 @@ def _torch_run(
 ) -> tuple[list[dict[str, Any]], float]:
     """One seed of one net; returns the evaluation history and the final test accuracy with the
     running (EMA) statistics, which the sanity table compares with bnreg's."""
-    model = common.torch_mlp(batch_norm=net == "bn", seed=seed)
+    model = common.torch_mlp(
+        batch_norm=net == "bn", seed=seed, bn_momentum=config.model.bn_momentum
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rates[0])
     generator = torch.Generator().manual_seed(seed)
     batch_size = config.batch_size
