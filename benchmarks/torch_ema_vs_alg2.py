@@ -87,10 +87,10 @@ def write_report(result: dict[str, Any]) -> str:
         "# PyTorch cross-check: BatchNorm1d running statistics vs Alg. 2",
         "",
         f"Measured {result['date']} ({result['machine']['processor']}). Dataset "
-        f"**{result['dataset']}** ({result['source']}), test set; the BN study's BN net in PyTorch eager (1 thread), "
-        f"plain SGD, batch 60, {result['steps']} steps, seeds {result['seeds']}; Alg. 2 over "
-        "100 training batches after the last step. Test accuracy in %, gaps in points, mean ± "
-        "std over seeds.",
+        f"**{result['dataset']}** ({result['source']}), test set; the BN study's BN net in "
+        f"PyTorch eager (1 thread), plain SGD, batch 60, {result['steps']} steps, seeds "
+        f"{result['seeds']}; Alg. 2 over 100 training batches after the last step. Test "
+        "accuracy in %, gaps in points, mean ± std over seeds.",
         "",
         common.markdown_table(header, rows),
     ])
