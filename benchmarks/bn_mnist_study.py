@@ -238,15 +238,15 @@ def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     start = time.perf_counter()
     config = study_engine_config("bn", args)
     run_data = train.load_run_data(config)
-    images, labels = _torch_split(torch, run_data.train)
-    test_images, test_labels = _torch_split(torch, run_data.evaluation)
+    images, labels = torch_split(torch, run_data.train)
+    test_images, test_labels = torch_split(torch, run_data.evaluation)
     nets: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as checkpoint_dir:
         for net in NETS:
             net_start = time.perf_counter()
             accuracies, histories = [], []
             for seed in config.seeds:
-                history, final_accuracy = _torch_run(
+                history, final_accuracy = torch_run(
                     torch,
                     images,
                     labels,
@@ -280,13 +280,13 @@ def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     return result
 
 
-def _torch_split(torch: Any, split: Any) -> tuple[Any, Any]:
+def torch_split(torch: Any, split: Any) -> tuple[Any, Any]:
     """A bnreg ``Split`` as flattened float32 images and int64 labels (the same arrays)."""
     images = np.ascontiguousarray(split.images.reshape(len(split.images), -1))
     return torch.from_numpy(images), torch.from_numpy(split.labels.astype(np.int64))
 
 
-def _torch_run(
+def torch_run(
     torch: Any,
     images: Any,
     labels: Any,
@@ -296,11 +296,12 @@ def _torch_run(
     net: str,
     seed: int,
     config: Any,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path | None,
     study_evaluation: bool,
 ) -> tuple[list[dict[str, Any]], float]:
     """One seed of one net; returns the evaluation history and the final test accuracy with the
-    running (EMA) statistics, which the sanity table compares with bnreg's."""
+    running (EMA) statistics, which the sanity table compares with bnreg's. Checkpoints go to
+    ``checkpoint_dir`` every ``config.checkpoint_every`` steps (0: none, and no directory)."""
     model = common.torch_mlp(
         batch_norm=net == "bn", seed=seed, bn_momentum=config.model.bn_momentum
     )
@@ -498,7 +499,10 @@ def write_report(result: dict[str, Any]) -> str:
         f"({result['machine']['cpus']} cores). Dataset **{result['dataset']}** "
         f"({result['source']}), 2 nets × {members} seeds × {result['steps']} steps, lr "
         f"{result['lr']}, batch 60, evaluation on the 10k test set at step 0 and every 500 steps, "
-        "checkpoints every 5000 steps. Wall times include data loading, compilation, "
+        "checkpoints every 5000 steps"
+        + (f", BN momentum {result['bn_momentum']:g} (flax's convention; the sanity table's EMA "
+           "and running statistics)" if "bn_momentum" in result else "")
+        + ". Wall times include data loading, compilation, "
         "evaluations and checkpoints; the parts ran one after another, so each saw its own "
         f"background load. Load average before / after: {result['loadavg_before']} / "
         f"{result['loadavg_after']}. bnreg's BN net evaluates with the study's "
@@ -604,6 +608,7 @@ def main() -> None:
         "steps": args.steps,
         "seeds": args.seeds,
         "lr": args.lr,
+        "bn_momentum": study_engine_config("bn", args).model.bn_momentum,
         "dataset": args.dataset,
         "loadavg_before": [round(v, 2) for v in os.getloadavg()],
         "bnreg": {},

@@ -36,9 +36,9 @@ Conventions (chosen once, tested in ``tests/test_batch_norm.py``):
   estimate the same quantity (as PyTorch's running variance does; flax tracks the biased one).
   They differ in *whose* statistics: the EMA averages batches of past weights, Alg. 2 measures
   the final ones. While a constant learning rate keeps the weights moving that lag can cost
-  accuracy: 0.4–1.2 points for the BN paper's MNIST net on Fashion-MNIST, at every momentum
-  from 0.9 to 0.999 (``experiments/bn_ema_momentum.py``). Report the network with Alg. 2's
-  statistics.
+  accuracy: about 0.4 to 1.2 points in a pilot with the BN paper's MNIST net on Fashion-MNIST,
+  at every momentum from 0.5 to 0.999 (``experiments/bn_ema_momentum.py``). Report the network
+  with Alg. 2's statistics.
 * **Moments** are computed as :math:`\mathrm{E}[x]` and :math:`\mathrm{E}[x^2]` in one pass (one
   collective under ``axis_name``), with
   :math:`\sigma^2 = \max(\mathrm{E}[x^2] - \mathrm{E}[x]^2, 0)`, as flax's default does. This

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def curves(history: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -48,3 +49,16 @@ def mean_std(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]
     values = np.asarray(values, dtype=np.float64)
     ddof = 1 if values.shape[axis] > 1 else 0
     return values.mean(axis), values.std(axis, ddof=ddof)
+
+
+def mean_confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """The mean of ``values`` (e.g. one number per seed) and the two-sided Student-t confidence
+    interval of that mean at ``level``: ``(mean, low, high)``. With one value nothing bounds the
+    mean, and the interval is ``(-inf, inf)``.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, -np.inf, np.inf
+    half_width = stats.t.ppf(0.5 + level / 2, values.size - 1) * stats.sem(values)
+    return mean, mean - float(half_width), mean + float(half_width)

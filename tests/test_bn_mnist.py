@@ -141,6 +141,22 @@ def test_drift_is_well_below_with_bn_when_the_median_drifts_at_most_half_as_much
     assert verdict in bn_mnist._drift_verdict("1 (i)", median_ratio, 1.0)
 
 
+@pytest.mark.parametrize(
+    "gaps, verdict",
+    [
+        ([0.10, 0.12, 0.08], "they agree within 0.3 points"),
+        ([0.19, 0.26, 0.12], "the mean is within 0.3 points but its interval is not"),
+        ([0.50, 0.40, 0.45], "**they do not agree within 0.3 points**"),
+        ([-0.50, -0.40, -0.45], "**they do not agree within 0.3 points**"),
+        ([0.1], "the mean is within 0.3 points but its interval is not"),
+    ],
+)
+def test_agreement_needs_the_95_percent_interval_of_the_gap_within_the_tolerance(gaps, verdict):
+    text = bn_mnist.agreement(np.asarray(gaps))
+    assert text.endswith(verdict) or verdict + ": agreement not shown" in text
+    assert text.startswith(f"{np.mean(gaps):+.2f} ± ")
+
+
 @pytest.mark.parametrize("baseline_learns", [True, False])
 def test_comparison_verdict_counts_evaluations_and_says_when_the_baseline_did_not_learn(
     baseline_learns,
