@@ -145,16 +145,29 @@ def test_drift_is_well_below_with_bn_when_the_median_drifts_at_most_half_as_much
     "gaps, verdict",
     [
         ([0.10, 0.12, 0.08], "they agree within 0.3 points"),
-        ([0.19, 0.26, 0.12], "the mean is within 0.3 points but its interval is not"),
+        ([-0.10, -0.12, -0.08], "they agree within 0.3 points"),
+        ([0.19, 0.26, 0.12], "not resolved with 3 seeds (the mean is within 0.3 points"),
+        ([0.40, 0.20, 0.60], "not resolved with 3 seeds (the mean is beyond 0.3 points"),
         ([0.50, 0.40, 0.45], "**they do not agree within 0.3 points**"),
         ([-0.50, -0.40, -0.45], "**they do not agree within 0.3 points**"),
-        ([0.1], "the mean is within 0.3 points but its interval is not"),
+        ([0.1], "not resolved with 1 seed (the mean is within 0.3 points"),
     ],
 )
-def test_agreement_needs_the_95_percent_interval_of_the_gap_within_the_tolerance(gaps, verdict):
+def test_agreement_is_decided_by_the_95_percent_interval_of_the_gap(gaps, verdict):
     text = bn_mnist.agreement(np.asarray(gaps))
-    assert text.endswith(verdict) or verdict + ": agreement not shown" in text
     assert text.startswith(f"{np.mean(gaps):+.2f} ± ")
+    assert verdict in text
+
+
+def test_gaps_to_alg2_are_alg2_minus_the_other_statistics_in_points_at_the_rate():
+    summary = {"evaluation_split": "test", "members": [
+        {"learning_rate": 0.1, "test_accuracy_population": 0.90, "test_accuracy_ema": 0.88},
+        {"learning_rate": 1.0, "test_accuracy_population": 0.50, "test_accuracy_ema": 0.60},
+        {"learning_rate": 0.1, "test_accuracy_population": 0.91, "test_accuracy_ema": 0.92},
+    ]}
+    run = train.RunResult(history=[], summary=summary, state=None, members=[])
+    np.testing.assert_allclose(bn_mnist.gaps_to_alg2(run, 0.1, "ema"), [2.0, -1.0])
+    np.testing.assert_allclose(bn_mnist.gaps_to_alg2(run, 1.0, "ema"), [-10.0])
 
 
 @pytest.mark.parametrize("baseline_learns", [True, False])
