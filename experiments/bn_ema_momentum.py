@@ -15,7 +15,7 @@ train) the final network with (a) the EMA tracked in training, (b) the same EMA 
 final weights (:func:`bnreg.train.settled_ema_statistics`) and (c) Alg. 2's statistics. The
 momentum never enters training (the EMA is not used by the training forward pass), so every
 momentum trains bit-identical weights (checked) and only the inference statistics differ; the
-momenta are compared member by member, paired.
+momenta are compared seed by seed, paired.
 
 It is the pilot behind the BN study's momentum (``experiments/bn_mnist.py`` docstring): its seeds
 (10–14) and its validation split are disjoint from the BN study's seeds and test set, so the
