@@ -1073,18 +1073,14 @@ def train_and_evaluate_concurrently(
     return [result for result, _ in outcomes]
 
 
-def _make_evaluate_with(
-    config: ml_collections.ConfigDict,
-    model: nn.Module,
-    train: data_lib.Split,
-    evaluation: data_lib.Split,
-) -> Callable[[TrainState, str], dict[str, jax.Array]]:
-    """``evaluate_with(state, statistics)``: all members on the ``evaluation`` split (device
-    arrays), BN using its ``"ema"`` statistics, ``"population"`` statistics computed now by
-    Alg. 2 from ``train``, or the ``"settled_ema"`` (:func:`settled_ema_statistics`)."""
-    evaluate_members = make_evaluate(
-        model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
-    )
+def make_inference_statistics(
+    config: ml_collections.ConfigDict, model: nn.Module, train_images: jax.Array
+) -> Callable[[TrainState, str], Any]:
+    """``statistics(state, kind)``: the BN statistics (``batch_stats`` layout, all members) with
+    which to evaluate ``state``: ``"ema"``, its own; ``"population"``, Alg. 2's, computed now
+    from ``config.population_batches`` batches of ``train_images``; or ``"settled_ema"``
+    (:func:`settled_ema_statistics`). The batches depend only on the members' keys, so they are
+    drawn once, at the first call, and later calls must come from the same run."""
     recomputed = {
         "population": make_population_statistics(model),
         "settled_ema": make_settled_ema_statistics(model),
@@ -1097,24 +1093,43 @@ def _make_evaluate_with(
     # fixed for the run: drawn once, as many as the longer kind needs, and sliced per kind.
     drawn: list[jax.Array] = []
 
-    def evaluate_with(state: TrainState, statistics: str) -> dict[str, jax.Array]:
-        batch_stats = state.batch_stats
-        if statistics in recomputed:
-            if not drawn:
-                draw = functools.partial(
-                    population_batch_indices,
-                    num_examples=train.images.shape[0],
-                    batch_size=config.batch_size,
-                    num_batches=max(num_batches.values()),
-                )
-                drawn.append(jax.jit(jax.vmap(draw))(state.key))
-            batch_stats = recomputed[statistics](
-                state.params,
-                state.batch_stats,
-                state.key,
-                train.images,
-                drawn[0][:, : num_batches[statistics]],
+    def statistics(state: TrainState, kind: str) -> Any:
+        if kind not in recomputed:
+            return state.batch_stats
+        if not drawn:
+            draw = functools.partial(
+                population_batch_indices,
+                num_examples=train_images.shape[0],
+                batch_size=config.batch_size,
+                num_batches=max(num_batches.values()),
             )
+            drawn.append(jax.jit(jax.vmap(draw))(state.key))
+        return recomputed[kind](
+            state.params,
+            state.batch_stats,
+            state.key,
+            train_images,
+            drawn[0][:, : num_batches[kind]],
+        )
+
+    return statistics
+
+
+def _make_evaluate_with(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    train: data_lib.Split,
+    evaluation: data_lib.Split,
+) -> Callable[[TrainState, str], dict[str, jax.Array]]:
+    """``evaluate_with(state, statistics)``: all members on the ``evaluation`` split (device
+    arrays), BN using the :func:`make_inference_statistics` of that kind."""
+    evaluate_members = make_evaluate(
+        model, probe=ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
+    )
+    inference_statistics = make_inference_statistics(config, model, train.images)
+
+    def evaluate_with(state: TrainState, statistics: str) -> dict[str, jax.Array]:
+        batch_stats = inference_statistics(state, statistics)
         return evaluate_members(state.params, batch_stats, evaluation.images, evaluation.labels)
 
     return evaluate_with

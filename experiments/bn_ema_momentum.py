@@ -54,7 +54,6 @@ and one engine run per momentum (``momentum=<m>/``). Rerunning resumes; adding m
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,25 +187,13 @@ def stale_statistics_accuracies(
     evaluate = train.make_evaluate(
         model, probe=train.ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
     )
-    population_statistics = train.make_population_statistics(model)
-    draw = functools.partial(
-        train.population_batch_indices,
-        num_examples=len(images),
-        batch_size=config.batch_size,
-        num_batches=config.population_batches,
-    )
-    batch_indices = jax.jit(jax.vmap(draw))(state.key)
-
-    def statistics(state):
-        return population_statistics(
-            state.params, state.batch_stats, state.key, images, batch_indices
-        )
+    inference_statistics = train.make_inference_statistics(config, model, images)
 
     def accuracy(state, batch_stats):
         evaluation = evaluate(state.params, batch_stats, evaluation_images, evaluation_labels)
         return 100 * np.asarray(evaluation["accuracy"])
 
-    final_statistics = statistics(state)
+    final_statistics = inference_statistics(state, "population")
     chunk = train.make_train_chunk(
         model, train.build_optimizer(config.optimizer), batch_size=config.batch_size
     )
@@ -216,7 +203,8 @@ def stale_statistics_accuracies(
         if lag > trained:
             state, data_order, _ = chunk(state, data_order, images, labels, lag - trained)
             trained = lag
-        by_lag[lag] = (accuracy(state, statistics(state)), accuracy(state, final_statistics))
+        own = inference_statistics(state, "population")
+        by_lag[lag] = (accuracy(state, own), accuracy(state, final_statistics))
     return by_lag
 
 
@@ -238,19 +226,11 @@ def staleness_costs(result: MomentumStudy, lag: int, learning_rate: float) -> np
 
 
 def seed_absolute_gaps(run: RunResult, learning_rates: Sequence[float]) -> np.ndarray:
-    """Per seed (ascending), the mean over ``learning_rates`` of |Alg. 2 − tracked EMA| final
-    accuracy (points): how far the tracked EMA's inference network is from Alg. 2's, whichever
-    side it falls. One number per seed, since a seed's members share its init and data order."""
-    split = run.summary["evaluation_split"]
-    members = [m for m in run.summary["members"] if m["learning_rate"] in learning_rates]
-    return np.asarray([
-        np.mean([
-            100 * abs(m[f"{split}_accuracy_population"] - m[f"{split}_accuracy_ema"])
-            for m in members
-            if m["seed"] == seed
-        ])
-        for seed in sorted({m["seed"] for m in members})
-    ])
+    """Per seed (the run's seed order), the mean over ``learning_rates`` of |Alg. 2 − tracked
+    EMA| final accuracy (points): how far the tracked EMA's inference network is from Alg. 2's,
+    whichever side it falls. One number per seed, since a seed's members share its init and
+    data order."""
+    return np.mean([abs(gaps_to_alg2(run, lr, "ema")) for lr in learning_rates], axis=0)
 
 
 def mean_absolute_gap(run: RunResult, learning_rates: Sequence[float]) -> float:

@@ -416,24 +416,24 @@ def _study_tables(config: ml_collections.ConfigDict, result: StudyResult) -> lis
         baseline_final = float(baseline[:, -1].mean())
         for net, run in result.study.items():
             steps, values = curves_at[net]
-            members = [m for m in run.summary["members"] if m["learning_rate"] == lr]
             reached = (
                 first_step_reaching(steps, values.mean(0), baseline_final)
                 if _learned(baseline)
                 else "— (baseline did not learn)"
             )
-            population = [m.get("test_accuracy_population") for m in members]
-            ema = mean_std(np.asarray([m["test_accuracy_ema"] for m in members]))
-            pop = (
-                "—"
-                if None in population
-                else "{:.2f} ± {:.2f}".format(*(100 * v for v in mean_std(np.asarray(population))))
-            )
+            finals = {
+                statistics: "{:.2f} ± {:.2f}".format(
+                    *mean_std(final_accuracies(run, lr, statistics))
+                )
+                if f"test_accuracy_{statistics}" in run.summary["members"][0]
+                else "—"
+                for statistics in ("ema", "population")
+            }
             lines.append(
                 f"| {NET_LABELS[net]} | {_setting(result, lr)} | "
                 + " | ".join(_accuracy_at(steps, values, m) for m in milestones)
                 + f" | {reached if reached is not None else 'never'} | "
-                f"{100 * ema[0]:.2f} ± {100 * ema[1]:.2f} | {pop} | {claims[net]} |"
+                f"{finals['ema']} | {finals['population']} | {claims[net]} |"
             )
         verdicts.append(
             _comparison_verdict(_setting(result, lr), steps, curves_at, milestones[0])
