@@ -1,6 +1,7 @@
 """bnreg: Batch Normalization and stochastic regularizers as pure JAX functions.
 
-The functional core, importable from the top level::
+The functional core lives in :mod:`bnreg.core` (one module per method) and is importable from the
+top level::
 
     from bnreg import batch_norm, dropout, dropconnect_dense, max_norm
 
@@ -9,7 +10,7 @@ Everything takes explicit PRNG keys and returns new state instead of mutating it
 engine (:mod:`bnreg.train`) are imported from their modules.
 """
 
-from bnreg.batch_norm import (
+from bnreg.core.batch_norm import (
     BatchNormParams,
     BatchNormState,
     PopulationStatsAccumulator,
@@ -20,13 +21,13 @@ from bnreg.batch_norm import (
     population_stats_init,
     population_stats_update,
 )
-from bnreg.dropconnect import (
+from bnreg.core.dropconnect import (
     dropconnect_dense,
     dropconnect_gaussian_inference,
     dropconnect_moments,
 )
-from bnreg.dropout import dropout, gaussian_dropout, monte_carlo_average
-from bnreg.max_norm import max_norm, project_max_norm
+from bnreg.core.dropout import dropout, gaussian_dropout, monte_carlo_average
+from bnreg.core.max_norm import max_norm, project_max_norm
 
 __version__ = "0.1.0"
 

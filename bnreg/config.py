@@ -1,23 +1,59 @@
 """The engine's configuration: one ``ml_collections.ConfigDict`` schema for every study.
 
 A study's ``get_config()`` starts from :func:`default_config` and changes values; it never adds
-keys. :func:`validate_config` rejects unknown keys (a typo must not silently fall back to a
-default) and inconsistent values, before any data is loaded or anything is compiled.
+keys, except the axes it sweeps (``config.sweep``) and its own ``config.study`` section.
+:func:`validate_config` rejects unknown keys at any depth (a typo must not silently fall back to
+a default) and values that cannot work together, before any data is loaded or compiled.
+
+This module imports nothing but ``ml_collections``, so a study's config loads without JAX's
+engine, matplotlib or absl.
+
+**Members.** A run trains *members* as one compiled program: the cross product of the axes in
+``config.sweep`` (``config.sweep.learning_rate = (0.1, 1.0)``, ``config.sweep.seed = (0, 1, 2)``,
+…), with the groups named in ``config.sweep_zip`` zipped instead of crossed. Every axis of
+:data:`AXES` has a fixed value elsewhere in the config, used when it is not swept. Settings that
+change shapes or structure (widths, depth, activation, norm, model, task, dataset) are not axes:
+a study trains runs that differ in them as a group (``bnreg.engine.train_group``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from bnreg._checks import check_choice
+
+# Member axes -> the config key of the value a run uses when the axis is not swept. Crossing
+# order: the first axis varies slowest, the seed fastest, so each setting's seeds are adjacent.
+AXES: Mapping[str, str] = {
+    "learning_rate": "optimizer.learning_rate",
+    "input_dropout": "model.input_dropout",
+    "hidden_dropout": "model.hidden_dropout",
+    "dropconnect": "model.dropconnect",
+    "max_norm": "optimizer.max_norm",
+    "weight_decay": "optimizer.weight_decay",
+    "final_momentum": "optimizer.momentum",
+    "bn_momentum": "model.bn_momentum",
+    "train_subset": "train_subset",
+    "seed": "seed",
+}
+INTEGER_AXES = ("seed", "train_subset")
+
+TASKS = ("classification", "reconstruction")
+RECONSTRUCTION_LOSSES = ("squared_error", "bernoulli")
+MODELS = ("mlp", "convnet", "autoencoder")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "exponential", "step")
-MODELS = ("mlp", "convnet")
+SCHEDULES = ("constant", "exponential", "step", "inverse_time")
+MOMENTUM_SCHEDULES = ("constant", "linear", "exponential")
 STANDARDIZE = ("none", "global", "per_pixel")
-BN_EVAL_STATISTICS = ("ema", "population")
+DROPOUT_NOISE = ("bernoulli", "gaussian")
+BN_STATISTICS = ("ema", "population")
+# Evaluators by name (bnreg.engine.evaluators); the BN-statistics ones apply to nets with BN.
+EVALUATORS = ("deterministic", "ema", "population", "settled_ema", "monte_carlo", "gaussian")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -31,10 +67,16 @@ def default_config() -> ml_collections.ConfigDict:
     # None: binarize MNIST only (the BN paper's input is a binary image), keep grey levels else.
     config.binarize = config_dict.placeholder(bool)
     config.standardize = "none"
-    config.train_subset = 0  # 0: the whole train split; N: a stratified subset of N examples.
     # >0: hold out this fraction of the training split (class-stratified, rounded to whole
     # examples) as a validation split, and evaluate on it instead of the test split.
     config.validation_fraction = 0.0
+    # Member axes without a section of their own (see AXES).
+    config.seed = 0
+    config.train_subset = 0  # 0: the whole train split; N: a class-stratified N, per seed.
+
+    config.task = ml_collections.ConfigDict()
+    config.task.name = "classification"
+    config.task.reconstruction_loss = "bernoulli"  # or "squared_error" (reconstruction only)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
@@ -42,9 +84,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.conv_features = (32, 64)
     config.model.activation = "sigmoid"
     config.model.norm = config_dict.placeholder(str)  # None or "batch".
-    config.model.input_dropout = 0.0
+    config.model.input_dropout = 0.0  # drop rates; the papers' retain probability is 1 - rate
     config.model.hidden_dropout = 0.0
+    config.model.dropout_noise = "bernoulli"  # or "gaussian": N(1, rate/(1-rate)) noise
     config.model.dropconnect = 0.0
+    config.model.dropconnect_per_example = True  # a fresh weight mask per example (the paper)
     config.model.kernel_init = "normal"
     config.model.init_stddev = 0.1
     config.model.bn_momentum = 0.99
@@ -54,17 +98,29 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.1
-    config.optimizer.momentum = 0.0
+    config.optimizer.momentum = 0.0  # the final momentum of momentum_schedule
+    # "linear": from initial_momentum to momentum over momentum_steps, then constant;
+    # "exponential": momentum - (momentum - initial_momentum)·exp(-t/momentum_steps).
+    config.optimizer.momentum_schedule = "constant"
+    config.optimizer.initial_momentum = 0.5
+    config.optimizer.momentum_steps = 10_000
     config.optimizer.nesterov = False
+    # Learning-rate decay, as a factor of the (per-member) base rate: exponential
+    # rate^(t/decay_steps); step: step_factor at each boundary; inverse_time 1/(1 + t/decay_steps).
     config.optimizer.schedule = "constant"
-    config.optimizer.decay_rate = 0.1  # exponential: lr·rate^(step/decay_steps)
+    config.optimizer.decay_rate = 0.1
     config.optimizer.decay_steps = 10_000
-    config.optimizer.step_boundaries = ()  # step: lr·factor at each boundary
+    config.optimizer.step_boundaries = ()
     config.optimizer.step_factor = 0.1
     config.optimizer.weight_decay = 0.0  # L2 on kernels, added to the gradient as λ·w
     config.optimizer.max_norm = 0.0  # 0: off; c > 0: each hidden unit's incoming weights ≤ c
 
-    # The run. Members = learning_rates × seeds, trained together by one compiled program.
+    # Member axes: name -> values, crossed; e.g. config.sweep.seed = (0, 1, 2). Groups of swept
+    # axes in sweep_zip are zipped (equal lengths) instead, e.g. (("input_dropout",
+    # "hidden_dropout"),).
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep_zip = ()
+
     config.batch_size = 60
     config.num_steps = 50_000
     config.eval_every = 500
@@ -74,14 +130,20 @@ def default_config() -> ml_collections.ConfigDict:
     config.steps_per_call = 0
     config.eval_batch_size = 2_000
     config.checkpoint_every = 5_000  # 0: no checkpoints; else a multiple of eval_every
-    config.seeds = (0, 1, 2)
-    config.learning_rates = ()  # empty: (optimizer.learning_rate,)
-    config.population_batches = 100  # Alg. 2: training batches averaged for inference stats
-    # BN statistics used by every evaluation during training: "ema" (tracked while training) or
-    # "population" (Alg. 2, recomputed at each evaluation: the paper's inference network).
-    config.bn_eval_statistics = "ema"
 
-    # Probes (bnreg.probes), computed on the evaluation split at every evaluation.
+    config.evaluation = ml_collections.ConfigDict()
+    # Evaluators at every evaluation (the first is the primary: its metrics are also recorded
+    # as plain `loss`, `accuracy`, `error`) and, in addition, at the end only.
+    config.evaluation.during = ("deterministic",)
+    config.evaluation.final = ("ema",)
+    # The BN statistics of the deterministic, Monte-Carlo and Gaussian evaluators: Alg. 2's
+    # (the paper's inference network) or the EMA tracked in training.
+    config.evaluation.bn_statistics = "population"
+    config.evaluation.population_batches = 100  # Alg. 2: training batches averaged
+    config.evaluation.monte_carlo_samples = (50,)  # k thinned nets averaged, one result per k
+    config.evaluation.gaussian_samples = (100,)  # DropConnect's Z samples, one result per Z
+
+    # Probes (bnreg.probes), computed by the primary evaluator at every evaluation.
     config.probe = ml_collections.ConfigDict()
     config.probe.layers = (-1,)  # hidden layer indices; negative ones count from the last
     config.probe.units = (0, 1, 2)
@@ -91,46 +153,123 @@ def default_config() -> ml_collections.ConfigDict:
     config.probe.histogram_range = (0.0, 1.0)
 
     config.progress = True
-    # TensorBoard events of the metrics in <workdir>/tensorboard (bnreg.tensorboard_events).
+    # TensorBoard events of the metrics in <workdir>/tensorboard (bnreg.engine.writers).
     config.tensorboard = False
-    # A study's own keys (its sweep, its milestones, ...); the engine ignores them.
+    # A study's own keys (its milestones, ...); the engine ignores them.
     config.study = ml_collections.ConfigDict()
     return config
 
 
-def _unknown_keys(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = ""):
-    for key, value in config.items():
+def axis_value(config: ml_collections.ConfigDict, axis: str) -> Any:
+    """The value a run uses for ``axis`` when it is not swept (:data:`AXES`)."""
+    section, _, key = AXES[axis].rpartition(".")
+    return (config[section] if section else config)[key]
+
+
+# Config keys that change shapes or structure, which a study varies with a group of runs.
+_STRUCTURAL = {
+    "hidden_sizes", "conv_features", "activation", "norm", "model", "name", "task", "dataset",
+    "batch_size", "kernel_init", "init_stddev", "dropout_noise", "num_steps",
+}
+
+
+def _unknown_keys(config: Any, schema: Any, prefix: str = ""):
+    for key in config.keys():
         name = f"{prefix}{key}"
         if key not in schema:
             yield name
-        elif key == "study" and not prefix:
+        elif not prefix and key in ("study", "sweep"):
             continue
-        elif isinstance(schema[key], Mapping) and isinstance(value, Mapping):
-            yield from _unknown_keys(value, schema[key], prefix=f"{name}.")
+        elif isinstance(schema[key], ml_collections.ConfigDict | Mapping):
+            value = config[key]
+            if isinstance(value, ml_collections.ConfigDict | Mapping):
+                yield from _unknown_keys(value, schema[key], prefix=f"{name}.")
 
 
-def _choice(name: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"config.{name} must be one of {list(choices)}, got {value!r}.")
+def _check_sweep(config: ml_collections.ConfigDict) -> None:
+    for axis, values in config.sweep.items():
+        if axis not in AXES:
+            hint = (
+                f"{axis!r} changes shapes or structure, so it cannot be a member axis: train the "
+                "settings as a group of runs (bnreg.engine.train_group)"
+                if axis in _STRUCTURAL
+                else f"member axes are {list(AXES)}"
+            )
+            raise ValueError(f"config.sweep.{axis} is not a member axis: {hint}.")
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ValueError(
+                f"config.sweep.{axis} must be a non-empty tuple of values, got {values!r}."
+            )
+        if len(set(values)) != len(values):
+            raise ValueError(f"config.sweep.{axis} {tuple(values)} repeats a value: members must "
+                             "differ.")
+        for value in values:
+            _check_axis_value(axis, value, f"config.sweep.{axis}")
+    zipped = [tuple(group) for group in config.sweep_zip]
+    named = [axis for group in zipped for axis in group]
+    if len(set(named)) != len(named):
+        raise ValueError(f"config.sweep_zip {zipped} names an axis twice.")
+    for group in zipped:
+        missing = [axis for axis in group if axis not in config.sweep]
+        if missing or len(group) < 2:
+            raise ValueError(
+                f"config.sweep_zip group {group} must name at least two swept axes (not swept: "
+                f"{missing})."
+            )
+        lengths = {axis: len(config.sweep[axis]) for axis in group}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"config.sweep_zip group {group} zips axes of different lengths "
+                             f"{lengths}.")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks a run's configuration against the schema of :func:`default_config`.
+def _check_axis_value(axis: str, value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} must hold numbers, got {value!r}.")
+    if axis in INTEGER_AXES and (not float(value).is_integer() or value < 0):
+        raise ValueError(f"{where} must hold whole numbers ≥ 0, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{where} must be finite, got {value!r}.")
+    ranges = {
+        "learning_rate": (value > 0, "> 0"),
+        "input_dropout": (0 <= value < 1, "a drop rate in [0, 1)"),
+        "hidden_dropout": (0 <= value < 1, "a drop rate in [0, 1)"),
+        "dropconnect": (0 <= value < 1, "a drop rate in [0, 1)"),
+        "max_norm": (value >= 0, "≥ 0 (0: off)"),
+        "weight_decay": (value >= 0, "≥ 0"),
+        "final_momentum": (0 <= value < 1, "in [0, 1)"),
+        "bn_momentum": (0 <= value <= 1, "in [0, 1] (flax convention)"),
+    }
+    if axis in ranges and not ranges[axis][0]:
+        raise ValueError(f"{where} must be {ranges[axis][1]}, got {value!r}.")
 
-    Raises:
-      ValueError: unknown keys (all of them listed), or values that cannot work together.
-    """
-    unknown = sorted(_unknown_keys(config, default_config()))
-    if unknown:
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
+    for name, value, choices in (
+        ("task.name", config.task.name, TASKS),
+        ("task.reconstruction_loss", config.task.reconstruction_loss, RECONSTRUCTION_LOSSES),
+        ("model.name", config.model.name, MODELS),
+        ("model.dropout_noise", config.model.dropout_noise, DROPOUT_NOISE),
+        ("optimizer.name", config.optimizer.name, OPTIMIZERS),
+        ("optimizer.schedule", config.optimizer.schedule, SCHEDULES),
+        ("optimizer.momentum_schedule", config.optimizer.momentum_schedule, MOMENTUM_SCHEDULES),
+        ("standardize", config.standardize, STANDARDIZE),
+        ("evaluation.bn_statistics", config.evaluation.bn_statistics, BN_STATISTICS),
+    ):
+        check_choice(f"config.{name}", value, choices)
+    for section in ("during", "final"):
+        for name in config.evaluation[section]:
+            check_choice(f"config.evaluation.{section} entry", name, EVALUATORS)
+    if not config.evaluation.during:
+        raise ValueError("config.evaluation.during must name at least one evaluator.")
+    if (config.task.name == "reconstruction") != (config.model.name == "autoencoder"):
         raise ValueError(
-            f"Unknown config keys {unknown}. Every key must exist in "
-            "bnreg.config.default_config(); check the spelling."
+            f"config.task.name {config.task.name!r} and config.model.name "
+            f"{config.model.name!r} do not go together: the reconstruction task needs the "
+            "autoencoder, and the autoencoder the reconstruction task."
         )
-    _choice("model.name", config.model.name, MODELS)
-    _choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
-    _choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
-    _choice("standardize", config.standardize, STANDARDIZE)
-    _choice("bn_eval_statistics", config.bn_eval_statistics, BN_EVAL_STATISTICS)
+
+
+def _check_counts(config: ml_collections.ConfigDict) -> None:
     for name in ("batch_size", "num_steps", "eval_every", "eval_batch_size"):
         if config[name] < 1:
             raise ValueError(f"config.{name} must be ≥ 1, got {config[name]}.")
@@ -143,25 +282,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.checkpoint_every ({config.checkpoint_every}) must be 0 (off) or a multiple "
             f"of config.eval_every ({config.eval_every}): checkpoints are taken after evaluations."
         )
-    if not config.seeds:
-        raise ValueError("config.seeds must name at least one seed.")
-    learning_rates = tuple(config.learning_rates) or (config.optimizer.learning_rate,)
-    for name, values in (("seeds", tuple(config.seeds)), ("learning_rates", learning_rates)):
-        if len(set(values)) != len(values):
-            raise ValueError(f"config.{name} {values} repeats a value: members must differ.")
-    if any(lr <= 0 for lr in learning_rates):
-        raise ValueError(f"learning rates must be > 0, got {learning_rates}.")
     if not 0.0 <= config.validation_fraction < 1.0:
         raise ValueError(
             f"config.validation_fraction must be in [0, 1) (0: evaluate on the test split), got "
             f"{config.validation_fraction}."
         )
-    if config.population_batches < 0:
-        raise ValueError("config.population_batches must be ≥ 0 (0 skips Alg. 2).")
-    if config.bn_eval_statistics == "population" and not config.population_batches:
-        raise ValueError(
-            'config.bn_eval_statistics="population" needs config.population_batches ≥ 1.'
-        )
+    evaluation = config.evaluation
+    if evaluation.population_batches < 0:
+        raise ValueError("config.evaluation.population_batches must be ≥ 0 (0 skips Alg. 2).")
+    for name in ("monte_carlo_samples", "gaussian_samples"):
+        samples = tuple(evaluation[name])
+        if not samples or any(not isinstance(k, int) or k < 1 for k in samples):
+            raise ValueError(f"config.evaluation.{name} must hold counts ≥ 1, got {samples}.")
+    if config.optimizer.momentum_steps < 1 or config.optimizer.decay_steps < 1:
+        raise ValueError("config.optimizer.momentum_steps and decay_steps must be ≥ 1.")
     if not config.probe.layers or not config.probe.units:
         raise ValueError("config.probe.layers and config.probe.units must name at least one each.")
     if config.probe.histogram_bins < 0:
@@ -171,3 +305,54 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.model.norm == "batch" and config.batch_size < 2:
         raise ValueError("Batch Normalization needs config.batch_size ≥ 2 in training.")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks a run's configuration against the schema of :func:`default_config`.
+
+    Raises:
+      ValueError: unknown keys (all of them listed, at any depth), an unknown or structural
+        sweep axis, an empty or repeated sweep, a value out of its range, or values that
+        cannot work together.
+    """
+    unknown = sorted(_unknown_keys(config, default_config()))
+    if unknown:
+        raise ValueError(
+            f"Unknown config keys {unknown}. Every key must exist in "
+            "bnreg.config.default_config(); check the spelling."
+        )
+    _check_choices(config)
+    _check_counts(config)
+    for axis in AXES:
+        if axis not in config.sweep:
+            _check_axis_value(axis, axis_value(config, axis), f"config.{AXES[axis]}")
+    _check_sweep(config)
+    evaluation = config.evaluation
+    if "population" in (evaluation.bn_statistics, *evaluation.during, *evaluation.final) and (
+        config.model.norm == "batch" and not evaluation.population_batches
+    ):
+        raise ValueError("Alg. 2's statistics need config.evaluation.population_batches ≥ 1.")
+
+
+def override(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted keys set (``{"model.norm": "batch"}``), validated.
+
+    Raises:
+      ValueError: an override names a key the config does not have.
+    """
+    result = ml_collections.ConfigDict(config.to_dict())
+    for name, value in overrides.items():
+        *sections, key = name.split(".")
+        target = result
+        for section in sections:
+            if section not in target:
+                raise ValueError(f"Override {name!r}: the config has no section {section!r}.")
+            target = target[section]
+        if key not in target and sections != ["sweep"]:
+            raise ValueError(f"Override {name!r}: the config has no key {key!r}; check the "
+                             "spelling.")
+        target[key] = value
+    validate_config(result)
+    return result

@@ -1,60 +1,83 @@
 """Thin ``flax.linen`` wrappers over the functional core.
 
 Each module holds parameters and state in flax collections and calls one pure function from
-:mod:`bnreg.batch_norm`, :mod:`bnreg.dropout` or :mod:`bnreg.dropconnect`; the math, the paper
-anchors and the conventions live there.
+:mod:`bnreg.core`; the math, the paper anchors and the conventions live there.
+
+Two switches replace a single ``train`` flag, because the evaluators need them apart
+(Monte-Carlo averaging samples thinned nets with BN in inference mode):
+
+* ``bn_mode``: ``"batch"`` normalises with the mini-batch's moments (Alg. 1) and updates the EMA
+  statistics; ``"inference"`` uses the statistics in ``batch_stats`` (the EMA, or Alg. 2's when
+  the caller puts them there).
+* ``noise``: whether dropout and DropConnect sample their masks.
+
+Rates and the BN momentum may be traced scalars (members of a sweep differ in them inside one
+compiled program); a concrete rate of 0 leaves the layer out of the program.
 
 Collections and rng streams:
 
 * ``params``: learnable weights (``scale``/``bias`` of :class:`BatchNorm`, ``kernel``/``bias`` of
   :class:`DropConnectDense`).
 * ``batch_stats``: the running (EMA) mean and variance of :class:`BatchNorm`, updated in
-  training, which therefore needs ``mutable=["batch_stats"]`` (without it flax raises an
-  error); evaluation leaves them unchanged.
+  ``bn_mode="batch"``, which therefore needs ``mutable=["batch_stats"]`` (without it flax raises
+  an error); ``"inference"`` leaves them unchanged.
 * ``population_stats``: Alg. 2's accumulator of :class:`BatchNorm`, filled only when the caller
-  passes ``mutable=["population_stats"]`` (see :func:`bnreg.train.population_statistics`).
+  passes ``mutable=["population_stats"]`` (see :mod:`bnreg.engine.bn_statistics`).
 * ``"dropout"`` rng stream: the keys of :class:`Dropout` and :class:`DropConnectDense`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnreg.batch_norm import (
+from bnreg._checks import check_choice, check_static_bool, is_traced
+from bnreg.core.batch_norm import (
     BatchNormParams,
     BatchNormState,
     batch_norm,
     population_stats_init,
     population_stats_update,
 )
-from bnreg.dropconnect import dropconnect_dense
-from bnreg.dropout import dropout
+from bnreg.core.dropconnect import dropconnect_dense, dropconnect_gaussian_inference
+from bnreg.core.dropout import dropout, gaussian_dropout
 
 Initializer = Callable[..., jax.Array]
+BN_MODES = ("batch", "inference")
+NOISE_KINDS = ("bernoulli", "gaussian")
+
+
+def is_off(rate: Any) -> bool:
+    """Whether a rate is a concrete 0: the layer is then left out of the program. A traced rate
+    is never off, even when its value is 0 (the layer is then exactly the identity)."""
+    return not is_traced(rate) and float(rate) == 0.0
 
 
 class BatchNorm(nn.Module):
     """Batch Normalization over the last axis (Ioffe & Szegedy 2015, Alg. 1); see
-    :func:`bnreg.batch_norm.batch_norm` for the math and the conventions.
+    :func:`bnreg.core.batch_norm.batch_norm` for the math and the conventions.
 
     Attributes:
-      momentum: EMA momentum, flax convention ``running = momentum*running + (1-momentum)*batch``.
+      momentum: EMA momentum, flax convention ``running = momentum*running + (1-momentum)*batch``;
+        may be traced.
       epsilon: added to the variance for numerical stability.
       axis_name: mapped axis over which batch moments are averaged (synchronised BN).
       backward: ``"autodiff"`` or ``"paper"`` (the paper's Sec. 3 backward formulas).
     """
 
-    momentum: float = 0.99
+    momentum: Any = 0.99
     epsilon: float = 1e-5
     axis_name: str | None = None
     backward: str = "autodiff"
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, bn_mode: str) -> jax.Array:
+        check_choice("bn_mode", bn_mode, BN_MODES)
+        batch = bn_mode == "batch"
         num_features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (num_features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (num_features,), jnp.float32)
@@ -64,13 +87,13 @@ class BatchNorm(nn.Module):
             x,
             BatchNormParams(scale, bias),
             BatchNormState(mean.value, var.value),
-            train=train,
+            train=batch,
             momentum=self.momentum,
             epsilon=self.epsilon,
             axis_name=self.axis_name,
             backward=self.backward,
         )
-        if train and not self.is_initializing():
+        if batch and not self.is_initializing():
             mean.value, var.value = new_state.mean, new_state.var
         if self.is_mutable_collection("population_stats") and not self.is_initializing():
             accumulator = self.variable(
@@ -83,55 +106,79 @@ class BatchNorm(nn.Module):
 
 
 class Dropout(nn.Module):
-    """Bernoulli dropout with keys from the ``"dropout"`` rng stream; see
-    :func:`bnreg.dropout.dropout`.
+    """Bernoulli (or Gaussian) dropout with keys from the ``"dropout"`` rng stream; see
+    :func:`bnreg.core.dropout.dropout` and :func:`bnreg.core.dropout.gaussian_dropout`.
 
     Attributes:
-      rate: drop probability (the paper's retain probability is ``p = 1 - rate``).
-      broadcast_dims: axes along which one mask is shared.
-      scaling: ``"inverted"`` (default) or ``"paper"``.
+      rate: drop probability (the paper's retain probability is ``p = 1 - rate``); may be traced.
+      kind: ``"bernoulli"`` or ``"gaussian"`` (multiplicative N(1, rate/(1-rate)) noise).
+      broadcast_dims: axes along which one mask is shared (Bernoulli only).
+      scaling: ``"inverted"`` (default) or ``"paper"`` (Bernoulli only).
     """
 
-    rate: float
+    rate: Any
+    kind: str = "bernoulli"
     broadcast_dims: Sequence[int] = ()
     scaling: str = "inverted"
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        key = None if deterministic or self.rate == 0.0 else self.make_rng("dropout")
+    def __call__(self, x: jax.Array, *, noise: bool) -> jax.Array:
+        noise = check_static_bool(noise, "noise")
+        check_choice("kind", self.kind, NOISE_KINDS)
+        if is_off(self.rate):
+            return x
+        key = self.make_rng("dropout") if noise else None
+        if self.kind == "gaussian":
+            return gaussian_dropout(key, x, rate=self.rate, deterministic=not noise)
         return dropout(
             key,
             x,
             rate=self.rate,
-            deterministic=deterministic or self.rate == 0.0,
+            deterministic=not noise,
             broadcast_dims=tuple(self.broadcast_dims),
             scaling=self.scaling,
         )
 
 
 class DropConnectDense(nn.Module):
-    """A dense layer whose weights are masked by DropConnect in training; keys from the
-    ``"dropout"`` rng stream. See :func:`bnreg.dropconnect.dropconnect_dense`.
+    """A dense layer whose weights are masked by DropConnect when ``noise`` is on; keys from the
+    ``"dropout"`` rng stream. See :func:`bnreg.core.dropconnect.dropconnect_dense`.
+
+    With ``gaussian_samples > 0`` and the noise off, the layer is evaluated by the paper's
+    moment-matching inference (Wan et al. 2013, Sec. 3;
+    :func:`bnreg.core.dropconnect.dropconnect_gaussian_inference`) and returns the *activation*
+    ``activation(u)`` averaged over that many Gaussian samples of each pre-activation ``u``, not
+    the pre-activation; its keys come from the ``"dropout"`` stream.
 
     Attributes:
       features: number of output units.
-      rate: drop probability of each weight.
+      rate: drop probability of each weight; may be traced.
       use_bias: whether to add a bias.
       per_example: a fresh weight mask per example (as in Wan et al. 2013) or one per batch.
       mask_bias: mask the bias like the weights (as in Wan et al. 2013) or add it unmasked.
+      gaussian_samples: 0 for mean inference (the deterministic layer), Z > 0 for Gaussian
+        inference with Z samples.
       kernel_init, bias_init: initialisers.
     """
 
     features: int
-    rate: float
+    rate: Any
     use_bias: bool = True
     per_example: bool = True
     mask_bias: bool = True
+    gaussian_samples: int = 0
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        noise: bool,
+        activation: Callable[[jax.Array], jax.Array] | None = None,
+    ) -> jax.Array:
+        noise = check_static_bool(noise, "noise")
         kernel = self.param(
             "kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32
         )
@@ -140,14 +187,29 @@ class DropConnectDense(nn.Module):
             if self.use_bias
             else None
         )
-        key = None if deterministic or self.rate == 0.0 else self.make_rng("dropout")
+        if self.gaussian_samples and not noise:
+            if activation is None:
+                raise ValueError(
+                    "Gaussian DropConnect inference returns activations: pass the layer's "
+                    "activation (activation=...)."
+                )
+            return dropconnect_gaussian_inference(
+                self.make_rng("dropout"),
+                x,
+                kernel,
+                bias,
+                rate=self.rate,
+                activation=activation,
+                num_samples=self.gaussian_samples,
+                mask_bias=self.mask_bias,
+            )
         return dropconnect_dense(
-            key,
+            self.make_rng("dropout") if noise else None,
             x,
             kernel,
             bias,
             rate=self.rate,
-            deterministic=deterministic or self.rate == 0.0,
+            deterministic=not noise,
             per_example=self.per_example,
             mask_bias=self.mask_bias,
         )

@@ -1,26 +1,34 @@
-"""Configurable networks for the studies: an MLP and a small ConvNet.
+"""The studies' networks and their registry: an MLP, a small ConvNet and an autoencoder.
 
 Placement follows Ioffe & Szegedy 2015, Sec. 3.2: ``z = g(BN(W u))`` — BN goes between the linear
 map and the nonlinearity, and the linear map then has no bias, since BN's ``β`` replaces it.
 Dropout (Srivastava et al. 2014) is applied to a layer's *output*: to the input image and after
 each hidden nonlinearity. DropConnect (Wan et al. 2013) replaces the hidden dense layers.
 
-Both models record, via ``self.sow("intermediates", ...)``, each hidden layer's pre-activation
+Every model is called as ``model.apply(variables, x, bn_mode=..., noise=...)``
+(:mod:`bnreg.layers`): training is ``bn_mode="batch", noise=True``; the deterministic network
+``bn_mode="inference", noise=False``; Monte-Carlo averaging samples ``bn_mode="inference",
+noise=True``. Rates and the BN momentum may be traced (the engine's members differ in them).
+
+Every model records, via ``self.sow("intermediates", ...)``, each hidden layer's pre-activation
 (the nonlinearity's input, BN paper Fig. 1b,c) as ``preactivation_{i}`` and its activation
 (dropout paper Fig. 8) as ``activation_{i}``; pass ``mutable=["intermediates"]`` to read them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from bnreg.dropout import _check_rate
-from bnreg.layers import BatchNorm, DropConnectDense, Dropout
-from bnreg.max_norm import is_kernel
+from bnreg._checks import check_choice, check_rate
+from bnreg.core.max_norm import is_kernel
+from bnreg.layers import BatchNorm, DropConnectDense, Dropout, is_off
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
@@ -28,14 +36,14 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
 }
 NORMS = (None, "batch")
-# The name of every classifier's output layer; all other weight layers are hidden.
+# The name of every model's output layer; all other weight layers are hidden.
 OUTPUT_LAYER = "Dense_out"
 
 
 def is_hidden_kernel(path: tuple, leaf: jax.Array) -> bool:
-    """A kernel of a hidden layer (:func:`bnreg.max_norm.is_kernel`, not the output layer's): the
-    weights max-norm constrains, "the incoming weight vector at each hidden unit" (Srivastava et
-    al. 2014, Sec. 5.1)."""
+    """A kernel of a hidden layer (:func:`bnreg.core.max_norm.is_kernel`, not the output
+    layer's): the weights max-norm constrains, "the incoming weight vector at each hidden unit"
+    (Srivastava et al. 2014, Sec. 5.1)."""
     return is_kernel(path, leaf) and all(getattr(k, "key", None) != OUTPUT_LAYER for k in path)
 
 
@@ -56,95 +64,110 @@ def kernel_initializer(name: str, stddev: float = 0.1) -> Callable[..., jax.Arra
         "glorot_uniform": nn.initializers.glorot_uniform(),
         "he_normal": nn.initializers.he_normal(),
     }
-    if name not in initializers:
-        raise ValueError(f"kernel_init must be one of {sorted(initializers)}, got {name!r}.")
+    check_choice("kernel_init", name, sorted(initializers))
     return initializers[name]
 
 
-def _check_choice(name: str, value: object, choices: Sequence[object]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
-
-
-def _finish_hidden(module: _Classifier, h: jax.Array, index: int, train: bool) -> jax.Array:
-    """The part of hidden layer ``index`` after its linear map: BN, probes, nonlinearity, dropout.
-
-    Called from inside ``module``'s compact ``__call__``, so the submodules it creates belong to
-    ``module``.
-    """
-    if module.norm == "batch":
-        h = BatchNorm(
-            momentum=module.bn_momentum,
-            epsilon=module.bn_epsilon,
-            axis_name=module.bn_axis_name,
-            backward=module.bn_backward,
-            name=f"BatchNorm_{index}",
-        )(h, train=train)
-    module.sow("intermediates", f"preactivation_{index}", h)
-    h = ACTIVATIONS[module.activation](h)
-    module.sow("intermediates", f"activation_{index}", h)
-    return Dropout(module.hidden_dropout, name=f"Dropout_hidden_{index}")(
-        h, deterministic=not train
-    )
-
-
-class _Classifier(nn.Module):
-    """The fields every classifier here shares; see :class:`MLP` for their meaning."""
+class _Network(nn.Module):
+    """The fields every network here shares; see :class:`MLP` for their meaning."""
 
     hidden_sizes: Sequence[int] = (100, 100, 100)
-    num_classes: int = 10
+    num_outputs: int = 10
     activation: str = "sigmoid"
     norm: str | None = None
-    input_dropout: float = 0.0
-    hidden_dropout: float = 0.0
+    input_dropout: Any = 0.0
+    hidden_dropout: Any = 0.0
+    dropout_noise: str = "bernoulli"
     kernel_init: str = "lecun_normal"
     init_stddev: float = 0.1
-    bn_momentum: float = 0.99
+    bn_momentum: Any = 0.99
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
     bn_backward: str = "autodiff"
 
+    def _check(self) -> None:
+        check_choice("activation", self.activation, list(ACTIVATIONS))
+        check_choice("norm", self.norm, NORMS)
+        for name in ("input_dropout", "hidden_dropout"):
+            check_rate(getattr(self, name), name)
 
-class MLP(_Classifier):
+    def _input(self, x: jax.Array, noise: bool) -> jax.Array:
+        return Dropout(self.input_dropout, kind=self.dropout_noise, name="Dropout_input")(
+            x, noise=noise
+        )
+
+    def _finish_hidden(self, h: jax.Array, index: int, *, bn_mode: str, noise: bool,
+                       activated: bool = False) -> jax.Array:
+        """Hidden layer ``index`` after its linear map: BN, probes, nonlinearity, dropout
+        (``activated``: the linear map already applied the nonlinearity)."""
+        if self.norm == "batch":
+            h = BatchNorm(
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                axis_name=self.bn_axis_name,
+                backward=self.bn_backward,
+                name=f"BatchNorm_{index}",
+            )(h, bn_mode=bn_mode)
+        if not activated:
+            self.sow("intermediates", f"preactivation_{index}", h)
+            h = ACTIVATIONS[self.activation](h)
+        self.sow("intermediates", f"activation_{index}", h)
+        return Dropout(
+            self.hidden_dropout, kind=self.dropout_noise, name=f"Dropout_hidden_{index}"
+        )(h, noise=noise)
+
+
+class MLP(_Network):
     """A fully connected classifier: ``[dropout] → (dense → [BN] → act → [dropout]) × L → dense``.
 
     Attributes:
       hidden_sizes: units per hidden layer (the BN paper's MNIST net: ``(100, 100, 100)``).
-      num_classes: outputs (logits).
+      num_outputs: outputs (the classes' logits).
       activation: ``"sigmoid"``, ``"relu"`` or ``"tanh"``.
       norm: ``None`` or ``"batch"`` (BN before every hidden nonlinearity; dense has no bias).
       input_dropout: drop rate on the input (the dropout paper's p = 0.8 retain is rate 0.2).
       hidden_dropout: drop rate after each hidden nonlinearity (p = 0.5 is rate 0.5).
-      dropconnect: drop rate of each hidden weight (0 disables DropConnect).
+      dropout_noise: ``"bernoulli"`` or ``"gaussian"`` (Srivastava et al. 2014, Sec. 10).
+      dropconnect: drop rate of each hidden weight (a concrete 0 leaves DropConnect out).
+      dropconnect_per_example: a fresh weight mask per example (the paper) or one per batch.
+      dropconnect_gaussian_samples: 0, or Z > 0 to evaluate the DropConnect layers by the paper's
+        Gaussian moment matching with Z samples (with the noise off; needs ``norm=None``).
       kernel_init: initialiser name, see :func:`kernel_initializer`.
       init_stddev: standard deviation for ``kernel_init="normal"``.
       bn_momentum, bn_epsilon, bn_axis_name, bn_backward: passed to :class:`bnreg.layers.BatchNorm`.
     """
 
-    dropconnect: float = 0.0
+    dropconnect: Any = 0.0
+    dropconnect_per_example: bool = True
+    dropconnect_gaussian_samples: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        _check_choice("activation", self.activation, list(ACTIVATIONS))
-        _check_choice("norm", self.norm, NORMS)
-        dropconnect = _check_rate(self.dropconnect)  # a negative or NaN rate is an error, not "off"
+    def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
+        self._check()
+        check_rate(self.dropconnect, "dropconnect")  # a negative or NaN rate is an error
+        gaussian = bool(self.dropconnect_gaussian_samples) and not noise
+        if gaussian and (self.norm is not None or is_off(self.dropconnect)):
+            raise ValueError(
+                "Gaussian DropConnect inference needs DropConnect layers without BN "
+                "(dropconnect > 0, norm=None)."
+            )
         init = kernel_initializer(self.kernel_init, self.init_stddev)
         use_bias = self.norm is None
-        h = x.reshape((x.shape[0], -1))
-        h = Dropout(self.input_dropout, name="Dropout_input")(h, deterministic=not train)
+        h = self._input(x.reshape((x.shape[0], -1)), noise)
         for index, width in enumerate(self.hidden_sizes):
-            if dropconnect > 0.0:
-                h = DropConnectDense(
-                    width, dropconnect, use_bias=use_bias, kernel_init=init,
-                    name=f"Dense_{index}",
-                )(h, deterministic=not train)
-            else:
+            if is_off(self.dropconnect):
                 h = nn.Dense(width, use_bias=use_bias, kernel_init=init, name=f"Dense_{index}")(h)
-            h = _finish_hidden(self, h, index, train)
-        return nn.Dense(self.num_classes, kernel_init=init, name=OUTPUT_LAYER)(h)
+            else:
+                h = DropConnectDense(
+                    width, self.dropconnect, use_bias=use_bias, kernel_init=init,
+                    per_example=self.dropconnect_per_example,
+                    gaussian_samples=self.dropconnect_gaussian_samples, name=f"Dense_{index}",
+                )(h, noise=noise, activation=ACTIVATIONS[self.activation])
+            h = self._finish_hidden(h, index, bn_mode=bn_mode, noise=noise, activated=gaussian)
+        return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
 
 
-class ConvNet(_Classifier):
+class ConvNet(_Network):
     """A small convolutional classifier: ``(conv3×3 → [BN] → act → [dropout] → maxpool2) × C →
     (dense → [BN] → act → [dropout]) × L → dense``.
 
@@ -154,8 +177,7 @@ class ConvNet(_Classifier):
     Attributes:
       conv_features: output channels of each conv block.
       hidden_sizes: units of the dense hidden layers after the conv blocks.
-      num_classes, activation, norm, input_dropout, hidden_dropout, kernel_init, init_stddev,
-      bn_momentum, bn_epsilon, bn_axis_name, bn_backward: as in :class:`MLP`.
+      The others: as in :class:`MLP`.
     """
 
     conv_features: Sequence[int] = (32, 64)
@@ -164,25 +186,82 @@ class ConvNet(_Classifier):
     kernel_init: str = "he_normal"
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        _check_choice("activation", self.activation, list(ACTIVATIONS))
-        _check_choice("norm", self.norm, NORMS)
+    def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
+        self._check()
         if x.ndim != 4:
             raise ValueError(f"ConvNet expects images (N, H, W, C), got shape {x.shape}.")
         init = kernel_initializer(self.kernel_init, self.init_stddev)
         use_bias = self.norm is None
-        h = Dropout(self.input_dropout, name="Dropout_input")(x, deterministic=not train)
+        h = self._input(x, noise)
         layer = 0
         for features in self.conv_features:
             h = nn.Conv(
                 features, (3, 3), use_bias=use_bias, kernel_init=init, name=f"Conv_{layer}"
             )(h)
-            h = _finish_hidden(self, h, layer, train)
+            h = self._finish_hidden(h, layer, bn_mode=bn_mode, noise=noise)
             h = nn.max_pool(h, (2, 2), strides=(2, 2))
             layer += 1
         h = h.reshape((h.shape[0], -1))
         for width in self.hidden_sizes:
             h = nn.Dense(width, use_bias=use_bias, kernel_init=init, name=f"Dense_{layer}")(h)
-            h = _finish_hidden(self, h, layer, train)
+            h = self._finish_hidden(h, layer, bn_mode=bn_mode, noise=noise)
             layer += 1
-        return nn.Dense(self.num_classes, kernel_init=init, name=OUTPUT_LAYER)(h)
+        return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
+
+
+class Autoencoder(_Network):
+    """A fully connected autoencoder (Srivastava et al. 2014, Fig. 7/8: one hidden layer of 256
+    ReLU units): ``flatten → [dropout] → (dense → [BN] → act → [dropout]) × L → dense``, the
+    output the flattened input's size (``num_outputs``): the reconstruction, or its logits for a
+    Bernoulli cross-entropy (the task decides, :mod:`bnreg.engine.tasks`).
+
+    Attributes: as in :class:`MLP`; ``hidden_sizes`` are the encoder's layers.
+    """
+
+    hidden_sizes: Sequence[int] = (256,)
+    num_outputs: int = 784
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
+        self._check()
+        init = kernel_initializer(self.kernel_init, self.init_stddev)
+        h = self._input(x.reshape((x.shape[0], -1)), noise)
+        for index, width in enumerate(self.hidden_sizes):
+            h = nn.Dense(width, use_bias=self.norm is None, kernel_init=init,
+                         name=f"Dense_{index}")(h)
+            h = self._finish_hidden(h, index, bn_mode=bn_mode, noise=noise)
+        return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
+
+
+MODELS: Mapping[str, type[_Network]] = {"mlp": MLP, "convnet": ConvNet, "autoencoder": Autoencoder}
+
+
+def build_model(
+    model_config: ml_collections.ConfigDict, image_shape: Sequence[int], num_classes: int
+) -> nn.Module:
+    """The network named by ``model_config.name`` (:data:`MODELS`), for inputs of
+    ``image_shape`` and ``num_classes`` classes (an autoencoder outputs one value per pixel)."""
+    check_choice("model.name", model_config.name, list(MODELS))
+    fields: dict[str, Any] = dict(
+        hidden_sizes=tuple(model_config.hidden_sizes),
+        num_outputs=math.prod(image_shape) if model_config.name == "autoencoder" else num_classes,
+        activation=model_config.activation,
+        norm=model_config.norm,
+        input_dropout=model_config.input_dropout,
+        hidden_dropout=model_config.hidden_dropout,
+        dropout_noise=model_config.dropout_noise,
+        kernel_init=model_config.kernel_init,
+        init_stddev=model_config.init_stddev,
+        bn_momentum=model_config.bn_momentum,
+        bn_epsilon=model_config.bn_epsilon,
+        bn_backward=model_config.bn_backward,
+    )
+    if model_config.name == "mlp":
+        fields.update(dropconnect=model_config.dropconnect,
+                      dropconnect_per_example=model_config.dropconnect_per_example)
+    elif model_config.dropconnect:
+        raise ValueError("model.dropconnect is implemented for the MLP's dense layers only.")
+    if model_config.name == "convnet":
+        fields["conv_features"] = tuple(model_config.conv_features)
+    return MODELS[model_config.name](**fields)

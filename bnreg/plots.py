@@ -1,18 +1,25 @@
 """Matplotlib figures shared by the experiments and the notebooks.
 
 Every function draws on an ``Axes`` it is given (so notebooks can compose figures) or returns a
-``Figure``; :func:`save` writes a PNG and closes the figure.
+``Figure``; :func:`save` writes a PNG and closes the figure. Spreads over seeds are ±1 sample
+std (ddof=1; 0 for one seed), as in :mod:`bnreg.analysis`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bnreg.metrics import mean_std
+
+def _mean_std_over_seeds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (ddof=1; 0 for one seed) over the first axis."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.mean(0), values.std(0, ddof=1 if values.shape[0] > 1 else 0)
 
 
 def band(
@@ -25,7 +32,7 @@ def band(
     linestyle: str = "-",
 ) -> None:
     """Plots the mean over members (rows of ``values``) with a ±1 std band."""
-    mean, std = mean_std(values)
+    mean, std = _mean_std_over_seeds(values)
     (line,) = ax.plot(steps, mean, label=label, color=color, linestyle=linestyle)
     ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
 
@@ -44,6 +51,126 @@ def percentile_lines(
     for index, q in enumerate(percentiles):
         linestyle = "-" if index == middle else (":" if index < middle else "--")
         ax.plot(steps, values[:, index], color=color, linestyle=linestyle, label=f"{q:g}th")
+
+
+def versus(
+    ax: plt.Axes,
+    x: Sequence[float],
+    values: np.ndarray,
+    *,
+    label: str,
+    color: str | None = None,
+    log: bool = True,
+    marker: str = "o",
+) -> None:
+    """Plots a metric against a hyperparameter: ``values`` ``(len(x), seeds)``, the mean over
+    seeds at each ``x`` (markers joined in increasing ``x``) with a shaded ±1 std band; a log x
+    axis when ``log`` (``x`` must then be positive)."""
+    x = np.asarray(x, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] != x.size:
+        raise ValueError(
+            f"values must be (len(x), seeds) = ({x.size}, seeds), got {values.shape}; one seed "
+            "is (len(x), 1)"
+        )
+    if log and np.any(x <= 0):
+        raise ValueError(f"a log x axis needs positive x, got {x.tolist()}: pass log=False")
+    order = np.argsort(x)
+    mean, std = _mean_std_over_seeds(values[order].T)
+    (line,) = ax.plot(x[order], mean, label=label, color=color, marker=marker)
+    ax.fill_between(x[order], mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    if log:
+        ax.set_xscale("log")
+
+
+def tiles_from_kernel(kernel: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """A dense layer's kernel ``(in, units)`` as one image per unit, ``(units, h, w)``.
+
+    ``image_shape`` is the input image's ``(h, w)`` or ``(h, w, 1)``, flattened row-major (C
+    order) into the ``in = h·w`` inputs, as the models flatten their input: unit ``u``'s weight
+    from pixel ``(r, c)`` is ``tile[u, r, c]``.
+    """
+    kernel = np.asarray(kernel)
+    height, width, *channels = image_shape
+    if channels not in ([], [1]):
+        raise ValueError(f"image_shape must be (h, w) or (h, w, 1), got {tuple(image_shape)}")
+    if kernel.ndim != 2 or kernel.shape[0] != height * width:
+        raise ValueError(
+            f"kernel must be (h·w, units) = ({height * width}, units) for image {height}×{width}, "
+            f"got {kernel.shape}"
+        )
+    return kernel.T.reshape(kernel.shape[1], height, width)
+
+
+def _normalized(tiles: np.ndarray, normalize: str) -> np.ndarray:
+    """``tiles`` rescaled to [0, 1] by each tile's (``"per_tile"``) or all tiles' (``"global"``)
+    min..max; a constant range maps to 0.5."""
+    if normalize not in ("per_tile", "global"):
+        raise ValueError(f"normalize must be 'per_tile' or 'global', got {normalize!r}")
+    axes = (1, 2) if normalize == "per_tile" else None
+    low = tiles.min(axis=axes, keepdims=True)
+    spread = tiles.max(axis=axes, keepdims=True) - low
+    flat = spread == 0
+    return np.where(flat, 0.5, (tiles - low) / np.where(flat, 1.0, spread))
+
+
+def image_grid(
+    tiles: np.ndarray,
+    *,
+    columns: int | None = None,
+    ax: plt.Axes | None = None,
+    cmap: str = "gray",
+    normalize: Literal["per_tile", "global"] = "per_tile",
+) -> plt.Figure:
+    """Draws ``tiles`` ``(n, h, w)`` (e.g. first-layer filters, :func:`tiles_from_kernel`) as a
+    grid of images on ``ax`` (a new figure if None) and returns its figure.
+
+    Tile ``i`` is at row ``i // columns``, column ``i % columns`` (``columns`` defaults to
+    ⌈√n⌉), each drawn with ``tile[0, 0]`` at its top-left. ``normalize="per_tile"`` rescales
+    each tile to its own min..max (shapes comparable, magnitudes not), ``"global"`` to the
+    min..max of all tiles. The grid is one image (one ``AxesImage``) in which tiles are separated
+    by a one-pixel white gap (NaN in the image's data).
+    """
+    tiles = np.asarray(tiles, dtype=np.float64)
+    if tiles.ndim != 3 or tiles.shape[0] == 0:
+        raise ValueError(f"tiles must be (n, h, w) with n ≥ 1, got {tiles.shape}")
+    count, height, width = tiles.shape
+    columns = math.ceil(math.sqrt(count)) if columns is None else columns
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    rows = math.ceil(count / columns)
+    grid = np.full((rows * (height + 1) - 1, columns * (width + 1) - 1), np.nan)
+    for index, tile in enumerate(_normalized(tiles, normalize)):
+        top, left = (index // columns) * (height + 1), (index % columns) * (width + 1)
+        grid[top : top + height, left : left + width] = tile
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(2.0, 0.5 * columns), max(2.0, 0.5 * rows)))
+    colormap = plt.get_cmap(cmap).with_extremes(bad="white")
+    ax.imshow(grid, cmap=colormap, vmin=0.0, vmax=1.0, origin="upper", interpolation="nearest")
+    ax.set_axis_off()
+    return ax.figure
+
+
+def figure(
+    rows: int, columns: int, *, width: float, height: float, **subplots
+) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of ``rows × columns`` panels of ``width × height`` inches each, with a light
+    grid on every panel; the axes always as a 2-D array (``axes[row, column]``)."""
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(width * columns, height * rows), squeeze=False,
+        layout="constrained", **subplots,
+    )
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def mark(ax: plt.Axes, positions: dict[str, float]) -> None:
+    """Dotted vertical lines at the x ``positions``, each labelled above the panel."""
+    for label, x in positions.items():
+        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="center",
+                    va="bottom", fontsize=8)
 
 
 def save(figure: plt.Figure, path: str | Path) -> Path:

@@ -8,47 +8,31 @@ instead track an exponential moving average (EMA) of the batch statistics *while
 EMA trades lag against noise: a high momentum averages many batches but of weights that have
 since moved; a low one follows the weights but averages few batches.
 
-This study trains the BN study's network with BN (experiments/bn_mnist.py: 784-100-100-100-10
-sigmoid, N(0, 0.1²) init, plain SGD, batch 60, 50,000 steps) once per momentum (0.5 … 0.999), at
-the BN study's three Fashion-MNIST learning rates, and scores on a validation split (1/12 of
-train) the final network with (a) the EMA tracked in training, (b) the same EMA settled on the
-final weights (:func:`bnreg.train.settled_ema_statistics`) and (c) Alg. 2's statistics. The
-momentum never enters training (the EMA is not used by the training forward pass), so every
-momentum trains bit-identical weights (checked) and only the inference statistics differ; the
-momenta are compared seed by seed, paired.
-
-It is the pilot behind the BN study's momentum (``experiments/bn_mnist.py`` docstring): its seeds
-(10–14) and its validation split are disjoint from the BN study's seeds and test set, so the
-study's own EMA-vs-Alg. 2 verdict is not measured on the data that chose the momentum.
-
-Findings (Fashion-MNIST, experiments/results/bn_ema_momentum_fashion_mnist; 95% intervals over
-the 5 seeds): the tracked EMA trails Alg. 2 at every momentum and rate, by +0.36 to +1.17 points
-on average. At no momentum or rate is it shown to agree within 0.3 points; at 5 of the 18 it is
-shown not to (all at 0.95 and above), the others are not resolved by 5 seeds. The settled EMA
-is shown to agree at 15 of 18 and not resolved at the other 3 (at 0.5 and 0.8, whose settling
-takes only 10 and 31 updates): the tracked EMA's gap is its lag behind moving weights, not the
-estimators. The mean |gap| is 0.57–0.64 points from 0.5 to 0.9 (0.8 the smallest) and grows to
-0.89 at flax's default 0.99 and 1.07 at 0.999; paired seed by seed, only 0.999 is told apart
-from 0.8 (+0.50 points, interval +0.10 to +0.90, uncorrected). How sensitive the network is to
-statistics of other weights (:func:`stale_statistics_accuracies`): scored with Alg. 2 statistics
-of weights 1, 10 and 100 SGD steps older it loses up to 0.3, 1.8 and 2.0 points on average
-(single lags; not the size of an EMA's gap, which averages many). PyTorch's ``BatchNorm1d`` in
-the benchmark's eager script trails alike (``benchmarks/torch_ema_vs_alg2.py``: +0.53 to +0.89
-points with ``momentum`` 0.1 and 0.01, at lr 0.1 and 2, on the test set).
+Protocol: the BN study's network with BN (784-100-100-100-10 sigmoid, N(0, 0.1²) init, plain
+SGD, batch 60, 50,000 steps; ``experiments/bn_mnist.py``) at the BN study's three Fashion-MNIST
+learning rates, 5 seeds (10–14, disjoint from the BN study's, which used the momentum chosen
+here), scored on a validation split (1/12 of train) with (a) the EMA tracked in training, (b) the
+same EMA settled on the final weights and (c) Alg. 2's statistics. Each momentum is a run of the
+group, so adding momenta to ``study.momenta`` trains only the new ones. The momentum never
+enters training (the training forward pass normalises with batch statistics), so every momentum
+trains bit-identical weights (checked) and the momenta compare seed by seed, paired. Then, from
+the final weights, the members train on for 1, 10 and 100 steps and are scored with their own
+Alg. 2 statistics and with the final weights' (:func:`stale_statistics_accuracies`): how
+sensitive the network is to statistics of other weights, the kind an EMA averages.
 
 Commands::
 
   # Fashion-MNIST (Debian's dataset-fashion-mnist offline), ~20 min on 2 cores
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m experiments.bn_ema_momentum \\
-      --workdir=runs/bn_ema_momentum --config.dataset=fashion_mnist
+  python -m experiments.bn_ema_momentum --workdir=runs/bn_ema_momentum \\
+      --config.dataset=fashion_mnist
   # smoke size: scikit-learn's digits, seconds
   python -m experiments.bn_ema_momentum --workdir=/tmp/ema_smoke \\
       --config=experiments/bn_ema_momentum.py:smoke
 
 Outputs in ``--workdir``: ``results.md`` (the gaps per momentum and rate, the agreement verdicts,
 the closest momentum and those not told apart from it, the staleness table), ``ema_gap.png``,
-and one engine run per momentum (``momentum=<m>/``). Rerunning resumes; adding momenta to
-``study.momenta`` trains only the new ones.
+and one engine run per momentum (``momentum=<m>/``). Measured results:
+experiments/results/bn_ema_momentum_fashion_mnist/results.md.
 """
 
 from __future__ import annotations
@@ -57,76 +41,75 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+import pandas as pd
 
-from bnreg import plots, train
-from bnreg.metrics import mean_confidence_interval, mean_std
-from bnreg.train import RunResult, train_and_evaluate_concurrently
-from experiments import bn_mnist
-from experiments.bn_mnist import EMA_AGREEMENT_POINTS, agreement, final_accuracies, gaps_to_alg2
+from bnreg import analysis
+from bnreg.config import default_config, override
 
-FLAGS = flags.FLAGS
 FIGURE = "ema_gap.png"
 # SGD steps by which the final network's Alg. 2 statistics are made stale.
 STALENESS_LAGS = (1, 10, 100)
+# Within this many points the EMA's and Alg. 2's inference networks "agree" (issue #5).
+AGREEMENT_POINTS = 0.3
 
 
 def get_config(variant: str = "full") -> ml_collections.ConfigDict:
-    """The BN study's BN net, scored on a validation split, one run per ``study.momenta``;
+    """The BN study's BN net on a validation split, one run per ``study.momenta``;
     ``variant="smoke"`` runs in seconds on scikit-learn's digits."""
-    config = bn_mnist.get_config(variant)
-    config.unlock()
-    config.model.norm = bn_mnist.NETS["bn"]
-    config.validation_fraction = config.study.sweep_validation_fraction
+    config = default_config()
+    config.dataset = "mnist"
+    config.model.hidden_sizes = (100, 100, 100)
+    config.model.activation = "sigmoid"
+    config.model.norm = "batch"
+    config.model.kernel_init = "normal"
+    config.model.init_stddev = 0.1
+    config.batch_size = 60
+    config.num_steps = 50_000
+    config.validation_fraction = 1 / 12
     # Curves are not this study's subject: a few cheap EMA evaluations, Alg. 2 at the end only.
-    config.bn_eval_statistics = "ema"
-    config.eval_every = 5_000
-    config.checkpoint_every = 5_000
-    config.seeds = (10, 11, 12, 13, 14)
+    config.eval_every = config.checkpoint_every = 5_000
+    config.evaluation.bn_statistics = "ema"
+    config.evaluation.final = ("population", "settled_ema")
+    config.evaluation.population_batches = 100
+    config.probe.histogram_bins = 0
     # The BN study's (iii), (i), (ii) on Fashion-MNIST (its sweep chose them; fixed here).
-    config.learning_rates = (0.1, 2.0, 10.0)
-    config.study = ml_collections.ConfigDict(
-        {"momenta": (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)}
-    )
+    config.sweep.learning_rate = (0.1, 2.0, 10.0)
+    config.sweep.seed = (10, 11, 12, 13, 14)
+    config.study.momenta = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
     if variant == "smoke":
-        config.eval_every = 50
-        config.checkpoint_every = 100
-        config.seeds = (10, 11)
-        config.learning_rates = (0.1, 1.0)
+        config.dataset = "digits"
+        config.num_steps, config.eval_every, config.checkpoint_every = 200, 50, 100
+        config.validation_fraction = 0.2
+        config.evaluation.population_batches = 10
+        config.sweep.learning_rate, config.sweep.seed = (0.1, 1.0), (10, 11)
         config.study.momenta = (0.9, 0.99)
+    elif variant != "full":
+        raise ValueError(f"variant must be 'full' or 'smoke', got {variant!r}.")
     config.lock()
     return config
 
 
-def momentum_config(
-    config: ml_collections.ConfigDict, momentum: float
-) -> ml_collections.ConfigDict:
-    """The engine config of the run with EMA ``momentum`` (without the study's keys, so that a
-    run can resume after momenta are added to the study)."""
-    engine = ml_collections.ConfigDict(config.to_dict())
-    engine.model.bn_momentum = momentum
-    engine.study = ml_collections.ConfigDict()
-    return engine
+def runs_of(momenta: Sequence[float]) -> dict[str, dict]:
+    """The group's runs: one per momentum, named ``momentum=<m>``."""
+    return {f"momentum={m:g}": {"model.bn_momentum": m} for m in momenta}
 
 
 @dataclasses.dataclass
 class MomentumStudy:
-    """One engine run per momentum (same members: learning rates × seeds)."""
+    """The final evaluation of every run (a ``momentum`` column), the staleness costs and the
+    data's summary."""
 
-    runs: dict[float, RunResult]
-    workdir: Path
+    final: pd.DataFrame
     # lag -> (accuracy with the weights' own Alg. 2 statistics, with the final weights'), per
-    # member, in %: see stale_statistics_accuracies.
-    staleness: dict[int, tuple[np.ndarray, np.ndarray]]
+    # member of the first momentum's run, with that run's members (learning_rate, seed) columns.
+    staleness: pd.DataFrame
+    summary: dict
+    workdir: Path
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> MomentumStudy:
+def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
     """Trains one run per momentum, then writes ``results.md`` and the figure.
 
     Raises:
@@ -135,36 +118,34 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Momentu
       RuntimeError: the runs trained different weights (another layout of the members over
         the devices rounds differently), so their EMAs would not be comparable.
     """
+    import jax
+
+    from bnreg import engine
+
     momenta = tuple(config.study.momenta)
     if not momenta or len(set(momenta)) != len(momenta):
         raise ValueError(f"config.study.momenta {momenta} must name distinct momenta.")
     if not all(0.0 <= m < 1.0 for m in momenta):
         raise ValueError(f"config.study.momenta {momenta} must lie in [0, 1) to settle.")
     workdir = Path(workdir)
-    runs = train_and_evaluate_concurrently(
-        [(momentum_config(config, m), workdir / f"momentum={m:g}") for m in momenta]
-    )
-    first = runs[0].state.params
-    if not all(
-        jax.tree.all(jax.tree.map(np.array_equal, run.state.params, first)) for run in runs
-    ):
+    runs = engine.train_group(config, runs_of(momenta), workdir)
+    first, *others = runs.values()
+    if not all(jax.tree.all(jax.tree.map(np.array_equal, r.state.params, first.state.params))
+               for r in others):
         raise RuntimeError(
             "The runs of different momenta trained different weights: their members were laid "
             "out over the devices differently. Run with one device, or with a device count "
             "that gives every run the same share."
         )
-    staleness = stale_statistics_accuracies(
-        momentum_config(config, momenta[0]), runs[0].state, STALENESS_LAGS
-    )
-    result = MomentumStudy(dict(zip(momenta, runs, strict=True)), workdir, staleness)
-    write_results(config, result)
-    plot_gaps(config, result, workdir / FIGURE)
-    return result
+    final = analysis.combine({m: analysis.table(r.summary["members"])
+                              for m, r in zip(momenta, runs.values(), strict=True)}, "momentum")
+    first_config = override(config, runs_of(momenta)[next(iter(runs))])
+    staleness = stale_statistics_accuracies(first_config, first.state, STALENESS_LAGS)
+    result = MomentumStudy(final, staleness, first.summary, workdir)
+    return [write_results(config, result), plot_gaps(config, result)]
 
 
-def stale_statistics_accuracies(
-    config: ml_collections.ConfigDict, state: train.TrainState, lags: Sequence[int]
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def stale_statistics_accuracies(config, state, lags: Sequence[int]) -> pd.DataFrame:
     """How sensitive the trained network is to statistics of other weights than its own.
 
     From ``state`` (the final one of the run of ``config``; it is left as it is) the members
@@ -174,269 +155,190 @@ def stale_statistics_accuracies(
     statistics an EMA averages.
 
     Returns:
-      ``{lag: (own, stale)}``, accuracies in % per member (member order).
+      One row per (lag, member): ``lag``, the members' columns, ``own`` and ``stale``
+      accuracies in %.
     """
-    run_data = train.load_run_data(config)
-    model = train.build_model(config.model, run_data.num_classes)
-    device = jax.local_devices()[0]
-    # A copy (device_put alone may return the same buffers): the training chunk donates it.
-    state = jax.tree.map(jnp.copy, jax.device_put(state, device))
-    images, labels, evaluation_images, evaluation_labels = jax.device_put(
-        (*run_data.train, *run_data.evaluation), device
-    )
-    evaluate = train.make_evaluate(
-        model, probe=train.ProbeSpec.from_config(config.probe), batch_size=config.eval_batch_size
-    )
-    inference_statistics = train.make_inference_statistics(config, model, images)
+    import jax
 
-    def accuracy(state, batch_stats):
-        evaluation = evaluate(state.params, batch_stats, evaluation_images, evaluation_labels)
-        return 100 * np.asarray(evaluation["accuracy"])
+    from bnreg import engine
 
-    final_statistics = inference_statistics(state, "population")
-    chunk = train.make_train_chunk(
-        model, train.build_optimizer(config.optimizer), batch_size=config.batch_size
-    )
-    data_order = train.empty_data_order(len(state.key), len(images))
-    by_lag, trained = {}, 0
+    # On the first device, where the group's first run trained (the same layout of members).
+    run = engine.build(config, jax.local_devices()[:1])
+    state = run.adopt(state)
+    alg2 = [run.evaluator("population")]
+    final_statistics = run.statistics(state, "population")
+    order, trained, rows = run.empty_order(), 0, []
     for lag in sorted(lags):
         if lag > trained:
-            state, data_order, _ = chunk(state, data_order, images, labels, lag - trained)
+            state, order, _ = run.train(state, order, lag - trained)
             trained = lag
-        own = inference_statistics(state, "population")
-        by_lag[lag] = (accuracy(state, own), accuracy(state, final_statistics))
-    return by_lag
+        own = run.evaluate(state, alg2)["population"]["accuracy"]
+        stale = run.evaluate(state, alg2, batch_stats=final_statistics)["population"]["accuracy"]
+        rows += [{"lag": lag, **member, "own": 100 * float(own[i]), "stale": 100 * float(stale[i])}
+                 for i, member in enumerate(run.members)]
+    return pd.DataFrame(rows)
 
 
-def _members_at(run: RunResult, learning_rate: float) -> np.ndarray:
-    """A mask over the run's member axis: the members trained at ``learning_rate``."""
-    return np.asarray([m.learning_rate == learning_rate for m in run.members])
+def final_accuracies(result: MomentumStudy, momentum: float, lr: float, kind: str) -> np.ndarray:
+    """Final accuracy in % with BN statistics ``kind``, per seed, of one momentum and rate."""
+    frame = analysis.select(result.final, momentum=momentum, learning_rate=lr)
+    return 100 * frame[f"accuracy_{kind}"].to_numpy()
 
 
-def _any_run(result: MomentumStudy) -> RunResult:
-    """A run of the study: all have the same members and weights."""
-    return next(iter(result.runs.values()))
+def gaps_to_alg2(result: MomentumStudy, momentum: float, lr: float, kind: str) -> np.ndarray:
+    """Alg. 2 − ``kind`` final accuracy in points, per seed."""
+    return (final_accuracies(result, momentum, lr, "population")
+            - final_accuracies(result, momentum, lr, kind))
 
 
-def staleness_costs(result: MomentumStudy, lag: int, learning_rate: float) -> np.ndarray:
-    """Accuracy with the weights' own Alg. 2 statistics − with the final weights', ``lag``
-    steps older, in points, per member at ``learning_rate``."""
-    own, stale = result.staleness[lag]
-    return (own - stale)[_members_at(_any_run(result), learning_rate)]
+def seed_absolute_gaps(result: MomentumStudy, momentum: float, rates: Sequence[float]):
+    """Per seed, the mean over ``rates`` of |Alg. 2 − tracked EMA| (points): how far the
+    tracked EMA's inference network is from Alg. 2's, whichever side it falls. One number per
+    seed, since a seed's members share its init and data order."""
+    return np.mean([abs(gaps_to_alg2(result, momentum, lr, "ema")) for lr in rates], axis=0)
 
 
-def seed_absolute_gaps(run: RunResult, learning_rates: Sequence[float]) -> np.ndarray:
-    """Per seed (the run's seed order), the mean over ``learning_rates`` of |Alg. 2 − tracked
-    EMA| final accuracy (points): how far the tracked EMA's inference network is from Alg. 2's,
-    whichever side it falls. One number per seed, since a seed's members share its init and
-    data order."""
-    return np.mean([abs(gaps_to_alg2(run, lr, "ema")) for lr in learning_rates], axis=0)
+def closest_momenta(result: MomentumStudy, rates: Sequence[float]) -> list[float]:
+    """The momenta, closest to Alg. 2 first (mean over seeds of :func:`seed_absolute_gaps`)."""
+    momenta = sorted(set(result.final["momentum"]), key=list(result.final["momentum"]).index)
+    return sorted(momenta, key=lambda m: seed_absolute_gaps(result, m, rates).mean())
 
 
-def mean_absolute_gap(run: RunResult, learning_rates: Sequence[float]) -> float:
-    """The mean over seeds of :func:`seed_absolute_gaps`, in points."""
-    return float(seed_absolute_gaps(run, learning_rates).mean())
+def staleness_costs(result: MomentumStudy, lag: int, lr: float) -> np.ndarray:
+    """Own − stale Alg. 2 accuracy, ``lag`` steps stale, in points, per seed at ``lr``."""
+    rows = analysis.select(result.staleness, lag=lag, learning_rate=lr)
+    return (rows["own"] - rows["stale"]).to_numpy()
 
 
-def closest_momenta(result: MomentumStudy, learning_rates: Sequence[float]) -> list[float]:
-    """The momenta, closest to Alg. 2 first (:func:`mean_absolute_gap`)."""
-    return sorted(result.runs, key=lambda m: mean_absolute_gap(result.runs[m], learning_rates))
-
-
-def paired_difference(
-    result: MomentumStudy, first: float, second: float, learning_rates: Sequence[float]
-) -> tuple[float, float, float]:
-    """:func:`seed_absolute_gaps` of momentum ``second`` − those of ``first``, paired seed by
-    seed (the same weights): the mean and its 95% interval, in points."""
-    return mean_confidence_interval(
-        seed_absolute_gaps(result.runs[second], learning_rates)
-        - seed_absolute_gaps(result.runs[first], learning_rates)
-    )
-
-
-def _cell(values: np.ndarray, signed: bool = False) -> str:
-    mean, std = mean_std(values)
-    mean = round(float(mean), 2) + 0.0  # no "-0.00"
-    return f"{mean:+.2f} ± {std:.2f}" if signed else f"{mean:.2f} ± {std:.2f}"
+def _agreement(gaps: np.ndarray) -> str:
+    return analysis.agreement_text(analysis.agreement(gaps, AGREEMENT_POINTS))
 
 
 def write_results(config: ml_collections.ConfigDict, result: MomentumStudy) -> Path:
     """Writes ``results.md``: per momentum and rate the three inference networks' accuracies and
     the gaps to Alg. 2, the agreement verdicts, the closest momentum, and the staleness table."""
-    learning_rates = tuple(config.learning_rates)
-    summary = _any_run(result).summary
-    split = summary["evaluation_split"]
+    rates, momenta = tuple(config.sweep.learning_rate), config.study.momenta
+    summary = result.summary
+    sizes = [int(np.prod(summary["input_shape"])), *config.model.hidden_sizes, 10]
+    rows = [[f"{m:g}", f"{1 - m:.3g}", f"{lr:g}",
+             analysis.cell(final_accuracies(result, m, lr, "population")),
+             analysis.cell(final_accuracies(result, m, lr, "ema")),
+             analysis.cell(gaps_to_alg2(result, m, lr, "ema"), signed=True),
+             analysis.cell(gaps_to_alg2(result, m, lr, "settled_ema"), signed=True)]
+            for m in momenta for lr in rates]
     lines = [
-        "# EMA vs Alg. 2 population statistics — Ioffe & Szegedy 2015, Alg. 2, measured",
-        "",
-        f"Dataset: **{config.dataset}** ({summary['source']}); scored on the {split} split "
-        f"({summary[f'num_{split}_examples']} examples held out of train). The BN study's BN "
-        f"net: {bn_mnist.network_name(config, summary)} {config.model.activation}, plain SGD, "
-        f"batch {config.batch_size}, {config.num_steps} steps, seeds {list(config.seeds)}; "
-        f"Alg. 2 over {config.population_batches} training batches; accuracies and gaps mean ± "
-        "std over seeds, in % and points. Every momentum trains the same weights (checked), so "
-        "only the inference statistics differ.",
-        "",
+        "# EMA vs Alg. 2 population statistics — Ioffe & Szegedy 2015, Alg. 2, measured", "",
+        f"Dataset: **{config.dataset}** ({summary['source']}); scored on the {summary['split']} "
+        f"split ({summary['num_evaluation_examples']} examples held out of train). The BN "
+        f"study's BN net: {'-'.join(map(str, sizes))} {config.model.activation}, plain SGD, "
+        f"batch {config.batch_size}, {config.num_steps} steps, seeds {list(config.sweep.seed)}; "
+        f"Alg. 2 over {config.evaluation.population_batches} training batches; accuracies and "
+        "gaps mean ± std over seeds, in % and points. Every momentum trains the same weights "
+        "(checked), so only the inference statistics differ.", "",
         "Momentum in flax's direction (`running = momentum · running + (1 − momentum) · batch`; "
-        "PyTorch's `momentum` argument is 1 − it). *Settled*: the tracked EMA given "
-        "enough further updates with the final weights frozen that its starting value weighs "
-        "≤ 0.1% — it tells the EMA's lag (settled ≈ Alg. 2) from the estimators' difference.",
-        "",
-        "| momentum | PyTorch `momentum` | lr | Alg. 2 | tracked EMA | Alg. 2 − tracked EMA |"
-        " Alg. 2 − settled EMA |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for momentum, run in result.runs.items():
-        for lr in learning_rates:
-            lines.append(
-                f"| {momentum:g} | {1 - momentum:.3g} | {lr:g} | "
-                f"{_cell(final_accuracies(run, lr, 'population'))} | "
-                f"{_cell(final_accuracies(run, lr, 'ema'))} | "
-                f"{_cell(gaps_to_alg2(run, lr, 'ema'), signed=True)} | "
-                f"{_cell(gaps_to_alg2(run, lr, 'settled_ema'), signed=True)} |"
-            )
-    lines += [
-        "",
-        f"### Do the tracked and the settled EMA agree with Alg. 2 (within "
-        f"{EMA_AGREEMENT_POINTS:g} points)?",
-        "",
+        "PyTorch's `momentum` argument is 1 − it). *Settled*: the tracked EMA given enough "
+        "further updates with the final weights frozen that its starting value weighs ≤ 0.1% — "
+        "it tells the EMA's lag (settled ≈ Alg. 2) from the estimators' difference.", "",
+        analysis.markdown_table(["momentum", "PyTorch `momentum`", "lr", "Alg. 2", "tracked EMA",
+                                 "Alg. 2 − tracked EMA", "Alg. 2 − settled EMA"], rows), "",
+        "### Do the tracked and the settled EMA agree with Alg. 2 (within "
+        f"{AGREEMENT_POINTS:g} points)?", "",
         "Alg. 2 − EMA accuracy per seed: mean ± std, the 95% interval of the mean (Student t "
-        "over the seeds), and the verdict it allows.",
-        "",
+        "over the seeds), and the verdict it allows.", "",
     ]
-    for momentum, run in result.runs.items():
-        lines.append(f"- momentum {momentum:g} (mean |gap| of the tracked EMA "
-                     f"{mean_absolute_gap(run, learning_rates):.2f} points):")
-        lines += [
-            f"  - lr {lr:g}: tracked {agreement(gaps_to_alg2(run, lr, 'ema'))}; settled "
-            f"{agreement(gaps_to_alg2(run, lr, 'settled_ema'))}."
-            for lr in learning_rates
-        ]
-    lines += ["", *_closest_lines(config, result), "", *_staleness_lines(config, result)]
-    lines += [
-        f"Figure: `{FIGURE}` (left: Alg. 2 − tracked EMA per momentum and rate; right: the cost "
-        "of stale statistics per lag and rate; mean ± std over seeds).",
-        "",
-    ]
+    for m in momenta:
+        lines.append(f"- momentum {m:g} (mean |gap| of the tracked EMA "
+                     f"{seed_absolute_gaps(result, m, rates).mean():.2f} points):")
+        lines += [f"  - lr {lr:g}: tracked {_agreement(gaps_to_alg2(result, m, lr, 'ema'))}; "
+                  f"settled {_agreement(gaps_to_alg2(result, m, lr, 'settled_ema'))}."
+                  for lr in rates]
+    lines += ["", *_closest_lines(result, rates), "", *_staleness_lines(result, rates),
+              f"Figure: `{FIGURE}` (left: Alg. 2 − tracked EMA per momentum and rate; right: the "
+              "cost of stale statistics per lag and rate; mean ± std over seeds).", ""]
     path = result.workdir / "results.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def _closest_lines(config: ml_collections.ConfigDict, result: MomentumStudy) -> list[str]:
-    ranking = closest_momenta(result, config.learning_rates)
+def _closest_lines(result: MomentumStudy, rates: Sequence[float]) -> list[str]:
+    ranking = closest_momenta(result, rates)
     closest = ranking[0]
-    lines = [
-        f"Closest to Alg. 2: momentum **{closest:g}** (the smallest mean |gap| of the tracked "
-        "EMA, averaged over the rates per seed, then over the seeds)."
-    ]
+    lines = [f"Closest to Alg. 2: momentum **{closest:g}** (the smallest mean |gap| of the "
+             "tracked EMA, averaged over the rates per seed, then over the seeds)."]
     if len(ranking) > 1:
-        differences = {
-            m: paired_difference(result, closest, m, config.learning_rates) for m in ranking[1:]
-        }
+        differences = {m: analysis.confidence_interval(seed_absolute_gaps(result, m, rates)
+                                                       - seed_absolute_gaps(result, closest, rates))
+                       for m in ranking[1:]}
         lines[0] += (
             " The others' mean |gap| − its, paired seed by seed (the same weights), with the 95% "
             "interval over the seeds: "
             + "; ".join(f"{m:g}: {d[0]:+.2f} ({d[1]:+.2f} to {d[2]:+.2f})"
                         for m, d in differences.items())
             + f". The intervals are not corrected for the {len(differences)} comparisons, and "
-            "the closest was picked on the same seeds, which flatters it."
-        )
+            "the closest was picked on the same seeds, which flatters it.")
         tied = [m for m, (_, low, high) in differences.items() if low <= 0.0 <= high]
         if tied:
-            lines.append(
-                f"Not told apart from {closest:g} (the interval includes zero): "
-                f"{', '.join(f'{m:g}' for m in sorted(tied))}."
-            )
-    momenta = sorted(result.runs)
+            lines.append(f"Not told apart from {closest:g} (the interval includes zero): "
+                         f"{', '.join(f'{m:g}' for m in sorted(tied))}.")
+    momenta = sorted(ranking)
     if closest in (momenta[0], momenta[-1]) and len(momenta) > 1:
-        lines.append(
-            f"**Caution**: {closest:g} is at the edge of the grid {momenta}; beyond it an "
-            "EMA may come closer still."
-        )
+        lines.append(f"**Caution**: {closest:g} is at the edge of the grid {momenta}; beyond it "
+                     "an EMA may come closer still.")
     return lines
 
 
-def _staleness_lines(config: ml_collections.ConfigDict, result: MomentumStudy) -> list[str]:
-    lags = sorted(result.staleness)
-    lines = [
-        "### How sensitive is the trained network to statistics of other weights?",
-        "",
+def _staleness_lines(result: MomentumStudy, rates: Sequence[float]) -> list[str]:
+    lags = sorted(set(result.staleness["lag"]))
+    steps = lambda lag: f"{lag} step{'s' * (lag != 1)}"  # noqa: E731
+    rows = [[f"{lr:g}",
+             analysis.cell(analysis.select(result.staleness, lag=lags[0], learning_rate=lr)["own"]),
+             *(analysis.cell(staleness_costs(result, lag, lr), signed=True) for lag in lags)]
+            for lr in rates]
+    return [
+        "### How sensitive is the trained network to statistics of other weights?", "",
         "From the final weights the members train on for k steps, and each is scored with its own "
         "Alg. 2 statistics and with those of the final weights, k steps older: the kind of "
         "statistics an EMA averages. The cost (own − stale, points) shows how sensitive the "
         "network is to statistics of other weights; an EMA averages statistics of many past "
-        "weights, so its gap is not the cost of any one lag.",
-        "",
-        f"| lr | accuracy, own Alg. 2 after {lags[0]} step{'s' * (lags[0] != 1)} | "
-        + " | ".join(f"cost, {lag} step{'s' * (lag != 1)} stale" for lag in lags)
-        + " |",
-        "|---|---|" + "---|" * len(lags),
+        "weights, so its gap is not the cost of any one lag.", "",
+        analysis.markdown_table(["lr", f"accuracy, own Alg. 2 after {steps(lags[0])}",
+                                 *(f"cost, {steps(lag)} stale" for lag in lags)], rows), "",
     ]
-    run = _any_run(result)
-    for lr in config.learning_rates:
-        own = result.staleness[lags[0]][0][_members_at(run, lr)]
-        costs = [_cell(staleness_costs(result, lag, lr), signed=True) for lag in lags]
-        lines.append(f"| {lr:g} | {_cell(own)} | " + " | ".join(costs) + " |")
-    lines.append("")
-    return lines
 
 
-def plot_gaps(config: ml_collections.ConfigDict, result: MomentumStudy, path: Path) -> Path:
-    """Left: Alg. 2 − tracked-EMA accuracy gap vs the EMA's averaging length 1 / (1 − momentum),
-    the agreement band shaded; right: the cost of Alg. 2 statistics k steps stale vs k. One line
-    per learning rate, mean ± std over seeds."""
-    figure, (ax, stale_ax) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
-    momenta = list(result.runs)
+def plot_gaps(config: ml_collections.ConfigDict, result: MomentumStudy) -> Path:
+    """Left: Alg. 2 − tracked-EMA gap vs the EMA's averaging length 1 / (1 − momentum), the
+    agreement band shaded; right: the cost of Alg. 2 statistics k steps stale vs k. One line per
+    learning rate, mean ± std over seeds."""
+    from bnreg import plots
+
+    figure, axes = plots.figure(1, 2, width=6, height=4)
+    ax, stale_ax = axes[0]
+    momenta, lags = list(config.study.momenta), sorted(set(result.staleness["lag"]))
     lengths = [1 / (1 - m) for m in momenta]
-    for index, lr in enumerate(config.learning_rates):
-        mean, std = np.asarray(
-            [mean_std(gaps_to_alg2(result.runs[m], lr, "ema")) for m in momenta]
-        ).T
-        ax.errorbar(lengths, mean, yerr=std, marker="o", capsize=3, color=f"C{index}",
-                    label=f"lr {lr:g}")
-    ax.axhspan(-EMA_AGREEMENT_POINTS, EMA_AGREEMENT_POINTS, color="grey", alpha=0.15, lw=0,
-               label=f"±{EMA_AGREEMENT_POINTS:g} points")
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    if len(momenta) > 1:  # one point has no log range to span
-        ax.set_xscale("log")
+    for index, lr in enumerate(config.sweep.learning_rate):
+        gaps = [gaps_to_alg2(result, m, lr, "ema") for m in momenta]
+        plots.versus(ax, lengths, np.asarray(gaps), label=f"lr {lr:g}", color=f"C{index}",
+                     log=len(momenta) > 1)
+        costs = [staleness_costs(result, lag, lr) for lag in lags]
+        plots.versus(stale_ax, lags, np.asarray(costs), label=f"lr {lr:g}", color=f"C{index}")
+    ax.axhspan(-AGREEMENT_POINTS, AGREEMENT_POINTS, color="grey", alpha=0.15, lw=0,
+               label=f"±{AGREEMENT_POINTS:g} points")
     ax.set_xticks(lengths, [f"{m:g}" for m in momenta])
-    ax.minorticks_off()
-    ax.set_xlabel("EMA momentum (log scale of 1 / (1 − momentum), the batches it averages)")
-    ax.set_ylabel("Alg. 2 − tracked EMA accuracy (points)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    ax.set_title("The tracked EMA's deficit")
-    lags = sorted(result.staleness)
-    for index, lr in enumerate(config.learning_rates):
-        mean, std = np.asarray([mean_std(staleness_costs(result, lag, lr)) for lag in lags]).T
-        stale_ax.errorbar(lags, mean, yerr=std, marker="o", capsize=3, color=f"C{index}",
-                          label=f"lr {lr:g}")
-    stale_ax.axhline(0.0, color="grey", linewidth=0.8)
-    stale_ax.set_xscale("log")
     stale_ax.set_xticks(lags, [str(lag) for lag in lags])
-    stale_ax.minorticks_off()
-    stale_ax.set_xlabel("SGD steps since the statistics' weights")
-    stale_ax.set_ylabel("own Alg. 2 − stale Alg. 2 accuracy (points)")
-    stale_ax.set_title("How fast statistics go stale")
-    stale_ax.grid(alpha=0.3)
-    stale_ax.legend(loc="best")
-    figure.suptitle(f"{config.dataset}: {len(config.seeds)} seeds, mean ± std")
-    return plots.save(figure, path)
-
-
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    result = run_study(FLAGS.config, FLAGS.workdir)
-    print((result.workdir / "results.md").read_text())
-    print(f"Figure: {result.workdir / FIGURE}")
+    for axis in (ax, stale_ax):
+        axis.axhline(0.0, color="grey", linewidth=0.8)
+        axis.minorticks_off()
+        axis.legend(loc="best")
+    ax.set(xlabel="EMA momentum (log scale of 1 / (1 − momentum), the batches it averages)",
+           ylabel="Alg. 2 − tracked EMA accuracy (points)", title="The tracked EMA's deficit")
+    stale_ax.set(xlabel="SGD steps since the statistics' weights", title="How fast statistics "
+                 "go stale", ylabel="own Alg. 2 − stale Alg. 2 accuracy (points)")
+    figure.suptitle(f"{config.dataset}: {len(config.sweep.seed)} seeds, mean ± std")
+    return plots.save(figure, result.workdir / FIGURE)
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", "runs/bn_ema_momentum", "Where results and runs go.")
-    config_flags.DEFINE_config_file(
-        "config", __file__, "The study's config file (this module; ':smoke' for smoke size)."
-    )
-    app.run(main)
+    from bnreg import cli
+
+    cli.main(__file__, run_study, workdir="runs/bn_ema_momentum")

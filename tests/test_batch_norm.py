@@ -1,6 +1,8 @@
-"""Tests for bnreg.batch_norm: Alg. 1, EMA statistics, Alg. 2, sync BN, paper backward, folding."""
+"""Tests for bnreg.core.batch_norm: Alg. 1, EMA statistics, Alg. 2, sync BN, paper backward,
+folding."""
 
 import functools
+import importlib
 import json
 import os
 import subprocess
@@ -13,7 +15,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
-from bnreg.batch_norm import (
+import bnreg
+import bnreg.core
+from bnreg.core.batch_norm import (
     BatchNormParams,
     BatchNormState,
     batch_norm,
@@ -112,6 +116,22 @@ def test_ema_update_uses_flax_momentum_and_unbiased_batch_variance(layout):
     np.testing.assert_allclose(new_state.var, expected_var, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vmap_over_traced_momenta_equals_separate_calls(layout):
+    x, params, state = make_x(layout), make_params(), make_state()
+    momenta = [0.0, 0.5, 0.9, 0.99, 1.0]
+    ys, new_states = jax.vmap(
+        lambda momentum: batch_norm(x, params, state, train=True, momentum=momentum)
+    )(jnp.asarray(momenta))
+    for i, momentum in enumerate(momenta):
+        y, new_state = batch_norm(x, params, state, train=True, momentum=momentum)
+        np.testing.assert_array_equal(ys[i], y)
+        # A Python momentum forms 1 - momentum in float64 and a traced one in float32: the two
+        # weights can differ by an ulp, so the statistics agree to float32 rounding.
+        for got, want in zip(new_states, new_state, strict=True):
+            np.testing.assert_allclose(got[i], want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("backward", BACKWARDS)
 def test_running_statistics_receive_no_gradient(backward):
     def stats_sum(x):
@@ -203,7 +223,7 @@ sys.path.insert(0, sys.argv[1])
 import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
-from bnreg.batch_norm import batch_norm
+from bnreg.core.batch_norm import batch_norm
 from test_batch_norm import linear_loss, make_params, make_state, make_x
 
 assert len(jax.devices()) == 2
@@ -462,6 +482,17 @@ def test_bfloat16_input_keeps_its_dtype_in_output_and_gradient():
         lambda x: jnp.sum(batch_norm(x, make_params(), make_state(), train=True)[0] ** 2)
     )(x)
     assert y.dtype == jnp.bfloat16 and grad.dtype == jnp.bfloat16
+
+
+# --- package layout ------------------------------------------------------------------------------
+
+
+def test_top_level_batch_norm_is_the_core_function_not_a_module():
+    core_module = importlib.import_module("bnreg.core.batch_norm")
+    assert bnreg.batch_norm is core_module.batch_norm
+    assert bnreg.core.batch_norm is core_module.batch_norm  # the bnreg.core re-export
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("bnreg.batch_norm")
 
 
 # --- errors -------------------------------------------------------------------------------------

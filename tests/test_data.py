@@ -13,8 +13,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import numpy as np
 import pytest
 
 from bnreg import data
-from bnreg.data import DataFileError, DatasetUnavailableError, Split
+from bnreg.data import DataFileError, DatasetUnavailableError, Split, sources
 
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # The MTIME Debian's dataset-fashion-mnist files carry (its package date, 2020-06-05).
@@ -288,14 +291,14 @@ def test_second_load_comes_from_cache_equal_and_faster(tmp_path, tiny_fashion_mn
 def test_concurrent_first_loads_prepare_once_and_agree(tmp_path, tiny_fashion_mnist, monkeypatch):
     import threading
 
-    prepare, calls = data._prepare, []
+    prepare, calls = sources._prepare, []
 
     def counted_prepare(*args, **kwargs):
         calls.append(threading.current_thread().name)
         time.sleep(0.5)  # a slow preparation: the other thread arrives meanwhile
         return prepare(*args, **kwargs)
 
-    monkeypatch.setattr(data, "_prepare", counted_prepare)
+    monkeypatch.setattr(sources, "_prepare", counted_prepare)  # _load_tfds looks it up there
     kwargs = dict(data_dir=tmp_path / "data", manual_dir=tiny_fashion_mnist, download=False)
     loaded = {}
     threads = [
@@ -403,6 +406,19 @@ def test_digits_loads_1497_300_in_unit_range_with_10_classes():
     assert dataset.num_classes == 10 and set(np.unique(dataset.test.labels)) == set(range(10))
 
 
+@pytest.mark.slow
+def test_import_and_digits_never_load_tensorflow():
+    script = (
+        "import sys, bnreg.data as d; d.load_dataset('digits'); print('tensorflow' in sys.modules)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "False"
+
+
 def test_digits_test_split_is_stratified_and_deterministic():
     first, second = data.load_dataset("digits"), data.load_dataset("digits")
     np.testing.assert_array_equal(first.test.images, second.test.images)
@@ -507,6 +523,18 @@ def test_stratified_subset_is_deterministic_per_seed():
     other = data.stratified_subset(split, 10, seed=6).images
     np.testing.assert_array_equal(same[0], same[1])
     assert not np.array_equal(same[0], other)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stratified_indices_of_one_seed_are_nested_while_allotments_grow(seed):
+    labels = imbalanced_split().labels
+    sizes = (10, 20, 50, 70, 100)
+    drawn = [data.stratified_indices(labels, num, seed) for num in sizes]
+    allotments = np.stack([np.bincount(labels[indices], minlength=3) for indices in drawn])
+    assert np.all(np.diff(allotments, axis=0) >= 0)  # the case the nesting property covers
+    for num, smaller, larger in zip(sizes, drawn, drawn[1:], strict=False):
+        assert len(smaller) == num and np.all(np.diff(smaller) > 0)
+        assert set(smaller.tolist()) <= set(larger.tolist())
 
 
 @pytest.mark.parametrize("num", [0, 101])

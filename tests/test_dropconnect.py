@@ -1,4 +1,4 @@
-"""Tests for bnreg.dropconnect: masked dense layer, its moments, and Gaussian inference (Alg. 2).
+"""Tests for bnreg.core.dropconnect: masked dense layer, its moments, Gaussian inference (Alg. 2).
 
 Statistical tests use fixed seeds and a tolerance of 5 standard errors computed from the variance
 of the estimator.
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from bnreg.dropconnect import (
+from bnreg.core.dropconnect import (
+    _per_example_masked_matmul,
     dropconnect_dense,
     dropconnect_gaussian_inference,
     dropconnect_moments,
@@ -266,9 +267,88 @@ def test_rate_outside_unit_interval_raises(rate, jit):
         (jax.jit(call) if jit else call)(X)
 
 
-def test_traced_rate_raises_with_static_hint():
-    with pytest.raises(TypeError, match="static"):
-        jax.jit(lambda x, r: dropconnect_dense(jax.random.key(0), x, KERNEL, rate=r))(X, 0.5)
+SWEPT_RATES = [0.0, 0.2, 0.3, 0.5]
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+def test_vmap_over_rates_draws_the_masks_of_separate_calls(per_example):
+    # On a one-hot input each pre-activation is one weight, 0 or K_ij / p: the zeros are the mask.
+    key, eye = jax.random.key(13), jnp.eye(8)
+    swept = jax.vmap(
+        lambda r: dropconnect_dense(key, eye, KERNEL, rate=r, per_example=per_example)
+    )(jnp.asarray(SWEPT_RATES))
+    for member, rate in zip(swept, SWEPT_RATES, strict=True):
+        alone = dropconnect_dense(key, eye, KERNEL, rate=rate, per_example=per_example)
+        np.testing.assert_array_equal(member == 0, alone == 0)
+        np.testing.assert_allclose(member, alone, rtol=1e-6)
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+def test_vmap_over_rates_matches_separate_calls(per_example):
+    # Same masks (previous test); the vmapped member computes its matvecs as a batched matmul over
+    # the rates, which XLA rounds differently, so agreement is to float32 rounding for rate > 0.
+    # The rate-0 member is the dense layer bit for bit.
+    key = jax.random.key(14)
+    swept = jax.vmap(
+        lambda r: dropconnect_dense(key, X, KERNEL, BIAS, rate=r, per_example=per_example)
+    )(jnp.asarray(SWEPT_RATES))
+    np.testing.assert_array_equal(swept[0], _dense(X, KERNEL, BIAS))
+    for member, rate in zip(swept, SWEPT_RATES, strict=True):
+        alone = dropconnect_dense(key, X, KERNEL, BIAS, rate=rate, per_example=per_example)
+        np.testing.assert_allclose(member, alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_bias", [True, False])
+@pytest.mark.parametrize("per_example", [True, False])
+def test_traced_rate_zero_is_the_dense_layer_bit_for_bit(per_example, mask_bias):
+    layer = jax.jit(
+        lambda key, x, rate: dropconnect_dense(
+            key, x, KERNEL, BIAS, rate=rate, per_example=per_example, mask_bias=mask_bias
+        )
+    )
+    dense = jax.jit(lambda x: _dense(x, KERNEL, BIAS))
+    np.testing.assert_array_equal(layer(jax.random.key(15), X, 0.0), dense(X))
+
+
+def test_traced_rate_without_a_key_raises():
+    # A traced rate might be non-zero, so the static no-key fast path cannot be taken.
+    with pytest.raises(ValueError, match=r"pass a key.*deterministic=True"):
+        jax.jit(lambda x, r: dropconnect_dense(None, x, KERNEL, rate=r))(X, 0.0)
+
+
+def test_eager_calls_with_new_rates_reuse_one_compilation():
+    x = jnp.ones((3, 8))  # a shape no other test uses, so the first call compiles
+    dropconnect_dense(jax.random.key(16), x, KERNEL, rate=0.1)
+    compiled = _per_example_masked_matmul._cache_size()
+    for rate in (0.2, 0.3, np.float32(0.4)):
+        dropconnect_dense(jax.random.key(16), x, KERNEL, rate=rate)
+    assert _per_example_masked_matmul._cache_size() == compiled
+
+
+def test_moments_under_vmap_over_rates_match_separate_calls():
+    rates = jnp.asarray(SWEPT_RATES)
+    means, variances = jax.vmap(lambda r: dropconnect_moments(X, KERNEL, BIAS, rate=r))(rates)
+    for mean, var, rate in zip(means, variances, SWEPT_RATES, strict=True):
+        expected_mean, expected_var = dropconnect_moments(X, KERNEL, BIAS, rate=rate)
+        np.testing.assert_array_equal(mean, expected_mean)
+        np.testing.assert_allclose(var, expected_var, rtol=1e-6)
+
+
+def test_gaussian_inference_with_traced_rate_matches_concrete_rate():
+    key = jax.random.key(17)
+    traced = jax.jit(
+        lambda rate: dropconnect_gaussian_inference(
+            key, X, KERNEL, BIAS, rate=rate, activation=jax.nn.relu, num_samples=16
+        )
+    )(RATE)
+    np.testing.assert_allclose(traced, _gaussian(key, jax.nn.relu, num_samples=16), rtol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_non_scalar_rate_raises(jit):
+    call = lambda x, r: dropconnect_dense(jax.random.key(0), x, KERNEL, rate=r)  # noqa: E731
+    with pytest.raises(TypeError, match="scalar"):
+        (jax.jit(call) if jit else call)(X, jnp.array([0.1, 0.2]))
 
 
 @pytest.mark.parametrize("jit", [False, True])

@@ -1,4 +1,4 @@
-"""Tests for bnreg.dropout: Bernoulli dropout (both scalings), Gaussian dropout, MC averaging.
+"""Tests for bnreg.core.dropout: Bernoulli dropout (both scalings), Gaussian dropout, MC averaging.
 
 Statistical tests use fixed seeds and a tolerance of 5 standard errors computed from the known
 variance of the estimator, never a hand-tuned constant.
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnreg.dropout import dropout, gaussian_dropout, monte_carlo_average
+from bnreg.core.dropout import dropout, gaussian_dropout, monte_carlo_average
 
 NUM_KEYS = 4000
 Z = 5.0  # standard errors allowed in statistical checks
@@ -195,10 +195,69 @@ def test_rate_outside_unit_interval_raises(fn, rate, jit):
         (jax.jit(call) if jit else call)(X)
 
 
+# name -> call(key, x, rate); the rate-dependent paths of both functions.
+RATE_CALLS = {
+    "dropout_inverted": lambda k, x, r: dropout(k, x, rate=r),
+    "dropout_inverted_deterministic": lambda k, x, r: dropout(k, x, rate=r, deterministic=True),
+    "dropout_paper": lambda k, x, r: dropout(k, x, rate=r, scaling="paper"),
+    "dropout_paper_deterministic": lambda k, x, r: dropout(
+        k, x, rate=r, scaling="paper", deterministic=True
+    ),
+    "dropout_broadcast": lambda k, x, r: dropout(k, x, rate=r, broadcast_dims=(0,)),
+    "gaussian_dropout": lambda k, x, r: gaussian_dropout(k, x, rate=r),
+    "gaussian_dropout_deterministic": lambda k, x, r: gaussian_dropout(
+        k, x, rate=r, deterministic=True
+    ),
+}
+SWEPT_RATES = [0.0, 0.2, 0.3, 0.5]
+
+
+@pytest.mark.parametrize("name", sorted(RATE_CALLS))
+def test_vmap_over_rates_equals_separate_calls_bit_for_bit(name):
+    # p = 1 - rate is computed the same way for a traced and a concrete rate, so each member of a
+    # sweep draws the same mask (or noise) and scales by the same number as its own call.
+    call, key = RATE_CALLS[name], jax.random.key(15)
+    swept = jax.vmap(lambda rate: call(key, X, rate))(jnp.asarray(SWEPT_RATES))
+    for member, rate in zip(swept, SWEPT_RATES, strict=True):
+        np.testing.assert_array_equal(member, call(key, X, rate))
+
+
+@pytest.mark.parametrize("name", sorted(RATE_CALLS))
+def test_traced_rate_zero_returns_input_bit_for_bit(name):
+    call = RATE_CALLS[name]
+    out = jax.jit(lambda key, x, rate: call(key, x, rate))(jax.random.key(16), X, 0.0)
+    np.testing.assert_array_equal(out, X)
+
+
 @pytest.mark.parametrize("fn", [dropout, gaussian_dropout])
-def test_traced_rate_raises_with_static_hint(fn):
-    with pytest.raises(TypeError, match="static"):
-        jax.jit(lambda x, rate: fn(jax.random.key(0), x, rate=rate))(X, 0.5)
+def test_traced_rate_without_a_key_raises(fn):
+    # A traced rate might be non-zero, so the static no-key fast path cannot be taken.
+    with pytest.raises(ValueError, match=r"pass a key.*deterministic=True"):
+        jax.jit(lambda x, rate: fn(None, x, rate=rate))(X, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("scaling",))
+def _samples_over_keys_with_traced_rate(keys, x, rate, *, scaling):
+    return jax.vmap(lambda k: dropout(k, x, rate=rate, scaling=scaling))(keys)
+
+
+@pytest.mark.parametrize("scaling", ["inverted", "paper"])
+def test_train_output_mean_equals_deterministic_output_with_traced_rate(scaling):
+    rate = 0.3
+    keep = 1.0 - rate
+    samples = _samples_over_keys_with_traced_rate(KEYS, X, rate, scaling=scaling)
+    expected = dropout(None, X, rate=rate, deterministic=True, scaling=scaling)
+    factor = 1.0 / keep if scaling == "inverted" else 1.0
+    standard_error = factor * np.abs(X) * np.sqrt(keep * rate / NUM_KEYS)
+    np.testing.assert_array_less(np.abs(samples.mean(axis=0) - expected), Z * standard_error)
+
+
+@pytest.mark.parametrize("fn", [dropout, gaussian_dropout])
+@pytest.mark.parametrize("jit", [False, True])
+def test_non_scalar_rate_raises(fn, jit):
+    call = lambda x, rate: fn(jax.random.key(0), x, rate=rate)  # noqa: E731
+    with pytest.raises(TypeError, match="scalar"):
+        (jax.jit(call) if jit else call)(X, jnp.array([0.1, 0.2]))
 
 
 @pytest.mark.parametrize("fn", [dropout, gaussian_dropout])

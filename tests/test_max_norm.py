@@ -1,4 +1,4 @@
-"""Tests for bnreg.max_norm: per-unit L2 projection and the optax transformation."""
+"""Tests for bnreg.core.max_norm: per-unit L2 projection and the optax transformation."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from bnreg.max_norm import is_kernel, max_norm, project_max_norm
+from bnreg.core.max_norm import is_kernel, max_norm, project_max_norm
 
 C = 3.0
 # A projected column has norm c up to float32 rounding of the sum of squares, the sqrt and the
@@ -185,7 +185,7 @@ def test_max_norm_update_without_params_raises(jit):
         (jax.jit(update) if jit else update)(PARAMS)
 
 
-@pytest.mark.parametrize("max_value", [0.0, -1.0])
+@pytest.mark.parametrize("max_value", [0.0, -1.0, float("nan")])
 def test_non_positive_max_value_raises_in_transformation(max_value):
     with pytest.raises(ValueError, match="max_value"):
         max_norm(max_value)
@@ -202,3 +202,119 @@ def test_non_positive_max_value_raises_in_projection(max_value, jit):
 def test_non_scalar_max_value_raises():
     with pytest.raises(TypeError, match="scalar"):
         project_max_norm(PARAMS, jnp.array([1.0, 2.0]))
+
+
+# --- c = inf and updates inside the ball ---------------------------------------------------------
+
+INF = float("inf")
+
+
+def _sgd_momentum():
+    return optax.sgd(0.05, momentum=0.9)
+
+
+def _mlp_problem():
+    """A small MLP regression: (params, loss)."""
+    keys = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.normal(keys[0], (16, 8))
+    y = jax.random.normal(keys[1], (16, 3))
+    params = {
+        "Dense_0": {"kernel": jax.random.normal(keys[2], (8, 16)), "bias": jnp.zeros(16)},
+        "Dense_1": {"kernel": jax.random.normal(keys[3], (16, 3)), "bias": jnp.zeros(3)},
+    }
+    return params, lambda params: jnp.mean(jnp.square(_mlp(params, x) - y))
+
+
+def _eager_trajectory(optimizer, steps=4):
+    """Per-step (gradients, params before the step, updates) of an eager training run."""
+    params, loss = _mlp_problem()
+    state = optimizer.init(params)
+    trajectory = []
+    for _ in range(steps):
+        grads = jax.grad(loss)(params)
+        updates, state = optimizer.update(grads, state, params)
+        trajectory.append((grads, params, updates))
+        params = optax.apply_updates(params, updates)
+    return trajectory
+
+
+def _assert_trees_equal(got, want):
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.parametrize("max_value", [INF, jnp.inf, np.float32(np.inf)], ids=str)
+def test_infinite_max_value_is_no_constraint(max_value):
+    _assert_trees_equal(project_max_norm(PARAMS, max_value), PARAMS)
+
+
+def test_infinite_max_value_leaves_sgd_with_momentum_bit_identical():
+    plain = _eager_trajectory(_sgd_momentum())
+    constrained = _eager_trajectory(optax.chain(_sgd_momentum(), max_norm(INF)))
+    for (_, params, updates), (_, want_params, want_updates) in zip(
+        constrained, plain, strict=True
+    ):
+        _assert_trees_equal(params, want_params)
+        _assert_trees_equal(updates, want_updates)
+
+
+def _updates_along(optimizer, grads, params):
+    """The optimizer's updates for a given sequence of (stacked) gradients and params."""
+
+    def step(state, grads_and_params):
+        step_grads, step_params = grads_and_params
+        updates, state = optimizer.update(step_grads, state, step_params)
+        return state, updates
+
+    initial = optimizer.init(jax.tree.map(lambda leaf: leaf[0], params))
+    return jax.lax.scan(step, initial, (grads, params))[1]
+
+
+def test_traced_infinite_max_value_under_jit_and_vmap_leaves_sgd_updates_bit_identical():
+    # The gradients and params of one run are fed to both optimizers, so the comparison is of the
+    # updates alone: two separately trained programs could also differ where XLA fuses sgd's
+    # multiply-add into apply_updates differently (an FMA), which max_norm does not control.
+    trajectory = _eager_trajectory(_sgd_momentum())
+    grads, params = (
+        jax.tree.map(lambda *leaves: jnp.stack(leaves), *[step[part] for step in trajectory])
+        for part in (0, 1)
+    )
+    radii = jnp.array([1.0, INF, 3.0])
+    swept = jax.jit(
+        jax.vmap(lambda c: _updates_along(optax.chain(_sgd_momentum(), max_norm(c)), grads, params))
+    )(radii)
+    plain = jax.jit(lambda: _updates_along(_sgd_momentum(), grads, params))()
+    _assert_trees_equal(jax.tree.map(lambda leaf: leaf[1], swept), plain)
+    finite = jax.tree.map(lambda leaf: leaf[0], swept)["Dense_0"]["kernel"]
+    assert not np.array_equal(finite, plain["Dense_0"]["kernel"])  # c = 1 was active
+
+
+def _update_near_the_ball():
+    """Small updates with many mantissa bits, so that (θ + Δ) − θ is not always Δ in float32."""
+    return jax.tree.map(lambda p: 1e-3 * jax.random.normal(jax.random.key(4), p.shape), PARAMS)
+
+
+@pytest.mark.parametrize("layer", ["Dense_0", "Conv_0"])
+def test_columns_inside_the_ball_keep_their_update_bit_for_bit(layer):
+    updates = _update_near_the_ball()
+    param, update = np.asarray(PARAMS[layer]["kernel"]), np.asarray(updates[layer]["kernel"])
+    inside = _column_norms(param + update) <= C
+    assert inside.any() and (~inside).any()
+    # What the old rule Π(θ + Δ) − θ would return for these columns, to show the test can fail.
+    old_rule = (param + update) - param
+    assert not np.array_equal(old_rule[..., inside], update[..., inside])
+    new_updates, _ = max_norm(C).update(updates, optax.EmptyState(), PARAMS)
+    got = np.asarray(new_updates[layer]["kernel"])
+    np.testing.assert_array_equal(got[..., inside], update[..., inside])
+
+
+@pytest.mark.parametrize("layer", ["Dense_0", "Conv_0"])
+def test_projected_columns_have_norm_at_most_c_after_the_update(layer):
+    updates = _update_near_the_ball()
+    new_updates, _ = max_norm(C).update(updates, optax.EmptyState(), PARAMS)
+    new_params = optax.apply_updates(PARAMS, new_updates)
+    outside = _column_norms(PARAMS[layer]["kernel"] + updates[layer]["kernel"]) > C
+    assert outside.any()
+    np.testing.assert_allclose(
+        _column_norms(new_params[layer]["kernel"])[outside], C, rtol=NORM_RTOL
+    )
+    assert np.all(_column_norms(new_params[layer]["kernel"]) <= C * (1 + NORM_RTOL))

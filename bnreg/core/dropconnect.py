@@ -1,6 +1,6 @@
 r"""DropConnect (Wan, Zeiler, Zhang, LeCun & Fergus, ICML 2013): a dense layer with masked weights.
 
-Conventions (shared with :mod:`bnreg.dropout`):
+Conventions (shared with :mod:`bnreg.core.dropout`):
 
 * ``rate`` is the *drop* probability of each weight; the paper's retain probability is
   :math:`p = 1 - \text{rate}`.
@@ -12,6 +12,13 @@ Conventions (shared with :mod:`bnreg.dropout`):
 * The bias is masked too, as in the paper (Wan et al. 2013, Sec. 2, where the biases are masked
   out in training like the weights): it is the weight of a constant input of 1, with its own
   Bernoulli mask. ``mask_bias=False`` leaves it unmasked (a common variant).
+* ``rate`` may be concrete (checked to lie in ``[0, 1)``; a concrete 0 is the plain dense layer
+  and needs no key) or a *traced* scalar, so that one compiled program can be vmapped over members
+  that differ in their rate. A traced rate is unchecked, needs a key unless
+  ``deterministic=True``, draws the same masks as the concrete rate with the same key, and a
+  traced rate of exactly 0 gives the plain dense layer ``x @ kernel + bias`` bit for bit.
+  The flags (``deterministic``, ``per_example``, ``mask_bias``) and ``chunk_size``,
+  ``num_samples`` select code paths or shapes and are static.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bnreg.dropout import _check_key, _check_positive_int, _check_rate, _check_static_bool
+from bnreg._checks import check_key, check_positive_int, check_rate, check_static_bool, is_traced
+from bnreg.core.dropout import _keep_probability
 
 __all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
 
@@ -125,13 +133,21 @@ def dropconnect_dense(
     Time still scales with ``batch × in × out`` (one mask entry per weight per example). The mask
     of example ``b`` depends only on ``key`` and ``b``, so results do not depend on ``chunk_size``.
 
+    A traced ``rate`` (e.g. vmapped over the members of a sweep) takes the masked path even when
+    it is 0, and ``B`` per-example matvecs (or a matmul with the bias folded into the kernel)
+    round differently from the one matmul ``x @ kernel + bias``. A member with rate 0 must be
+    exactly the plain network, so on that path the result is
+    ``where(rate == 0, x @ kernel + bias, masked)``; every mask entry is kept at rate 0, so this
+    changes rounding only, not the value.
+
     Args:
       key: a ``jax.random`` key (typed or legacy); may be ``None`` when ``deterministic=True`` or
-        ``rate == 0``.
+        ``rate`` is a concrete 0.
       x: inputs, shape ``(batch, in)``.
       kernel: weights, shape ``(in, out)``.
       bias: optional bias, shape ``(out,)``.
-      rate: drop probability of each weight, in ``[0, 1)``; static under :func:`jax.jit`.
+      rate: drop probability of each weight, in ``[0, 1)``: a concrete number (checked) or a
+        traced scalar (unchecked).
       deterministic: ``True`` for evaluation: returns ``x @ kernel + bias``.
       per_example: fresh mask per example (paper) or one mask per batch.
       mask_bias: mask the bias like the weights (paper) or add it unmasked.
@@ -142,37 +158,49 @@ def dropconnect_dense(
       Pre-activations, shape ``(batch, out)``.
 
     Raises:
-      TypeError: traced ``rate``/``deterministic``/``per_example``/``mask_bias``, non-float
-        ``x``/``kernel``, non-int ``chunk_size``.
-      ValueError: ``rate`` outside ``[0, 1)``; shapes of ``x``/``kernel``/``bias`` that do not
-        match; ``chunk_size < 1``; ``key is None`` with ``deterministic=False`` and ``rate > 0``.
+      TypeError: non-scalar ``rate``; traced ``deterministic``/``per_example``/``mask_bias``;
+        non-float ``x``/``kernel``; non-int ``chunk_size``.
+      ValueError: a concrete ``rate`` outside ``[0, 1)``; shapes of ``x``/``kernel``/``bias``
+        that do not match; ``chunk_size < 1``; ``key is None`` with ``deterministic=False`` and a
+        traced or non-zero ``rate``.
     """
-    rate = _check_rate(rate)
-    deterministic = _check_static_bool(deterministic, "deterministic")
-    per_example = _check_static_bool(per_example, "per_example")
-    mask_bias = _check_static_bool(mask_bias, "mask_bias")
+    rate = check_rate(rate)
+    deterministic = check_static_bool(deterministic, "deterministic")
+    per_example = check_static_bool(per_example, "per_example")
+    mask_bias = check_static_bool(mask_bias, "mask_bias")
     if chunk_size is not None:
-        chunk_size = _check_positive_int(chunk_size, "chunk_size")
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
-    if deterministic or rate == 0.0:
+    if deterministic or (not is_traced(rate) and rate == 0.0):
         return _add_bias(x @ kernel, bias)
-    _check_key(key, "dropconnect_dense")
-    keep = 1.0 - rate
+    check_key(key, "dropconnect_dense")
+    keep = _keep_probability(rate)
+    masked_x, masked_kernel, unmasked_bias = x, kernel, bias
     if mask_bias and bias is not None:
-        (x, kernel), bias = _bias_as_weight(x, kernel, bias), None
-    if not per_example:
-        mask = jax.random.bernoulli(key, keep, kernel.shape)
-        return _add_bias(x @ jnp.where(mask, kernel, jnp.zeros((), kernel.dtype)) / keep, bias)
-    if chunk_size is None:
-        chunk_size = max(1, DEFAULT_MASK_BUDGET // max(1, kernel.size))
-    y = _per_example_masked_matmul(key, x, kernel, keep=keep, chunk_size=min(chunk_size, len(x)))
-    return _add_bias(y, bias)
+        (masked_x, masked_kernel), unmasked_bias = _bias_as_weight(x, kernel, bias), None
+    if per_example:
+        if chunk_size is None:
+            chunk_size = max(1, DEFAULT_MASK_BUDGET // max(1, masked_kernel.size))
+        y = _per_example_masked_matmul(
+            key, masked_x, masked_kernel, keep, chunk_size=min(chunk_size, len(x))
+        )
+    else:
+        mask = jax.random.bernoulli(key, keep, masked_kernel.shape)
+        y = masked_x @ jnp.where(mask, masked_kernel, jnp.zeros((), masked_kernel.dtype))
+        y = y / keep.astype(y.dtype)
+    y = _add_bias(y, unmasked_bias)
+    if not is_traced(rate):
+        return y
+    # A traced rate of 0 keeps every weight; return the plain layer so that such a member of a
+    # sweep rounds exactly like the unregularised network (see the docstring).
+    return jnp.where(rate == 0, _add_bias(x @ kernel, bias), y)
 
 
-# Jitted so that eager calls reuse one compilation per shape instead of retracing lax.map.
-@functools.partial(jax.jit, static_argnames=("keep", "chunk_size"))
+# Jitted so that eager calls reuse one compilation per shape: ``keep`` is a traced argument, so
+# neither a new rate nor a traced one retraces lax.map.
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
 def _per_example_masked_matmul(
-    key: jax.Array, x: jax.Array, kernel: jax.Array, *, keep: float, chunk_size: int
+    key: jax.Array, x: jax.Array, kernel: jax.Array, keep: jax.Array, *, chunk_size: int
 ) -> jax.Array:
     zero = jnp.zeros((), kernel.dtype)
 
@@ -182,7 +210,8 @@ def _per_example_masked_matmul(
         return row @ jnp.where(mask, kernel, zero)
 
     keys = jax.random.split(key, len(x))
-    return jax.lax.map(lambda args: masked_row(*args), (keys, x), batch_size=chunk_size) / keep
+    rows = jax.lax.map(lambda args: masked_row(*args), (keys, x), batch_size=chunk_size)
+    return rows / keep.astype(rows.dtype)
 
 
 def dropconnect_moments(
@@ -213,25 +242,26 @@ def dropconnect_moments(
       x: inputs, shape ``(batch, in)``.
       kernel: weights, shape ``(in, out)``.
       bias: optional bias, shape ``(out,)``.
-      rate: drop probability of each weight, in ``[0, 1)``; static under :func:`jax.jit`.
+      rate: drop probability of each weight, in ``[0, 1)``: a concrete number (checked) or a
+        traced scalar (unchecked; the moments are arithmetic in it).
       mask_bias: whether the bias is masked (paper) or added unmasked (mean only).
 
     Returns:
       ``(mean, var)``, each of shape ``(batch, out)``.
 
     Raises:
-      TypeError: traced ``rate``; non-bool ``mask_bias``; non-float ``x``/``kernel``.
-      ValueError: ``rate`` outside ``[0, 1)``; mismatched shapes.
+      TypeError: non-scalar ``rate``; non-bool ``mask_bias``; non-float ``x``/``kernel``.
+      ValueError: a concrete ``rate`` outside ``[0, 1)``; mismatched shapes.
     """
-    rate = _check_rate(rate)
-    mask_bias = _check_static_bool(mask_bias, "mask_bias")
+    rate = check_rate(rate)
+    mask_bias = check_static_bool(mask_bias, "mask_bias")
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
-    keep = 1.0 - rate
     mean = _add_bias(x @ kernel, bias)
     second_moment = jnp.square(x) @ jnp.square(kernel)
     if mask_bias and bias is not None:
         second_moment = second_moment + jnp.square(bias)
-    return mean, (rate / keep) * second_moment
+    rate = jnp.asarray(rate, float)
+    return mean, (rate / (1 - rate)).astype(second_moment.dtype) * second_moment
 
 
 def dropconnect_gaussian_inference(
@@ -269,7 +299,8 @@ def dropconnect_gaussian_inference(
       x: inputs, shape ``(batch, in)``.
       kernel: weights, shape ``(in, out)``.
       bias: optional bias, shape ``(out,)``.
-      rate: drop probability of each weight, in ``[0, 1)``; static under :func:`jax.jit`.
+      rate: drop probability of each weight, in ``[0, 1)``: a concrete number (checked) or a
+        traced scalar (unchecked).
       activation: elementwise nonlinearity :math:`a` (e.g. ``jax.nn.relu``).
       num_samples: :math:`Z \ge 1`, a Python int.
       mask_bias: whether the training layer masked the bias (paper), as in
@@ -279,12 +310,12 @@ def dropconnect_gaussian_inference(
       The average of ``activation(u)`` over samples, shape ``(batch, out)``.
 
     Raises:
-      TypeError: traced ``rate``; non-int ``num_samples``; non-bool ``mask_bias``; non-float
+      TypeError: non-scalar ``rate``; non-int ``num_samples``; non-bool ``mask_bias``; non-float
         ``x``/``kernel``.
-      ValueError: ``rate`` outside ``[0, 1)``; ``num_samples < 1``; mismatched shapes;
-        ``key is None``.
+      ValueError: a concrete ``rate`` outside ``[0, 1)``; ``num_samples < 1``; mismatched
+        shapes; ``key is None``.
     """
-    num_samples = _check_positive_int(num_samples, "num_samples")
+    num_samples = check_positive_int(num_samples, "num_samples")
     mean, var = dropconnect_moments(x, kernel, bias, rate=rate, mask_bias=mask_bias)
     if key is None:
         raise ValueError("dropconnect_gaussian_inference needs a jax.random key to sample u.")

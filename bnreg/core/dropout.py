@@ -10,20 +10,35 @@ Conventions used throughout this module (see ``design.md`` §3):
   :math:`\mathbb{E}[\text{train output}] = \text{test output}`.
 * Every stochastic function takes a ``jax.random`` key first; new-style typed keys
   (``jax.random.key``) and legacy ``uint32`` keys (``jax.random.PRNGKey``) are both accepted.
-* Hyperparameters (``rate``, ``scaling``, ``deterministic``, ``broadcast_dims``, ``num_samples``)
-  are static: under :func:`jax.jit` pass them as Python values (closure, ``functools.partial`` or
-  ``static_argnames``), never as traced arrays.
+* ``rate`` may be concrete (a Python or NumPy number, or a concrete array scalar) or a *traced*
+  scalar, so that one compiled program can be vmapped over members that differ in their rate. A
+  concrete rate is checked to lie in ``[0, 1)`` and ``rate == 0`` returns ``x`` without needing a
+  key. A traced rate cannot be checked (the caller checks it before tracing) and always takes the
+  general path, so it needs a key unless ``deterministic=True``; a traced rate of exactly 0 still
+  returns ``x`` bit for bit (every unit is kept and divided by 1). Both kinds compute
+  :math:`p = 1 - \text{rate}` with the same array arithmetic, so a member of a vmapped sweep
+  equals the call with its concrete rate and the same key bit for bit.
+* The flags and shapes (``scaling``, ``deterministic``, ``broadcast_dims``, ``num_samples``,
+  ``batch_size``) select code paths and are static: under :func:`jax.jit` pass them as Python
+  values (closure, ``functools.partial`` or ``static_argnames``), never as traced arrays.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from bnreg._checks import (
+    check_choice,
+    check_key,
+    check_positive_int,
+    check_rate,
+    check_static_bool,
+    is_traced,
+)
 
 __all__ = ["dropout", "gaussian_dropout", "monte_carlo_average"]
 
@@ -31,67 +46,10 @@ Scaling = Literal["inverted", "paper"]
 _SCALINGS = ("inverted", "paper")
 
 
-def _check_rate(rate: Any) -> float:
-    """Returns ``rate`` as a Python float after checking ``0 <= rate < 1``.
-
-    Shared by :mod:`bnreg.dropout` and :mod:`bnreg.dropconnect`.
-
-    Raises:
-      TypeError: if ``rate`` is traced (e.g. an argument of a jitted function) or not a number.
-      ValueError: if ``rate`` is outside ``[0, 1)``.
-    """
-    if isinstance(rate, jax.core.Tracer):
-        raise TypeError(
-            "rate must be a concrete Python number, got a traced value. Under jax.jit make it "
-            "static: close over it, use functools.partial, or list it in static_argnames."
-        )
-    try:
-        value = float(rate)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"rate must be a Python float in [0, 1), got {rate!r}.") from err
-    if not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"rate is the drop probability and must lie in [0, 1), got {value}. "
-            "(The paper's retain probability is p = 1 - rate.)"
-        )
-    return value
-
-
-def _check_static_bool(value: Any, name: str) -> bool:
-    """Returns ``value`` as a Python bool; flags like ``deterministic`` select code paths, so they
-    must be static.
-
-    Shared by :mod:`bnreg.dropout` and :mod:`bnreg.dropconnect`.
-    """
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(
-            f"{name} must be a Python (or NumPy) bool, static under jax.jit; got {value!r}."
-        )
-    return bool(value)
-
-
-def _check_key(key: Any, function_name: str) -> None:
-    """Raises a ValueError that says what to do when a stochastic call gets no key."""
-    if key is None:
-        raise ValueError(
-            f"{function_name} needs a jax.random key when deterministic=False: pass a key "
-            "(e.g. jax.random.key(0)), or deterministic=True for evaluation."
-        )
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    """Returns ``value`` as an int after checking it is a static integer ``>= 1``."""
-    if isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be a Python int (static under jax.jit), got {value!r}.")
-    try:
-        value = operator.index(value)
-    except TypeError as err:
-        raise TypeError(
-            f"{name} must be a Python int (static under jax.jit), got {value!r}."
-        ) from err
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}.")
-    return value
+def _keep_probability(rate: float | jax.Array) -> jax.Array:
+    r""":math:`p = 1 - \text{rate}` as a default-float array, computed the same way for a concrete
+    and a traced rate so that both draw the same mask and scale by the same number."""
+    return 1 - jnp.asarray(rate, float)
 
 
 def _floating(x: jax.typing.ArrayLike, function_name: str) -> jax.Array:
@@ -147,38 +105,48 @@ def dropout(
     ``broadcast_dims`` shares one mask entry along those axes (as ``flax.linen.Dropout``), e.g.
     ``broadcast_dims=(1, 2)`` on ``(batch, h, w, c)`` drops whole feature maps.
 
+    ``rate`` may be traced (see the module conventions): the mask is then drawn with keep
+    probability :math:`p = 1 - \text{rate}` exactly as for the concrete rate, so with the same
+    key a vmap over rates equals the separate calls bit for bit; a traced ``rate == 0`` keeps
+    every unit and returns ``x`` bit for bit (:math:`x / 1 = x`, :math:`1 \cdot x = x`), but
+    needs a key when ``deterministic=False``.
+
     Args:
       key: a ``jax.random`` key (typed or legacy ``uint32``). May be ``None`` when
-        ``deterministic=True`` or ``rate == 0``.
+        ``deterministic=True`` or ``rate`` is a concrete 0.
       x: floating-point array of units.
-      rate: drop probability in ``[0, 1)``; static (a Python number) under :func:`jax.jit`.
-      deterministic: ``True`` for evaluation (no noise; see the table above).
+      rate: drop probability in ``[0, 1)``: a concrete number (checked) or a traced scalar
+        (unchecked).
+      deterministic: ``True`` for evaluation (no noise; see the table above); a static bool.
       broadcast_dims: axes of ``x`` along which the mask is shared.
       scaling: ``"inverted"`` (default) or ``"paper"``.
 
     Returns:
-      An array with the shape and dtype of ``x``. ``rate == 0`` returns ``x`` unchanged (for both
-      scalings, and without needing a key).
+      An array with the shape and dtype of ``x``. A rate of 0 returns ``x`` unchanged (for both
+      scalings; a concrete 0 also without needing a key).
 
     Raises:
-      TypeError: traced ``rate``/``deterministic``, non-integer ``broadcast_dims``, integer ``x``.
-      ValueError: ``rate`` outside ``[0, 1)``; unknown ``scaling``; ``broadcast_dims`` out of
-        range; ``key is None`` with ``deterministic=False`` and ``rate > 0``.
+      TypeError: non-scalar ``rate``, traced ``deterministic``, non-integer ``broadcast_dims``,
+        integer ``x``.
+      ValueError: a concrete ``rate`` outside ``[0, 1)``; unknown ``scaling``;
+        ``broadcast_dims`` out of range; ``key is None`` with ``deterministic=False`` and a
+        traced or non-zero ``rate``.
     """
-    rate = _check_rate(rate)
-    deterministic = _check_static_bool(deterministic, "deterministic")
-    if scaling not in _SCALINGS:
-        raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}.")
+    rate = check_rate(rate)
+    deterministic = check_static_bool(deterministic, "deterministic")
+    check_choice("scaling", scaling, _SCALINGS)
     x = _floating(x, "dropout")
     mask_shape = _mask_shape(x.shape, broadcast_dims)
-    keep = 1.0 - rate
-    if rate == 0.0:
+    if not is_traced(rate) and rate == 0.0:
         return x
+    keep = _keep_probability(rate)
+    # Scaling by p in x's dtype, as a Python-number p would be, keeps the output dtype x's.
+    keep_as_x = keep.astype(x.dtype)
     if deterministic:
-        return x if scaling == "inverted" else x * keep
-    _check_key(key, "dropout")
+        return x if scaling == "inverted" else x * keep_as_x
+    check_key(key, "dropout")
     mask = jax.random.bernoulli(key, keep, mask_shape)
-    kept = x / keep if scaling == "inverted" else x
+    kept = x / keep_as_x if scaling == "inverted" else x
     return jnp.where(mask, kept, jnp.zeros((), x.dtype))
 
 
@@ -200,30 +168,37 @@ def gaussian_dropout(
     dropout, no scaling is needed at test time: ``deterministic=True`` returns ``x``. Its variance
     matches inverted Bernoulli dropout, whose factor :math:`r/p` has variance :math:`(1-p)/p`.
 
+    ``rate`` may be traced (see the module conventions); :math:`\sigma` is computed the same way
+    for both kinds, so with the same key a vmap over rates equals the separate calls bit for bit,
+    and a traced ``rate == 0`` returns :math:`x (1 + 0 \cdot \text{noise}) = x` bit for bit
+    (with a key when ``deterministic=False``).
+
     Args:
       key: a ``jax.random`` key (typed or legacy); may be ``None`` when ``deterministic=True`` or
-        ``rate == 0``.
+        ``rate`` is a concrete 0.
       x: floating-point array of units.
-      rate: the equivalent drop probability in ``[0, 1)``; static under :func:`jax.jit`.
-      deterministic: ``True`` for evaluation (returns ``x``).
+      rate: the equivalent drop probability in ``[0, 1)``: a concrete number (checked) or a
+        traced scalar (unchecked).
+      deterministic: ``True`` for evaluation (returns ``x``); a static bool.
 
     Returns:
       An array with the shape and dtype of ``x``.
 
     Raises:
-      TypeError: traced ``rate`` or ``deterministic``, integer ``x``.
-      ValueError: ``rate`` outside ``[0, 1)``; ``key is None`` with ``deterministic=False`` and
-        ``rate > 0``.
+      TypeError: non-scalar ``rate``, traced ``deterministic``, integer ``x``.
+      ValueError: a concrete ``rate`` outside ``[0, 1)``; ``key is None`` with
+        ``deterministic=False`` and a traced or non-zero ``rate``.
     """
-    rate = _check_rate(rate)
-    deterministic = _check_static_bool(deterministic, "deterministic")
+    rate = check_rate(rate)
+    deterministic = check_static_bool(deterministic, "deterministic")
     x = _floating(x, "gaussian_dropout")
-    if rate == 0.0 or deterministic:
+    if deterministic or (not is_traced(rate) and rate == 0.0):
         return x
-    _check_key(key, "gaussian_dropout")
-    std = (rate / (1.0 - rate)) ** 0.5
+    check_key(key, "gaussian_dropout")
+    rate = jnp.asarray(rate, float)
+    std = jnp.sqrt(rate / (1 - rate)).astype(x.dtype)
     noise = jax.random.normal(key, x.shape, x.dtype)
-    return x * (1.0 + std * noise)
+    return x * (1 + std * noise)
 
 
 def monte_carlo_average(
@@ -266,9 +241,9 @@ def monte_carlo_average(
       TypeError: ``num_samples`` or ``batch_size`` not a Python int.
       ValueError: ``num_samples < 1``, ``batch_size < 1`` or ``key is None``.
     """
-    num_samples = _check_positive_int(num_samples, "num_samples")
+    num_samples = check_positive_int(num_samples, "num_samples")
     if batch_size is not None:
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
     if key is None:
         raise ValueError("monte_carlo_average needs a jax.random key to sample thinned networks.")
     keys = jax.random.split(key, num_samples)

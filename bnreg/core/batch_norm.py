@@ -27,6 +27,10 @@ a fixed affine map that :func:`fold_batch_norm` folds into the preceding linear 
 
 Conventions (chosen once, tested in ``tests/test_batch_norm.py``):
 
+* **Static and traced arguments**: ``train``, ``axis_name`` and ``backward`` select code paths
+  and must be static; ``momentum`` and ``epsilon`` may be traced scalars (e.g. vmapped over the
+  members of a sweep) and are checked only when concrete.
+
 * **Momentum** follows flax: ``running = momentum * running + (1 - momentum) * batch``
   (default 0.99). PyTorch's ``momentum`` argument is the other weight:
   ``torch_momentum = 1 - momentum`` (flax 0.99 == PyTorch 0.01).
@@ -54,7 +58,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from bnreg._checks import check_choice, check_static_bool, is_traced
 
 __all__ = [
     "BatchNormParams",
@@ -189,7 +194,9 @@ def batch_norm(
       state: running ``mean, var`` of shape ``(F,)``.
       train: normalise with batch statistics and update ``state`` (Alg. 1), else use ``state``;
         a Python bool (static under ``jax.jit``).
-      momentum: EMA weight of the old statistics, in ``[0, 1]`` (flax convention).
+      momentum: EMA weight of the old statistics, in ``[0, 1]`` (flax convention). It may be a
+        traced scalar (e.g. vmapped over the members of a sweep); only a concrete value is
+        checked.
       epsilon: ``ε > 0`` added to the variance.
       axis_name: name(s) of a mapped axis (``vmap``, ``shard_map``) to synchronise statistics
         over; the batch is then the concatenation of all shards.
@@ -210,13 +217,9 @@ def batch_norm(
     _check_feature_arrays(x, {"state.mean": state.mean, "state.var": state.var})
     _check_epsilon(epsilon)
     _check_momentum(momentum)
-    if backward not in _BACKWARDS:
-        raise ValueError(f"backward must be one of {_BACKWARDS}, got {backward!r}.")
-    if not isinstance(train, bool | np.bool_):
-        raise TypeError(
-            f"train must be a Python (or NumPy) bool, static under jax.jit: it selects Alg. 1 "
-            f"or the inference transform; got {train!r}."
-        )
+    check_choice("backward", backward, _BACKWARDS)
+    # train selects Alg. 1 or the inference transform, so it must be static.
+    train = check_static_bool(train, "train")
     if not train:
         inv_std = jax.lax.rsqrt(state.var + epsilon)
         multiplier = params.scale * inv_std
@@ -345,7 +348,7 @@ def population_stats_finalize(acc: PopulationStatsAccumulator) -> BatchNormState
       ValueError: if ``acc.num_batches`` is concretely 0. Under ``jax.jit`` the count is traced,
         the check cannot fire, and an empty accumulator yields NaN statistics.
     """
-    if not isinstance(acc.num_batches, jax.core.Tracer) and int(acc.num_batches) == 0:
+    if not is_traced(acc.num_batches) and int(acc.num_batches) == 0:
         raise ValueError(
             "population_stats_finalize got an empty accumulator (num_batches == 0). "
             "Call population_stats_update on at least one training batch first."
@@ -438,12 +441,12 @@ def _check_feature_arrays(x: jax.Array, arrays: dict[str, jax.Array]) -> None:
 
 
 def _check_epsilon(epsilon: float) -> None:
-    if not isinstance(epsilon, jax.core.Tracer) and not float(epsilon) > 0:
+    if not is_traced(epsilon) and not float(epsilon) > 0:
         raise ValueError(f"epsilon must be > 0 (e.g. 1e-5), got {epsilon!r}.")
 
 
 def _check_momentum(momentum: float) -> None:
-    if not isinstance(momentum, jax.core.Tracer) and not 0 <= float(momentum) <= 1:
+    if not is_traced(momentum) and not 0 <= float(momentum) <= 1:
         raise ValueError(
             f"momentum must be in [0, 1] (flax convention: weight of the old statistics, e.g. "
             f"0.99; PyTorch's momentum=0.1 is 0.9 here), got {momentum!r}."

@@ -11,6 +11,11 @@ Layout convention: the *last* axis of a selected leaf indexes the units and all 
 unit's incoming weights — flax's dense kernel ``(in, out)`` (norm over ``in``) and conv kernel
 ``(h, w, in, out)`` (norm over ``h, w, in``). Kernels with another layout (e.g. a ``DenseGeneral``
 kernel ``(in, heads, dim)``) need a predicate that excludes them.
+
+The bound ``c`` may be a traced scalar (so that one compiled program can be vmapped over members
+that differ in it) and may be :math:`\infty`, which means no constraint: a column inside the ball
+is left bit for bit unchanged by the projection and keeps its incoming update bit for bit in the
+optax transformation, so ``c = inf`` reproduces the unconstrained network exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+
+from bnreg._checks import is_traced
 
 __all__ = ["is_kernel", "max_norm", "project_max_norm"]
 
@@ -50,24 +57,29 @@ def is_kernel(path: tuple[Any, ...], leaf: jax.Array) -> bool:
 def _check_max_value(max_value: Any) -> None:
     if jnp.ndim(max_value) != 0:
         raise TypeError(f"max_value must be a scalar, got shape {jnp.shape(max_value)}.")
-    if isinstance(max_value, jax.core.Tracer):
+    if is_traced(max_value):
         return
     try:
         value = float(max_value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"max_value must be a positive number, got {max_value!r}.") from err
     if not value > 0.0:
-        raise ValueError(f"max_value is the norm bound c and must be > 0, got {value}.")
+        raise ValueError(
+            f"max_value is the norm bound c and must be > 0 (float('inf') for no constraint), "
+            f"got {value}."
+        )
 
 
-def _project_leaf(w: jax.Array, max_value: Any) -> jax.Array:
+def _project_leaf(w: jax.Array, max_value: Any) -> tuple[jax.Array, jax.Array]:
+    """``(Π_c(w), outside)``: the projected leaf and, per column, whether it left the ball."""
     # Norms in at least float32 so that bfloat16 kernels are not projected on a coarse norm.
     wide = w.astype(jnp.promote_types(w.dtype, jnp.float32))
     norms = jnp.sqrt(jnp.sum(jnp.square(wide), axis=tuple(range(w.ndim - 1)), keepdims=True))
+    # False for every column when max_value is inf, so c = inf selects w itself everywhere.
     outside = norms > max_value
     # Dividing by 1 where the column is inside keeps zero columns free of 0/0.
     scale = max_value / jnp.where(outside, norms, 1.0)
-    return jnp.where(outside, wide * scale, wide).astype(w.dtype)
+    return jnp.where(outside, wide * scale, wide).astype(w.dtype), outside
 
 
 def project_max_norm(
@@ -86,11 +98,12 @@ def project_max_norm(
     with :math:`c` = ``max_value``. Columns inside the ball (zero columns included) are returned
     bit-for-bit unchanged; projected columns have norm :math:`c` up to floating-point rounding
     (a relative error of a few ulps, so a check should allow ``c * (1 + 1e-6)`` in float32).
+    :math:`c = \infty` means no constraint and returns every selected leaf unchanged.
 
     Args:
       params: a pytree of arrays (e.g. flax ``params``).
-      max_value: :math:`c > 0`. A traced scalar is accepted (e.g. to vmap over ``c``), but then
-        its sign cannot be checked.
+      max_value: :math:`c > 0`, possibly ``inf``. A traced scalar is accepted (e.g. to vmap over
+        ``c``), but then its sign cannot be checked.
       predicate: ``predicate(path, leaf) -> bool`` (a Python bool) selects the leaves to project;
         default :func:`is_kernel`. A predicate that selects nothing is allowed and returns
         ``params`` unchanged.
@@ -104,29 +117,40 @@ def project_max_norm(
     """
     _check_max_value(max_value)
     return jax.tree_util.tree_map_with_path(
-        lambda path, w: _project_leaf(w, max_value) if predicate(path, w) else w, params
+        lambda path, w: _project_leaf(w, max_value)[0] if predicate(path, w) else w, params
     )
 
 
-def max_norm(max_value: float, *, predicate: Predicate = is_kernel) -> optax.GradientTransformation:
+def max_norm(
+    max_value: float | jax.Array, *, predicate: Predicate = is_kernel
+) -> optax.GradientTransformation:
     r"""An optax transformation that keeps the max-norm constraint after each update.
 
     Place it **last** in the chain, e.g. ``optax.chain(optax.sgd(lr, momentum=0.95),
-    bnreg.max_norm(3.0))``: it turns the incoming update :math:`\Delta` into
+    bnreg.max_norm(3.0))``: for each unit (column) :math:`j` of a selected leaf it turns the
+    incoming update :math:`\Delta_j` into
 
     .. math::
 
-        \Delta' = \Pi_c(\theta + \Delta) - \theta
+        \Delta'_j = \begin{cases} \Pi_c(\theta_j + \Delta_j) - \theta_j
+            & \|\theta_j + \Delta_j\|_2 > c \\ \Delta_j & \text{otherwise}
+        \end{cases}
 
-    for the selected leaves (other leaves pass through), so that ``optax.apply_updates(params,
-    updates)`` yields the projected parameters :math:`\Pi_c(\theta + \Delta)` of
-    :func:`project_max_norm` — Srivastava et al. 2014, Sec. 5.1: "projection after each update".
-    Because ``apply_updates`` adds :math:`\theta` back in floating point, the resulting norms can
-    exceed :math:`c` by a few ulps (and the next step projects again, so this does not accumulate).
-    Any transformation placed after it would break the constraint.
+    (other leaves pass through), so that ``optax.apply_updates(params, updates)`` yields the
+    projected parameters :math:`\Pi_c(\theta + \Delta)` of :func:`project_max_norm` —
+    Srivastava et al. 2014, Sec. 5.1: "projection after each update". Columns that stay inside
+    the ball keep their update bit for bit: :math:`\Pi_c(\theta + \Delta) - \theta` is
+    :math:`\Delta` in exact arithmetic but not always in floating point, and ``c = inf`` (no
+    constraint, e.g. the members of a swept program that have max-norm off) must leave the
+    updates, hence the training run, bit-identical to the chain without ``max_norm``. Because
+    ``apply_updates`` adds :math:`\theta` back in floating point, projected norms can exceed
+    :math:`c` by a few ulps (and the next step projects again, so this does not accumulate). Any
+    transformation placed after it would break the constraint.
 
     Args:
-      max_value: :math:`c > 0`, the bound on each incoming weight vector's L2 norm.
+      max_value: :math:`c > 0`, the bound on each incoming weight vector's L2 norm; ``inf`` for
+        no constraint. A traced scalar is accepted (e.g. to vmap over ``c``), but then its sign
+        cannot be checked.
       predicate: selects the leaves to constrain; see :func:`project_max_norm`.
 
     Returns:
@@ -135,7 +159,8 @@ def max_norm(max_value: float, *, predicate: Predicate = is_kernel) -> optax.Gra
 
     Raises:
       TypeError: ``max_value`` is not a scalar number.
-      ValueError: ``max_value <= 0``; and, from ``update``, ``params is None``.
+      ValueError: a concrete ``max_value <= 0`` (or NaN); and, from ``update``,
+        ``params is None``.
     """
     _check_max_value(max_value)
 
@@ -157,7 +182,8 @@ def max_norm(max_value: float, *, predicate: Predicate = is_kernel) -> optax.Gra
                 return update
             # Same arithmetic as optax.apply_updates, so the projected point is what it produces.
             updated = (param + update).astype(param.dtype)
-            return (_project_leaf(updated, max_value) - param).astype(update.dtype)
+            projected, outside = _project_leaf(updated, max_value)
+            return jnp.where(outside, (projected - param).astype(update.dtype), update)
 
         return jax.tree_util.tree_map_with_path(constrain, updates, params), state
 

@@ -1,0 +1,244 @@
+"""The engine of one run: its members, data, network and compiled programs, as one object.
+
+``engine = build(config)`` loads and checks everything a run needs before anything compiles;
+then ``state = engine.init()``, ``state, order, losses = engine.train(state, order, k)`` and
+``engine.evaluate(state, names)`` are the whole training loop's parts, public for studies that
+need more than :func:`bnreg.engine.train_and_evaluate` (e.g. training on from a final state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bnreg.config import validate_config
+from bnreg.engine import bn_statistics, evaluators
+from bnreg.engine.devices import member_devices, replicate, shard_members
+from bnreg.engine.members import Members, members_from_config
+from bnreg.engine.optimizer import build_optimizer
+from bnreg.engine.run_data import RunData, load_run_data, member_subsets
+from bnreg.engine.step import (
+    MEMBER_AXES,
+    DataOrder,
+    Network,
+    Sampler,
+    TrainState,
+    init_members,
+    make_train_chunk,
+)
+from bnreg.engine.tasks import build_task
+from bnreg.models import build_model
+
+Results = dict[str, dict[str, np.ndarray]]  # column suffix -> metric -> (members, ...)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Engine:
+    """A run's members, data and compiled programs (made by :func:`build`).
+
+    Attributes:
+      config: the validated config.
+      members: the members, in the order of the member axis.
+      data: the run's data (host arrays).
+      network: model, task and optimizer factory.
+      sampler: how the members draw their batches.
+      devices: the devices the members live on (:func:`bnreg.engine.devices.member_devices`).
+      during: the evaluators of every evaluation; the first is the primary.
+      final: the evaluators of the end (``during``'s, then ``config.evaluation.final``'s).
+      has_bn: whether the network has BN layers.
+    """
+
+    config: ml_collections.ConfigDict
+    members: Members
+    data: RunData
+    network: Network
+    sampler: Sampler
+    devices: tuple[jax.Device, ...]
+    during: tuple[evaluators.Evaluator, ...]
+    final: tuple[evaluators.Evaluator, ...]
+    has_bn: bool
+    _arrays: Mapping[str, Any]
+    _chunk: Callable[..., Any]
+    _evaluate: Mapping[str, Callable[..., Any]]
+    _statistics: bn_statistics.StatisticsFn
+
+    @property
+    def settled_ema_batches(self) -> int | None:
+        """The EMA updates of the settled-EMA statistics (``None`` without BN, or for a
+        momentum of 1, which never settles)."""
+        momentum = float(self.members.values["bn_momentum"].max())
+        return bn_statistics.ema_settling_batches(momentum) if self.has_bn and momentum < 1 \
+            else None
+
+    @property
+    def primary(self) -> evaluators.Evaluator:
+        return self.during[0]
+
+    @property
+    def split(self) -> str:
+        """The split every evaluation scores: ``"test"`` or ``"validation"``."""
+        return self.data.evaluation_split
+
+    def init(self) -> TrainState:
+        """The members' initial states, on the run's devices."""
+        state = init_members(self.network, self.members, self._arrays["train_images"][:1])
+        return shard_members(state, self.devices)
+
+    def adopt(self, state: TrainState) -> TrainState:
+        """A copy of ``state`` (e.g. another run's final state of the same members) on this
+        engine's devices; a copy, because :meth:`train` donates the state it is given."""
+        return shard_members(jax.tree.map(jnp.copy, state), self.devices)
+
+    def empty_order(self) -> DataOrder:
+        """A data order that the first :meth:`train` call replaces."""
+        return shard_members(self.sampler.empty_order(len(self.members)), self.devices)
+
+    def train(
+        self, state: TrainState, order: DataOrder, num_steps: int
+    ) -> tuple[TrainState, DataOrder, jax.Array]:
+        """``num_steps`` steps of every member in one compiled call; ``state`` and ``order`` are
+        donated (do not use them again). Returns the new state and order and the training
+        losses ``(num_steps, members)``."""
+        arrays = self._arrays
+        return self._chunk(
+            state, order, arrays["train_images"], arrays["train_labels"], arrays["subsets"],
+            num_steps,
+        )
+
+    def statistics(self, state: TrainState, kind: str) -> Any:
+        """The BN statistics of every member of ``state``: ``"ema"`` (its own),
+        ``"population"`` (Alg. 2) or ``"settled_ema"`` (:mod:`bnreg.engine.bn_statistics`)."""
+        return self._statistics(state, kind)
+
+    def evaluate(
+        self,
+        state: TrainState,
+        selected: Sequence[evaluators.Evaluator],
+        *,
+        batch_stats: Any = None,
+    ) -> Results:
+        """Every evaluator of ``selected`` on the run's evaluation split, per member.
+
+        BN uses each evaluator's statistics of ``state``, or ``batch_stats`` when given (e.g.
+        statistics of other weights). Returns ``{column suffix: {metric: (members, ...)}}``
+        (host arrays); the statistics each kind needs are computed once.
+        """
+        cache: dict[str | None, Any] = {}
+        results: Results = {}
+        images, labels = self._arrays["evaluation_images"], self._arrays["evaluation_labels"]
+        for evaluator in selected:
+            kind = evaluator.bn_statistics
+            if batch_stats is not None:
+                cache[kind] = batch_stats
+            elif kind not in cache:
+                cache[kind] = self._statistics(state, kind) if kind else state.batch_stats
+            found = self._evaluate[evaluator.name](state, cache[kind], images, labels)
+            results.update(jax.device_get(found))
+        return results
+
+    def evaluator(self, name: str) -> evaluators.Evaluator:
+        """The run's evaluator of that config name (e.g. ``"population"``), whether it runs
+        during training or at the end only."""
+        for evaluator in (*self.during, *self.final):
+            if evaluator.name == name:
+                return evaluator
+        known = [e.name for e in (*self.during, *self.final)]
+        raise ValueError(f"This run has no evaluator {name!r}; it has {known}.")
+
+
+def _check_structure(config: ml_collections.ConfigDict, members: Members) -> None:
+    """Checks that need the members: sweeps of values the model cannot take."""
+    if config.model.name != "mlp" and members.uses("dropconnect"):
+        raise ValueError("dropconnect is implemented for the MLP's dense layers only "
+                         f"(config.model.name is {config.model.name!r}).")
+    evaluation = config.evaluation
+    if "gaussian" in (*evaluation.during, *evaluation.final) and (
+        not members.uses("dropconnect") or config.model.norm is not None
+    ):
+        raise ValueError("The gaussian evaluator (DropConnect's moment matching) needs a net "
+                         "with DropConnect (dropconnect > 0) and without BN (model.norm None).")
+    if config.optimizer.name == "adam" and members.uses("final_momentum"):
+        raise ValueError("optimizer.momentum is SGD's; Adam has its own moments.")
+
+
+def _vmapped(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A one-member ``function(state, images, batch_indices)`` over all members, jitted."""
+    return jax.jit(jax.vmap(function, in_axes=(MEMBER_AXES, None, 0)))
+
+
+def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Engine:
+    """The engine of the run ``config`` describes, on ``devices`` (default: the local ones).
+
+    Everything that can fail on bad input does so here, before anything is compiled.
+
+    Raises:
+      ValueError: an invalid config (:func:`bnreg.config.validate_config`), a batch larger than
+        the training split, a subset larger than the split or smaller than a batch, a
+        DropConnect sweep on a model without dense DropConnect layers, an evaluator the net
+        cannot have.
+    """
+    validate_config(config)
+    members = members_from_config(config)
+    _check_structure(config, members)
+    data = load_run_data(config)
+    num_train = len(data.train.labels)
+    if config.batch_size > num_train:
+        raise ValueError(
+            f"config.batch_size ({config.batch_size}) exceeds the {num_train} training examples."
+        )
+    subsets = member_subsets(members, data.train.labels, config.batch_size)
+    model = build_model(config.model, data.image_shape, data.num_classes)
+    network = Network(model, build_task(config.task), build_optimizer(config.optimizer, members))
+    devices = tuple(member_devices(len(members), devices))
+    sampler = Sampler(num_train, config.batch_size,
+                      None if subsets is None else tuple(len(s) for s in subsets))
+    has_bn = config.model.norm == "batch"
+    expand = functools.partial(
+        evaluators.expand,
+        has_bn=has_bn,
+        bn_statistics=config.evaluation.bn_statistics,
+        monte_carlo_samples=tuple(config.evaluation.monte_carlo_samples),
+        gaussian_samples=tuple(config.evaluation.gaussian_samples),
+    )
+    during = tuple(expand(config.evaluation.during))
+    final = tuple(expand([*config.evaluation.during, *config.evaluation.final]))
+    probe = evaluators.ProbeSpec.from_config(config.probe)
+    evaluate = {
+        evaluator.name: jax.jit(jax.vmap(
+            evaluators.member_function(
+                network, evaluator, batch_size=config.eval_batch_size,
+                probe=probe if evaluator == during[0] and evaluator.kind == "deterministic"
+                else None,
+            ),
+            in_axes=(MEMBER_AXES, 0, None, None),
+        ))
+        for evaluator in final
+    }
+    arrays = replicate({
+        "train_images": data.train.images,
+        "train_labels": data.train.labels,
+        "evaluation_images": data.evaluation.images,
+        "evaluation_labels": data.evaluation.labels,
+        "subsets": None if subsets is None else tuple(subsets),
+    }, devices)
+    statistics = bn_statistics.make_inference_statistics(
+        network,
+        arrays["train_images"],
+        bn_statistics.member_batch_indices(members.keys(), num_train, config.batch_size, subsets),
+        population_batches=config.evaluation.population_batches,
+        settling_momentum=float(members.values["bn_momentum"].max()),
+        vmapped=_vmapped,
+    )
+    return Engine(
+        config=config, members=members, data=data, network=network, sampler=sampler,
+        devices=devices, during=during, final=final, has_bn=has_bn, _arrays=arrays,
+        _chunk=make_train_chunk(network, sampler), _evaluate=evaluate, _statistics=statistics,
+    )
+

@@ -1,0 +1,339 @@
+"""Evaluators: functions from a trained state to per-member metrics on a whole split.
+
+By name (``config.evaluation.during`` / ``final``, :func:`expand`):
+
+* ``"deterministic"`` — the network with the noise off: the paper's weight scaling, which with
+  inverted dropout is the network as it is; BN in inference mode with
+  ``config.evaluation.bn_statistics``. Its column suffix is the statistics' kind on a net with
+  BN (``population`` or ``ema``), ``deterministic`` without.
+* ``"ema"``, ``"population"``, ``"settled_ema"`` — the deterministic network with those BN
+  statistics (:mod:`bnreg.engine.bn_statistics`); nets with BN only (left out for others).
+* ``"monte_carlo"`` — model averaging over ``k`` sampled thinned nets (Srivastava et al. 2014,
+  Sec. 7, Fig. 11): noise on, BN in inference mode, the class probabilities averaged; one result
+  per ``k`` of ``config.evaluation.monte_carlo_samples`` (suffix ``mc_k<k>``), all from the first
+  ``max(k)`` samples. Sample ``i`` is the thinned net of key ``fold_in(MONTE_CARLO stream, i)``;
+  its masks on evaluation batch ``b`` come from ``fold_in(that key, b)``.
+* ``"gaussian"`` — DropConnect's moment-matching inference (Wan et al. 2013, Sec. 3) with ``Z``
+  samples per pre-activation, one result per ``Z`` of ``config.evaluation.gaussian_samples``
+  (suffix ``gaussian_z<Z>``); nets with DropConnect and without BN. Batch ``b``'s samples come
+  from ``fold_in(GAUSSIAN stream, b)``.
+
+Each returns the task's metrics (:mod:`bnreg.engine.tasks`); the primary evaluator (the first
+of ``during``) also the probes (:mod:`bnreg.probes`) when it is a deterministic one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bnreg import probes
+from bnreg.engine.members import Stream, stream_key
+from bnreg.engine.step import Network, TrainState
+from bnreg.engine.tasks import finish
+
+BN_KINDS = ("ema", "population", "settled_ema")
+
+
+class ProbeSpec(NamedTuple):
+    """What the evaluation records of the hidden layers (see :mod:`bnreg.probes`)."""
+
+    layers: tuple[int, ...]
+    units: tuple[int, ...]
+    percentiles: tuple[float, ...]
+    histogram_bins: int
+    histogram_range: tuple[float, float]
+
+    @classmethod
+    def from_config(cls, probe_config: Any) -> ProbeSpec:
+        return cls(
+            layers=tuple(int(layer) for layer in probe_config.layers),
+            units=tuple(int(u) for u in probe_config.units),
+            percentiles=tuple(float(q) for q in probe_config.percentiles),
+            histogram_bins=int(probe_config.histogram_bins),
+            histogram_range=tuple(float(v) for v in probe_config.histogram_range),
+        )
+
+
+class Evaluator(NamedTuple):
+    """One evaluator of a run.
+
+    Attributes:
+      name: its name in the config (``"deterministic"`` becomes the BN statistics' kind on a
+        net with BN).
+      kind: ``"deterministic"``, ``"monte_carlo"`` or ``"gaussian"``.
+      bn_statistics: the BN statistics it evaluates with (``None`` without BN).
+      samples: the ``k`` (Monte-Carlo) or the ``Z`` (Gaussian) it reports; ``()`` otherwise.
+    """
+
+    name: str
+    kind: str
+    bn_statistics: str | None
+    samples: tuple[int, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The suffixes of its metrics' columns (``accuracy_<suffix>``), one per result."""
+        if self.kind == "monte_carlo":
+            return tuple(f"mc_k{k}" for k in self.samples)
+        if self.kind == "gaussian":
+            return tuple(f"gaussian_z{z}" for z in self.samples)
+        return (self.name,)
+
+
+def expand(
+    names: Sequence[str],
+    *,
+    has_bn: bool,
+    bn_statistics: str,
+    monte_carlo_samples: Sequence[int],
+    gaussian_samples: Sequence[int],
+) -> list[Evaluator]:
+    """The evaluators of ``names`` (see the module docstring), in order, each once; the
+    BN-statistics ones are left out on a net without BN."""
+    statistics = bn_statistics if has_bn else None
+    evaluators: dict[str, Evaluator] = {}
+    for name in names:
+        if name == "deterministic":
+            evaluator = Evaluator(statistics or "deterministic", "deterministic", statistics)
+        elif name in BN_KINDS:
+            if not has_bn:
+                continue
+            evaluator = Evaluator(name, "deterministic", name)
+        elif name == "monte_carlo":
+            evaluator = Evaluator(name, "monte_carlo", statistics, tuple(monte_carlo_samples))
+        else:
+            evaluator = Evaluator(name, "gaussian", statistics, tuple(gaussian_samples))
+        evaluators.setdefault(evaluator.name, evaluator)
+    return list(evaluators.values())
+
+
+def _batched(num_examples: int, batch_size: int):
+    """``(pad, weights)``: a split cut into padded batches ``(batches, batch_size, ...)``, and
+    each padded example's weight (0 for padding)."""
+    num_batches = math.ceil(num_examples / batch_size)
+    padding = num_batches * batch_size - num_examples
+
+    def pad(x):
+        return jnp.pad(x, [(0, padding)] + [(0, 0)] * (x.ndim - 1)).reshape(
+            (num_batches, batch_size, *x.shape[1:])
+        )
+
+    return pad, pad(jnp.ones((num_examples,), jnp.float32))
+
+
+def _weighted(weights: jax.Array, x: jax.Array) -> jax.Array:
+    """Per-example ``weights`` broadcast over the trailing axes of ``x``."""
+    return jnp.broadcast_to(weights.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+
+
+def _probe_sums(intermediates, probe: ProbeSpec, weights: jax.Array) -> dict[str, Any]:
+    activations = probes.sown(intermediates, "activation")
+    preactivations = probes.sown(intermediates, "preactivation")
+    num_hidden = len(preactivations)
+    if not all(-num_hidden <= layer < num_hidden for layer in probe.layers):
+        raise ValueError(
+            f"config.probe.layers {list(probe.layers)} must index the model's "
+            f"{num_hidden} hidden layers (negative indices count from the last)."
+        )
+    if len({layer % num_hidden for layer in probe.layers}) < len(probe.layers):
+        raise ValueError(
+            f"config.probe.layers {list(probe.layers)} names a hidden layer twice (of "
+            f"{num_hidden}; negative indices count from the last)."
+        )
+    sums = {
+        "probed": [probes.unit_columns(preactivations[layer], probe.units)
+                   for layer in probe.layers],
+        "activation_sum": jnp.stack(
+            [jnp.sum(a * _weighted(weights, a)) / (a.size // a.shape[0]) for a in activations]
+        ),
+    }
+    if probe.histogram_bins:
+        sums["histogram"] = jnp.stack([
+            probes.histogram(a, bins=probe.histogram_bins, value_range=probe.histogram_range,
+                             weights=_weighted(weights, a))
+            for a in activations
+        ])
+    return sums
+
+
+def _probe_results(totals, probe: ProbeSpec, num_examples: int, batch_size: int):
+    def layer_percentiles(probed):  # (batches, batch_size · samples per example, units)
+        samples_per_example = probed.shape[1] // batch_size
+        probed = probed.reshape(-1, probed.shape[-1])[: num_examples * samples_per_example]
+        return probes.percentiles(probed, probe.percentiles)
+
+    result = {
+        "probe_percentiles": jnp.stack([layer_percentiles(p) for p in totals["probed"]]),
+        "mean_activation": totals["activation_sum"].sum(0) / num_examples,
+    }
+    if probe.histogram_bins:
+        result["activation_histogram"] = totals["histogram"].sum(0)
+    return result
+
+
+def evaluate(
+    network: Network,
+    state: TrainState,
+    batch_stats: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    batch_size: int,
+    probe: ProbeSpec | None = None,
+) -> dict[str, jax.Array]:
+    """The deterministic network of one member on a whole split, in batches of ``batch_size``.
+
+    BN uses ``batch_stats``; the noise is off.
+
+    Returns:
+      The task's metrics over the split and, with ``probe``: ``probe_percentiles`` ``(layers,
+      units, percentiles)`` of the chosen units' pre-activations in each of ``probe.layers``
+      (a conv layer's unit is a feature map, sampled at every position); per hidden layer,
+      ``mean_activation`` and, unless ``probe.histogram_bins`` is 0,
+      ``activation_histogram`` ``(layers, bins)``.
+    """
+    num_examples = images.shape[0]
+    pad, weights = _batched(num_examples, batch_size)
+    model = network.member_model(state.hyperparameters)
+    variables = {"params": state.params, "batch_stats": batch_stats}
+
+    def one_batch(batch):
+        batch_images, batch_labels, batch_weights = batch
+        outputs, collections = model.apply(
+            variables, batch_images, bn_mode="inference", noise=False, mutable=["intermediates"]
+        )
+        values = network.task.per_example(outputs, batch_images, batch_labels)
+        sums = {name: jnp.sum(value * batch_weights) for name, value in values.items()}
+        if probe is None:
+            return sums, {}
+        return sums, _probe_sums(collections["intermediates"], probe, batch_weights)
+
+    sums, probe_sums = jax.lax.map(one_batch, (pad(images), pad(labels), weights))
+    metrics = finish(network.task, {n: total.sum() for n, total in sums.items()}, num_examples)
+    if probe is not None:
+        metrics.update(_probe_results(probe_sums, probe, num_examples, batch_size))
+    return metrics
+
+
+def evaluate_monte_carlo(
+    network: Network,
+    state: TrainState,
+    batch_stats: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    batch_size: int,
+    samples: Sequence[int],
+) -> dict[str, jax.Array]:
+    """Monte-Carlo model averaging of one member (classification): for each ``k`` of
+    ``samples``, the split's ``loss`` (negative log of the averaged probability of the label),
+    ``accuracy`` and ``error`` of
+
+    .. math:: \\hat P(y \\mid x) = \\frac{1}{k} \\sum_{i=1}^{k}
+              \\mathrm{softmax}\\big(f(\\kappa_i, x)\\big)
+
+    with thinned nets :math:`\\kappa_i` as in the module docstring; arrays ``(len(samples),)``.
+    """
+    num_examples = images.shape[0]
+    pad, weights = _batched(num_examples, batch_size)
+    model = network.member_model(state.hyperparameters)
+    variables = {"params": state.params, "batch_stats": batch_stats}
+    sample_keys = stream_key(state.key, Stream.MONTE_CARLO)
+    positions = jnp.asarray(samples) - 1
+
+    def one_batch(batch):
+        index, batch_images, batch_labels, batch_weights = batch
+
+        def one_sample(total, sample):
+            key = jax.random.fold_in(jax.random.fold_in(sample_keys, sample), index)
+            logits = model.apply(variables, batch_images, bn_mode="inference", noise=True,
+                                 rngs={"dropout": key})
+            total = total + jax.nn.softmax(logits, axis=-1)
+            average = total / (sample + 1)
+            label_probability = jnp.take_along_axis(average, batch_labels[:, None], 1)[:, 0]
+            return total, (
+                jnp.sum(-jnp.log(label_probability) * batch_weights),
+                jnp.sum((jnp.argmax(average, -1) == batch_labels) * batch_weights),
+            )
+
+        start = jnp.zeros((batch_images.shape[0], network.model.num_outputs), jnp.float32)
+        _, (loss, correct) = jax.lax.scan(one_sample, start, jnp.arange(max(samples)))
+        return loss[positions], correct[positions]
+
+    indices = jnp.arange(weights.shape[0])
+    loss, correct = jax.lax.map(one_batch, (indices, pad(images), pad(labels), weights))
+    return finish(
+        network.task, {"loss": loss.sum(0), "accuracy": correct.sum(0)}, num_examples
+    )
+
+
+def evaluate_gaussian(
+    network: Network,
+    state: TrainState,
+    batch_stats: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    batch_size: int,
+    samples: int,
+) -> dict[str, jax.Array]:
+    """The task's metrics of one member with its DropConnect layers evaluated by Gaussian
+    moment matching over ``samples`` samples (:class:`bnreg.layers.DropConnectDense`)."""
+    num_examples = images.shape[0]
+    pad, weights = _batched(num_examples, batch_size)
+    model = network.member_model(state.hyperparameters).clone(
+        dropconnect_gaussian_samples=samples
+    )
+    variables = {"params": state.params, "batch_stats": batch_stats}
+    gaussian_key = stream_key(state.key, Stream.GAUSSIAN)
+
+    def one_batch(batch):
+        index, batch_images, batch_labels, batch_weights = batch
+        outputs = model.apply(variables, batch_images, bn_mode="inference", noise=False,
+                              rngs={"dropout": jax.random.fold_in(gaussian_key, index)})
+        values = network.task.per_example(outputs, batch_images, batch_labels)
+        return {name: jnp.sum(value * batch_weights) for name, value in values.items()}
+
+    indices = jnp.arange(weights.shape[0])
+    totals = jax.lax.map(one_batch, (indices, pad(images), pad(labels), weights))
+    return finish(network.task, {n: t.sum() for n, t in totals.items()}, num_examples)
+
+
+EvaluateFn = Callable[[TrainState, Any, jax.Array, jax.Array], Mapping[str, Any]]
+
+
+def member_function(
+    network: Network, evaluator: Evaluator, *, batch_size: int, probe: ProbeSpec | None
+) -> EvaluateFn:
+    """``fn(state, batch_stats, images, labels) -> {column suffix: metrics}`` of one member for
+    ``evaluator`` (``probe``: the probes, for a deterministic evaluator).
+
+    Raises:
+      ValueError: a Monte-Carlo evaluator for a task without classes.
+    """
+    if evaluator.kind == "monte_carlo":
+        if network.task.name != "classification":
+            raise ValueError("The Monte-Carlo evaluator averages class probabilities: it needs "
+                             "the classification task.")
+
+        def monte_carlo(*args):
+            metrics = evaluate_monte_carlo(
+                network, *args, batch_size=batch_size, samples=evaluator.samples
+            )
+            return {column: {name: value[i] for name, value in metrics.items()}
+                    for i, column in enumerate(evaluator.columns)}
+
+        return monte_carlo
+    if evaluator.kind == "gaussian":
+        return lambda *args: {
+            column: evaluate_gaussian(network, *args, batch_size=batch_size, samples=z)
+            for column, z in zip(evaluator.columns, evaluator.samples, strict=True)
+        }
+    return lambda *args: {
+        evaluator.name: evaluate(network, *args, batch_size=batch_size, probe=probe)
+    }

@@ -1,0 +1,289 @@
+"""The run itself — train every member, evaluate, record, checkpoint — and groups of runs."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from bnreg.config import override
+from bnreg.engine import rundir
+from bnreg.engine.engine import Engine, Results, build
+from bnreg.engine.members import Members
+from bnreg.engine.step import TrainState
+from bnreg.engine.writers import TENSORBOARD_DIR, Progress, TensorBoardEvents, member_run_name
+
+# The primary evaluator's probes (bnreg.engine.evaluators): in metrics.jsonl, not the summary.
+PROBE_FIELDS = ("probe_percentiles", "mean_activation", "activation_histogram")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite training or evaluation loss."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`train_and_evaluate` returns.
+
+    Attributes:
+      history: the metrics records, one per (evaluation, member), as in ``metrics.jsonl``.
+      summary: the run's data and the final evaluation per member with every final evaluator
+        (``summary.json``).
+      state: the final :class:`~bnreg.engine.step.TrainState` (members on the leading axis).
+      members: the members, in the order of the member axis.
+    """
+
+    history: list[dict]
+    summary: dict
+    state: TrainState
+    members: Members
+
+
+def _to_json(value: Any) -> Any:
+    array = np.asarray(value)
+    return array.tolist() if array.ndim else array.item()
+
+
+def member_records(
+    engine: Engine, step: int, results: Results, train_losses: np.ndarray | None
+) -> list[dict]:
+    """One record per member: the step, the member's index, the split and its value on every
+    axis, the mean training loss since the last evaluation (``None`` at step 0), the primary
+    evaluator's metrics under plain names and every evaluator's as ``<metric>_<suffix>``, and
+    the primary's probes."""
+    primary = engine.primary.columns[0]
+    metrics = engine.network.task.metrics
+    records = []
+    for index, member in enumerate(engine.members):
+        record = {"step": step, "member": index, "split": engine.split, **member}
+        record["train_loss"] = (
+            None if train_losses is None else float(train_losses[:, index].mean())
+        )
+        record.update({name: _to_json(results[primary][name][index]) for name in metrics})
+        for column, values in results.items():
+            record.update({f"{name}_{column}": _to_json(values[name][index]) for name in metrics})
+        record.update({name: _to_json(value[index]) for name, value in results[primary].items()
+                       if name not in metrics})
+        records.append(record)
+    return records
+
+
+def _summary(engine: Engine, state: TrainState, records: list[dict]) -> dict:
+    data = engine.data
+    return {
+        "dataset": engine.config.dataset,
+        "source": data.source,
+        "split": engine.split,
+        "input_shape": list(data.image_shape),
+        "num_train_examples": len(data.train.labels),
+        "num_evaluation_examples": len(data.evaluation.labels),
+        "num_steps": int(state.step),
+        "bn_statistics": engine.config.evaluation.bn_statistics if engine.has_bn else None,
+        "settled_ema_batches": engine.settled_ema_batches,
+        "evaluators": [column for e in engine.final for column in e.columns],
+        "members": [
+            {k: v for k, v in record.items() if k not in ("step", "train_loss", *PROBE_FIELDS)}
+            for record in records
+        ],
+    }
+
+
+def _check_losses(losses: np.ndarray, first_step: int, engine: Engine, note: str) -> None:
+    """Raises on the first non-finite training loss of a chunk; ``losses[i]`` is step
+    ``first_step + i``'s, taken before its update."""
+    bad = np.argwhere(~np.isfinite(losses))
+    if bad.size:
+        offset, member = bad[0]
+        raise NonFiniteLossError(
+            f"Non-finite training loss at step {first_step + offset} for member {member} "
+            f"({engine.members.describe(member)}). {note} Lower the learning rate, or add BN or "
+            "max-norm."
+        )
+
+
+def _check_evaluation(records: list[dict], engine: Engine, note: str) -> None:
+    """Raises on a non-finite evaluation loss that follows finite training losses: the last
+    update broke the weights, which must then be neither recorded nor checkpointed."""
+    for member, record in enumerate(records):
+        if not np.isfinite(record["loss"]):
+            raise NonFiniteLossError(
+                f"Non-finite {engine.split} loss at the evaluation of step {record['step']} for "
+                f"member {member} ({engine.members.describe(member)}). {note} Lower the learning "
+                "rate, or add BN or max-norm."
+            )
+
+
+def _tensorboard(engine: Engine, workdir: Path) -> TensorBoardEvents | None:
+    directory = workdir / TENSORBOARD_DIR
+    if engine.config.tensorboard:
+        names = [member_run_name(m, engine.members.swept) for m in engine.members]
+        return TensorBoardEvents(directory, names, engine.config.probe)
+    if directory.exists():
+        raise ValueError(
+            f"{directory} holds TensorBoard events of an earlier attempt, which this run (with "
+            "config.tensorboard off) would leave stale. Rerun with --config.tensorboard=True "
+            "(the events are rewritten from the metrics), or delete that directory."
+        )
+    return None
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    progress_position: int = 0,
+) -> RunResult:
+    """Trains every member of the run described by ``config`` and evaluates it.
+
+    The run uses :func:`bnreg.engine.devices.member_devices` of ``devices`` (default: all local
+    devices); ``progress_position`` is the line of its progress bar.
+
+    Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (one record per evaluation and
+    member, every ``config.eval_every`` steps and at step 0, :func:`member_records`); orbax
+    checkpoints every ``config.checkpoint_every`` steps and at the end; ``summary.json`` (the
+    final evaluation with every final evaluator); with ``config.tensorboard``, the same
+    metrics as TensorBoard events (:mod:`bnreg.engine.writers`). Rerunning with the same
+    ``workdir`` and config (``progress``, ``steps_per_call``, ``tensorboard`` may differ)
+    resumes from the latest checkpoint; the result equals an uninterrupted run bit for bit.
+
+    Reproducibility: the same config on the same devices gives bit-identical results. Another
+    layout of the members (another number of members in the run, or of devices) changes how
+    XLA batches their arithmetic, hence the rounding, and over tens of thousands of SGD steps
+    the runs then differ like different seeds do: equal in distribution, not in bits. Compare
+    runs made with the same layout.
+
+    Raises:
+      ValueError: an invalid config (:func:`bnreg.engine.build`), or a workdir that holds a run
+        with another config.
+      NonFiniteLossError: a NaN/inf training or evaluation loss; the last good checkpoint is
+        kept, and metrics are recorded up to the last finite evaluation.
+    """
+    engine = build(config, devices)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(workdir, config)
+    events = _tensorboard(engine, workdir)  # refuses stale events before training
+    checkpoints = rundir.Checkpoints(workdir, config.checkpoint_every)
+    state = checkpoints.restore_latest(engine.init())
+    order = engine.empty_order()
+    step = int(state.step)
+    metrics_path = workdir / rundir.METRICS_FILE
+    history = rundir.read_history(metrics_path, step) if step else []
+    rundir.write_jsonl(metrics_path, history, "w")
+    progress = Progress(
+        total=config.num_steps, initial=step, enabled=config.progress,
+        description=f"{config.dataset} × {len(engine.members)} members",
+        metric=engine.network.task.metrics[-1], position=progress_position,
+    )
+
+    def log(records):
+        history.extend(records)
+        rundir.write_jsonl(metrics_path, records, "a")
+        if events:
+            events.write(records)
+        progress.evaluated(records)
+
+    steps_per_call = config.steps_per_call or config.eval_every
+    with contextlib.closing(progress), contextlib.closing(checkpoints), (
+        contextlib.closing(events) if events else contextlib.nullcontext()
+    ):
+        if events:
+            events.write(history)  # a resumed run's records so far
+        if step == 0:
+            log(member_records(engine, 0, engine.evaluate(state, engine.during), None))
+        else:
+            progress.evaluated([r for r in history if r["step"] == step])
+        while step < config.num_steps:
+            next_evaluation = min((step // config.eval_every + 1) * config.eval_every,
+                                  config.num_steps)
+            interval_losses = []
+            while step < next_evaluation:
+                num_steps = min(steps_per_call, next_evaluation - step)
+                state, order, losses = engine.train(state, order, num_steps)
+                losses = np.asarray(losses)
+                _check_losses(losses, step, engine, checkpoints.note(workdir))
+                interval_losses.append(losses)
+                step = int(state.step)
+                progress.advance(num_steps, losses)
+            records = member_records(engine, step, engine.evaluate(state, engine.during),
+                                     np.concatenate(interval_losses))
+            _check_evaluation(records, engine, checkpoints.note(workdir))
+            log(records)
+            if checkpoints.save_if_due(step, state, last=step == config.num_steps) and events:
+                events.flush()
+        final = member_records(engine, step, engine.evaluate(state, engine.final), None)
+        summary = _summary(engine, state, final)
+        (workdir / rundir.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        if events:
+            events.write_summary(summary)
+    return RunResult(history=history, summary=summary, state=state, members=engine.members)
+
+
+def train_concurrently(
+    runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
+) -> list[RunResult]:
+    """:func:`train_and_evaluate` of every ``(config, workdir)`` in ``runs``, at the same time
+    when there are several local devices: each run on its own share of them (run ``i`` on
+    devices ``i, i + len(runs), …``; runs share devices when there are fewer devices than runs),
+    from its own thread. With one device the runs are made one after another.
+
+    Each run's results equal those of the same run made alone on the same devices.
+
+    The threads are daemons: an interrupt (Ctrl-C) ends the process at once, as a kill would,
+    and rerunning resumes each run from its last checkpoint.
+
+    Raises:
+      The error of the first failed run (in the order of ``runs``), after every run has ended.
+    """
+    devices = jax.local_devices()
+    if len(runs) < 2 or len(devices) < 2:
+        return [train_and_evaluate(config, workdir) for config, workdir in runs]
+    outcomes: list[tuple[RunResult | None, BaseException | None]] = [(None, None)] * len(runs)
+
+    def run(index: int, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+        share = devices[index :: len(runs)] or [devices[index % len(devices)]]
+        try:
+            result = train_and_evaluate(config, workdir, devices=share, progress_position=index)
+            outcomes[index] = (result, None)
+        except BaseException as error:  # handed to the calling thread below
+            outcomes[index] = (None, error)
+
+    threads = [
+        threading.Thread(target=run, args=(index, config, workdir), daemon=True)
+        for index, (config, workdir) in enumerate(runs)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+    return [result for result, _ in outcomes]
+
+
+def train_group(
+    config: ml_collections.ConfigDict,
+    runs: Mapping[str, Mapping[str, Any]],
+    workdir: str | Path,
+) -> dict[str, RunResult]:
+    """Trains a group of runs that differ in structure: run ``name`` is ``config`` with the
+    dotted-key ``runs[name]`` overrides (:func:`bnreg.config.override`, e.g. ``{"model.norm":
+    "batch"}``), in ``workdir / name``, all at the same time on shares of the devices
+    (:func:`train_concurrently`). Every override is checked before anything trains.
+
+    Returns:
+      ``{name: RunResult}`` in the order of ``runs``.
+    """
+    configs = {name: override(config, overrides) for name, overrides in runs.items()}
+    results = train_concurrently([(configs[name], Path(workdir) / name) for name in runs])
+    return dict(zip(runs, results, strict=True))

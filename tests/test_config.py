@@ -1,0 +1,132 @@
+"""The config schema: unknown keys at any depth, sweep axes and their values, overrides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bnreg.config import AXES, axis_value, default_config, override, validate_config
+
+
+def test_the_default_config_is_valid():
+    validate_config(default_config())
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["learning_rate", "model.hiden_sizes", "optimizer.learnig_rate", "evaluation.durng"],
+)
+def test_an_unknown_key_at_any_depth_is_an_error(path):
+    config = default_config()
+    *sections, key = path.split(".")
+    target = config
+    for section in sections:
+        target = target[section]
+    target[key] = 1
+    with pytest.raises(ValueError, match=rf"Unknown config keys \['{path}'\]"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "axis, values, message",
+    [
+        ("learnig_rate", (0.1, 0.2), "is not a member axis: member axes are"),
+        ("hidden_sizes", ((8,), (16,)), "changes shapes or structure"),
+        ("activation", ("relu", "tanh"), "changes shapes or structure"),
+        ("seed", (), "must be a non-empty tuple"),
+        ("seed", (1, 1), r"repeats a value"),
+        ("hidden_dropout", (0.0, 1.0), r"a drop rate in \[0, 1\)"),
+        ("learning_rate", (0.1, 0.0), "must be > 0"),
+        ("max_norm", (-1.0, 2.0), "≥ 0"),
+        ("seed", (0.5, 1.0), "whole numbers"),
+        ("train_subset", (100, -5), "whole numbers ≥ 0"),
+        ("weight_decay", (float("nan"), 0.1), "finite"),
+    ],
+)
+def test_a_bad_sweep_is_an_error_naming_the_axis(axis, values, message):
+    config = default_config()
+    config.sweep[axis] = values
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "zipped, message",
+    [
+        ((("seed", "learning_rate"),), "different lengths"),
+        ((("seed",),), "at least two swept axes"),
+        ((("seed", "hidden_dropout"),), r"not swept: \['hidden_dropout'\]"),
+        ((("seed", "learning_rate"), ("learning_rate", "seed")), "names an axis twice"),
+    ],
+)
+def test_a_bad_zip_is_an_error(zipped, message):
+    config = default_config()
+    config.sweep.seed = (0, 1)
+    config.sweep.learning_rate = (0.1, 0.2, 0.3)
+    config.sweep_zip = zipped
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+@pytest.mark.parametrize("axis", list(AXES))
+def test_every_axis_has_a_fixed_value_in_the_config(axis):
+    assert isinstance(axis_value(default_config(), axis), int | float)
+
+
+def test_an_unswept_value_out_of_range_is_an_error():
+    config = default_config()
+    config.model.hidden_dropout = 1.5
+    with pytest.raises(ValueError, match=r"config.model.hidden_dropout must be a drop rate"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "section, value",
+    [("during", ("deterministc",)), ("final", ("gauss",))],
+)
+def test_an_unknown_evaluator_is_an_error(section, value):
+    config = default_config()
+    config.evaluation[section] = value
+    with pytest.raises(ValueError, match="must be one of"):
+        validate_config(config)
+
+
+def test_the_reconstruction_task_needs_the_autoencoder():
+    config = default_config()
+    config.task.name = "reconstruction"
+    with pytest.raises(ValueError, match="do not go together"):
+        validate_config(config)
+
+
+def test_override_sets_dotted_keys_on_a_copy_and_validates():
+    config = default_config()
+    changed = override(config, {"model.norm": "batch", "sweep.seed": (0, 1), "num_steps": 7})
+    assert (changed.model.norm, tuple(changed.sweep.seed), changed.num_steps) == (
+        "batch", (0, 1), 7,
+    )
+    assert config.model.norm is None and "seed" not in config.sweep
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"model.hiden_sizes": (8,)}, "has no key 'hiden_sizes'"),
+     ({"modle.norm": "batch"}, "has no section 'modle'"),
+     ({"sweep.hidden_sizes": ((8,), (4,))}, "changes shapes or structure")],
+)
+def test_override_of_a_missing_key_is_an_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        override(default_config(), overrides)
+
+
+@pytest.mark.slow
+def test_a_study_config_loads_without_matplotlib_absl_app_or_the_engine():
+    code = (
+        "import sys; from experiments import bn_mnist, bn_ema_momentum; "
+        "bn_mnist.get_config(); bn_ema_momentum.get_config('smoke'); "
+        "loaded = {'matplotlib', 'absl.app', 'bnreg.engine'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
