@@ -425,6 +425,27 @@ def learned(curve_values: np.ndarray, *, by: float = 0.01) -> bool:
     return bool(mean[-1] > mean[0] + by)
 
 
+def above_text(
+    above: Above, *, first: str, second: str, since: int | None = None, scale: float = 100.0,
+    unit: str = "points", note: str = "",
+) -> str:
+    """``above`` in results.md's words: the gap ``first − second`` (× ``scale``, in ``unit``)
+    from step ``since`` on — min, mean, max —, then ``note`` (a sentence of the caller's, or
+    nothing), then whether ``first`` is above at every evaluation or at how many it is not."""
+    gaps = scale * np.asarray(above.gaps)
+    start = "" if since is None else f" from step {since:,} on"
+    text = (f"{first} − {second}{start}: min {gaps.min():+.2f}, mean {gaps.mean():+.2f}, max "
+            f"{gaps.max():+.2f} {unit}. {note}")
+    failing = above.failing_steps
+    if not failing.size:
+        return text + f"{first} is above by more than the larger seed std at every evaluation."
+    return text + (
+        f"**Not** above by more than the larger seed std at {failing.size} of "
+        f"{len(above.steps)} evaluations (first at step {int(failing[0]):,}; last at step "
+        f"{int(failing[-1]):,})."
+    )
+
+
 # Markdown.
 
 

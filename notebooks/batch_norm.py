@@ -103,9 +103,14 @@ for name, a, b in zip(names, jax.tree.leaves(paper), jax.tree.leaves(autodiff), 
 config = bn_mnist.get_config("smoke")
 with config.unlocked():
     config.progress = False
-result = bn_mnist.run_study(config, tempfile.mkdtemp(prefix="bnreg_bn_mnist_"))
-display(Markdown((result.workdir / "results.md").read_text()))
+results, *figures = bn_mnist.run_study(config, tempfile.mkdtemp(prefix="bnreg_bn_mnist_"))
+display(Markdown(results.read_text()))
+
+# %% [markdown]
+# Fig. 1a (test accuracy against training steps), Fig. 1b,c (the last hidden layer's input
+# distribution over training, as 15/50/85th percentiles) and the learning-rate sweep that chose
+# the rates.
 
 # %%
-display(Image(filename=str(result.workdir / "fig1a.png")))
-display(Image(filename=str(result.workdir / "fig1bc.png")))
+for figure in figures:
+    display(Image(filename=str(figure)))

@@ -1,4 +1,5 @@
-"""Models: BN placement (before the nonlinearity, no bias before it), conv BN per feature map."""
+"""Models: BN placement (before the nonlinearity, no bias before it), conv BN per feature map,
+the autoencoder's shape, the registry, traced rates and the ``bn_mode``/``noise`` switches."""
 
 from __future__ import annotations
 
@@ -8,13 +9,34 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnreg.models import MLP, OUTPUT_LAYER, ConvNet, is_hidden_kernel
+from bnreg.config import default_config
+from bnreg.models import (
+    MLP,
+    MODELS,
+    OUTPUT_LAYER,
+    Autoencoder,
+    ConvNet,
+    build_model,
+    is_hidden_kernel,
+)
+
+INFERENCE = {"bn_mode": "inference", "noise": False}
+
+
+def model_config(name: str, **fields):
+    config = default_config().model
+    config.name = name
+    config.hidden_sizes = (5,)
+    config.conv_features = (3,)
+    for key, value in fields.items():
+        config[key] = value
+    return config
 
 
 @pytest.mark.parametrize("norm", [None, "batch"])
 def test_dense_layers_have_a_bias_only_without_bn(norm):
-    model = MLP(hidden_sizes=(5, 4), num_classes=3, norm=norm)
-    params = model.init(jax.random.key(0), jnp.zeros((2, 6)), train=False)["params"]
+    model = MLP(hidden_sizes=(5, 4), num_outputs=3, norm=norm)
+    params = model.init(jax.random.key(0), jnp.zeros((2, 6)), **INFERENCE)["params"]
     for index in range(2):
         assert ("bias" in params[f"Dense_{index}"]) == (norm is None)
         assert (f"BatchNorm_{index}" in params) == (norm == "batch")
@@ -22,10 +44,12 @@ def test_dense_layers_have_a_bias_only_without_bn(norm):
 
 
 def test_bn_sits_between_the_linear_map_and_the_nonlinearity():
-    model = MLP(hidden_sizes=(4,), num_classes=2, norm="batch", activation="tanh")
+    model = MLP(hidden_sizes=(4,), num_outputs=2, norm="batch", activation="tanh")
     x = jax.random.normal(jax.random.key(1), (16, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
-    _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"])
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    _, state = model.apply(
+        variables, x, bn_mode="batch", noise=True, mutable=["batch_stats", "intermediates"]
+    )
     preactivation = state["intermediates"]["preactivation_0"][0]
     activation = state["intermediates"]["activation_0"][0]
     # Normalised in training (γ = 1, β = 0 at init), then the nonlinearity.
@@ -35,13 +59,13 @@ def test_bn_sits_between_the_linear_map_and_the_nonlinearity():
 
 
 def test_conv_bn_has_one_scale_and_shift_per_feature_map_normalised_over_positions():
-    model = ConvNet(conv_features=(3,), hidden_sizes=(5,), num_classes=4, norm="batch")
+    model = ConvNet(conv_features=(3,), hidden_sizes=(5,), num_outputs=4, norm="batch")
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
     assert variables["params"]["BatchNorm_0"]["scale"].shape == (3,)
     assert "bias" not in variables["params"]["Conv_0"]
     logits, state = model.apply(
-        variables, x, train=True, mutable=["batch_stats", "intermediates"]
+        variables, x, bn_mode="batch", noise=True, mutable=["batch_stats", "intermediates"]
     )
     assert logits.shape == (4, 4)
     conv_preactivation = state["intermediates"]["preactivation_0"][0]  # (4, 8, 8, 3)
@@ -56,30 +80,38 @@ def test_conv_bn_has_one_scale_and_shift_per_feature_map_normalised_over_positio
     np.testing.assert_allclose(conv_preactivation, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_dropconnect_mlp_is_stochastic_in_training_and_deterministic_in_evaluation():
-    model = MLP(hidden_sizes=(6,), num_classes=2, dropconnect=0.5)
+def test_dropconnect_mlp_with_noise_samples_a_mask_per_key():
+    model = MLP(hidden_sizes=(6,), num_outputs=2, dropconnect=0.5)
     x = jnp.ones((3, 4))
-    variables = model.init(jax.random.key(0), x, train=False)
-    train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
-    assert not np.allclose(train_a, train_b)
-    # Evaluation is the plain network with the same weights (inverted scaling: mean inference).
-    plain = MLP(hidden_sizes=(6,), num_classes=2)
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    a, b = (
+        model.apply(variables, x, bn_mode="batch", noise=True, rngs={"dropout": jax.random.key(k)})
+        for k in (1, 2)
+    )
+    assert not np.allclose(a, b)
+
+
+def test_dropconnect_mlp_without_noise_is_the_plain_network():
+    # Inverted scaling: mean inference is the plain network with the same weights.
+    model = MLP(hidden_sizes=(6,), num_outputs=2, dropconnect=0.5)
+    x = jnp.ones((3, 4))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    plain = MLP(hidden_sizes=(6,), num_outputs=2)
     np.testing.assert_allclose(
-        model.apply(variables, x, train=False), plain.apply(variables, x, train=False), rtol=1e-6
+        model.apply(variables, x, **INFERENCE), plain.apply(variables, x, **INFERENCE), rtol=1e-6
     )
 
 
 @pytest.mark.parametrize("field,value", [("activation", "swish"), ("norm", "layer")])
 def test_unknown_model_choices_are_errors(field, value):
-    model = MLP(hidden_sizes=(2,), num_classes=2, **{field: value})
+    model = MLP(hidden_sizes=(2,), num_outputs=2, **{field: value})
     with pytest.raises(ValueError, match=field):
-        model.init(jax.random.key(0), jnp.zeros((2, 3)), train=False)
+        model.init(jax.random.key(0), jnp.zeros((2, 3)), **INFERENCE)
 
 
 def test_hidden_kernels_are_every_kernel_but_the_output_layers():
-    model = ConvNet(conv_features=(3,), hidden_sizes=(5,), num_classes=4)
-    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)), train=False)["params"]
+    model = ConvNet(conv_features=(3,), hidden_sizes=(5,), num_outputs=4)
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)), **INFERENCE)["params"]
     selected = jax.tree_util.tree_map_with_path(is_hidden_kernel, params)
     assert selected == {
         "Conv_0": {"kernel": True, "bias": False},
@@ -90,6 +122,129 @@ def test_hidden_kernels_are_every_kernel_but_the_output_layers():
 
 @pytest.mark.parametrize("rate", [-0.1, float("nan"), 1.0])
 def test_a_dropconnect_rate_outside_0_1_is_an_error_not_off(rate):
-    model = MLP(hidden_sizes=(6,), num_classes=2, dropconnect=rate)
+    model = MLP(hidden_sizes=(6,), num_outputs=2, dropconnect=rate)
     with pytest.raises(ValueError, match="rate"):
-        model.init(jax.random.key(0), jnp.ones((3, 4)), train=False)
+        model.init(jax.random.key(0), jnp.ones((3, 4)), **INFERENCE)
+
+
+def test_autoencoder_outputs_one_value_per_input_pixel():
+    model = Autoencoder(hidden_sizes=(7,), num_outputs=8 * 8)
+    x = jnp.ones((3, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    assert model.apply(variables, x, **INFERENCE).shape == (3, 64)
+
+
+def test_autoencoder_first_layer_maps_the_pixels_to_the_hidden_units():
+    model = Autoencoder(hidden_sizes=(7,), num_outputs=8 * 8)
+    params = model.init(jax.random.key(0), jnp.ones((3, 8, 8, 1)), **INFERENCE)["params"]
+    assert params["Dense_0"]["kernel"].shape == (64, 7)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_build_model_gives_the_registry_entry_of_the_config(name):
+    model = build_model(model_config(name), (8, 8, 1), num_classes=10)
+    assert type(model) is MODELS[name]
+
+
+@pytest.mark.parametrize("name,num_outputs", [("mlp", 10), ("convnet", 10), ("autoencoder", 64)])
+def test_build_model_outputs_the_classes_or_for_an_autoencoder_the_pixels(name, num_outputs):
+    model = build_model(model_config(name), (8, 8, 1), num_classes=10)
+    x = jnp.ones((2, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    assert model.apply(variables, x, **INFERENCE).shape == (2, num_outputs)
+
+
+def test_build_model_of_an_unknown_name_is_an_error_that_lists_the_models():
+    with pytest.raises(ValueError, match=r"model\.name must be one of .*'mlp'"):
+        build_model(model_config("resnet"), (8, 8, 1), num_classes=10)
+
+
+@pytest.mark.parametrize("name", ["convnet", "autoencoder"])
+def test_build_model_refuses_dropconnect_outside_the_mlp(name):
+    with pytest.raises(ValueError, match="dropconnect"):
+        build_model(model_config(name, dropconnect=0.5), (8, 8, 1), num_classes=10)
+
+
+@pytest.mark.parametrize("field", ["input_dropout", "hidden_dropout", "dropconnect"])
+def test_a_traced_rate_of_0_with_noise_is_the_network_without_the_layer(field):
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    plain = MLP(hidden_sizes=(8, 8), num_outputs=3)
+    variables = plain.init(jax.random.key(0), x, **INFERENCE)
+
+    @jax.jit
+    def noisy(rate, key):
+        model = MLP(hidden_sizes=(8, 8), num_outputs=3, **{field: rate})
+        return model.apply(variables, x, bn_mode="inference", noise=True, rngs={"dropout": key})
+
+    np.testing.assert_allclose(
+        noisy(jnp.float32(0.0), jax.random.key(2)), plain.apply(variables, x, **INFERENCE),
+        rtol=1e-6, atol=1e-6,
+    )
+
+
+def noisy_bn_net():
+    """A BN net with dropout after its hidden layer, its batch_stats set away from their
+    initial values, and an input batch."""
+    model = MLP(hidden_sizes=(5,), num_outputs=3, norm="batch", hidden_dropout=0.5)
+    x = jax.random.normal(jax.random.key(1), (8, 4))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    stats = {
+        "mean": jax.random.normal(jax.random.key(2), (5,)),
+        "var": jax.random.uniform(jax.random.key(3), (5,), minval=0.5, maxval=2.0),
+    }
+    return model, {"params": variables["params"], "batch_stats": {"BatchNorm_0": stats}}, x
+
+
+def test_noise_in_inference_mode_leaves_the_batch_stats_unchanged():
+    model, variables, x = noisy_bn_net()
+    _, state = model.apply(
+        variables, x, bn_mode="inference", noise=True, rngs={"dropout": jax.random.key(4)},
+        mutable=["batch_stats"],
+    )
+    jax.tree.map(np.testing.assert_array_equal, state["batch_stats"], variables["batch_stats"])
+
+
+def test_noise_in_inference_mode_samples_a_mask_per_key():
+    model, variables, x = noisy_bn_net()
+    a, b = (
+        model.apply(variables, x, bn_mode="inference", noise=True,
+                    rngs={"dropout": jax.random.key(k)})
+        for k in (4, 5)
+    )
+    assert not np.allclose(a, b)
+
+
+def test_noise_in_inference_mode_normalises_with_the_stored_statistics():
+    model, variables, x = noisy_bn_net()
+    _, state = model.apply(
+        variables, x, bn_mode="inference", noise=True, rngs={"dropout": jax.random.key(4)},
+        mutable=["intermediates"],
+    )
+    params, stats = variables["params"], variables["batch_stats"]["BatchNorm_0"]
+    z = x @ params["Dense_0"]["kernel"]
+    expected = (
+        params["BatchNorm_0"]["scale"] * (z - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5)
+        + params["BatchNorm_0"]["bias"]
+    )
+    np.testing.assert_allclose(
+        state["intermediates"]["preactivation_0"][0], expected, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_gaussian_dropout_is_noise_with_mean_one():
+    # The output layer is linear in the dropped units, so its mean over the noise is the
+    # deterministic output exactly when the noise has mean one; with 16,000 samples a mean off
+    # by 5% is more than 5 standard errors away for most outputs.
+    model = MLP(hidden_sizes=(8,), num_outputs=3, hidden_dropout=0.2, dropout_noise="gaussian")
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    keys = jax.random.split(jax.random.key(2), 16_000)
+    samples = jax.vmap(
+        lambda key: model.apply(variables, x, bn_mode="inference", noise=True,
+                                rngs={"dropout": key})
+    )(keys)
+    standard_error = samples.std(0) / np.sqrt(len(keys))
+    assert (samples.std(0) > 0.01).all()  # noise, not the deterministic net
+    np.testing.assert_array_less(
+        np.abs(samples.mean(0) - model.apply(variables, x, **INFERENCE)), 5 * standard_error
+    )
