@@ -6,8 +6,9 @@ top level::
     from bnreg import batch_norm, dropout, dropconnect_dense, max_norm
 
 Everything takes explicit PRNG keys and returns new state instead of mutating it. The flax layers
-(:mod:`bnreg.layers`), models (:mod:`bnreg.models`), data (:mod:`bnreg.data`) and the training
-engine (:mod:`bnreg.train`) are imported from their modules.
+(:mod:`bnreg.layers`), models (:mod:`bnreg.models`), data (:mod:`bnreg.data`), the training
+engine (:mod:`bnreg.engine`), the analysis of its records (:mod:`bnreg.analysis`) and the figures
+(:mod:`bnreg.plots`) are imported from their modules.
 """
 
 from bnreg.core.batch_norm import (

@@ -252,7 +252,7 @@ def write_results(config: ml_collections.ConfigDict, result: MomentumStudy) -> P
         lines += [f"  - lr {lr:g}: tracked {_agreement(gaps_to_alg2(result, m, lr, 'ema'))}; "
                   f"settled {_agreement(gaps_to_alg2(result, m, lr, 'settled_ema'))}."
                   for lr in rates]
-    lines += ["", *_closest_lines(result, rates), "", *_staleness_lines(result, rates),
+    lines += ["", *closest_lines(result, rates), "", *_staleness_lines(result, rates),
               f"Figure: `{FIGURE}` (left: Alg. 2 − tracked EMA per momentum and rate; right: the "
               "cost of stale statistics per lag and rate; mean ± std over seeds).", ""]
     path = result.workdir / "results.md"
@@ -260,7 +260,9 @@ def write_results(config: ml_collections.ConfigDict, result: MomentumStudy) -> P
     return path
 
 
-def _closest_lines(result: MomentumStudy, rates: Sequence[float]) -> list[str]:
+def closest_lines(result: MomentumStudy, rates: Sequence[float]) -> list[str]:
+    """results.md's lines on the momentum closest to Alg. 2, the paired differences of the
+    others to it, those not told apart from it, and a caution when it is at the grid's edge."""
     ranking = closest_momenta(result, rates)
     closest = ranking[0]
     lines = [f"Closest to Alg. 2: momentum **{closest:g}** (the smallest mean |gap| of the "

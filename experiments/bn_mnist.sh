@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's main job: set up, then run the BN study (Ioffe & Szegedy 2015, Fig. 1) end to end.
 # MNIST when tfds can get it (internet, or a prepared data dir), else Fashion-MNIST from Debian's
-# package. Extra arguments go to the study, e.g. --config.seeds=0,1,2,3,4
+# package. Extra arguments go to the study, e.g. --config.sweep.seed=0,1,2,3,4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash experiments/setup.sh
@@ -13,9 +13,7 @@ else
   dataset=fashion_mnist
 fi
 workdir=runs/bn_$dataset
-# One XLA CPU device per core: the study trains its two nets at the same time, one device each
-# (a run's members spread over its devices when they divide evenly), which beats XLA's intra-op
-# threading for networks this small (benchmarks/README.md). Harmless on GPU/TPU.
-export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=$(nproc)}"
+# The study's command gives XLA one CPU device per core itself (bnreg.cli), so its two nets
+# train at the same time, one device each.
 .venv/bin/python -m experiments.bn_mnist --workdir="$workdir" --config.dataset="$dataset" "$@"
 echo "Results: $workdir/results.md; figures: $workdir/fig1a.png, $workdir/fig1bc.png, $workdir/sweep.png"

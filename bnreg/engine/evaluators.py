@@ -112,9 +112,10 @@ def expand(
     return list(evaluators.values())
 
 
-def _batched(num_examples: int, batch_size: int):
-    """``(pad, weights)``: a split cut into padded batches ``(batches, batch_size, ...)``, and
-    each padded example's weight (0 for padding)."""
+def _map_batches(one_batch: Callable, images: jax.Array, labels: jax.Array, batch_size: int):
+    """``lax.map`` of ``one_batch((index, images, labels, weights))`` over a split cut into
+    padded batches of ``batch_size`` (each padded example's weight 0, the others' 1)."""
+    num_examples = images.shape[0]
     num_batches = math.ceil(num_examples / batch_size)
     padding = num_batches * batch_size - num_examples
 
@@ -123,7 +124,8 @@ def _batched(num_examples: int, batch_size: int):
             (num_batches, batch_size, *x.shape[1:])
         )
 
-    return pad, pad(jnp.ones((num_examples,), jnp.float32))
+    weights = pad(jnp.ones((num_examples,), jnp.float32))
+    return jax.lax.map(one_batch, (jnp.arange(num_batches), pad(images), pad(labels), weights))
 
 
 def _weighted(weights: jax.Array, x: jax.Array) -> jax.Array:
@@ -197,13 +199,11 @@ def evaluate(
       ``mean_activation`` and, unless ``probe.histogram_bins`` is 0,
       ``activation_histogram`` ``(layers, bins)``.
     """
-    num_examples = images.shape[0]
-    pad, weights = _batched(num_examples, batch_size)
     model = network.member_model(state.hyperparameters)
     variables = {"params": state.params, "batch_stats": batch_stats}
 
     def one_batch(batch):
-        batch_images, batch_labels, batch_weights = batch
+        _, batch_images, batch_labels, batch_weights = batch
         outputs, collections = model.apply(
             variables, batch_images, bn_mode="inference", noise=False, mutable=["intermediates"]
         )
@@ -213,7 +213,8 @@ def evaluate(
             return sums, {}
         return sums, _probe_sums(collections["intermediates"], probe, batch_weights)
 
-    sums, probe_sums = jax.lax.map(one_batch, (pad(images), pad(labels), weights))
+    sums, probe_sums = _map_batches(one_batch, images, labels, batch_size)
+    num_examples = images.shape[0]
     metrics = finish(network.task, {n: total.sum() for n, total in sums.items()}, num_examples)
     if probe is not None:
         metrics.update(_probe_results(probe_sums, probe, num_examples, batch_size))
@@ -239,8 +240,6 @@ def evaluate_monte_carlo(
 
     with thinned nets :math:`\\kappa_i` as in the module docstring; arrays ``(len(samples),)``.
     """
-    num_examples = images.shape[0]
-    pad, weights = _batched(num_examples, batch_size)
     model = network.member_model(state.hyperparameters)
     variables = {"params": state.params, "batch_stats": batch_stats}
     sample_keys = stream_key(state.key, Stream.MONTE_CARLO)
@@ -265,10 +264,9 @@ def evaluate_monte_carlo(
         _, (loss, correct) = jax.lax.scan(one_sample, start, jnp.arange(max(samples)))
         return loss[positions], correct[positions]
 
-    indices = jnp.arange(weights.shape[0])
-    loss, correct = jax.lax.map(one_batch, (indices, pad(images), pad(labels), weights))
+    loss, correct = _map_batches(one_batch, images, labels, batch_size)
     return finish(
-        network.task, {"loss": loss.sum(0), "accuracy": correct.sum(0)}, num_examples
+        network.task, {"loss": loss.sum(0), "accuracy": correct.sum(0)}, images.shape[0]
     )
 
 
@@ -284,8 +282,6 @@ def evaluate_gaussian(
 ) -> dict[str, jax.Array]:
     """The task's metrics of one member with its DropConnect layers evaluated by Gaussian
     moment matching over ``samples`` samples (:class:`bnreg.layers.DropConnectDense`)."""
-    num_examples = images.shape[0]
-    pad, weights = _batched(num_examples, batch_size)
     model = network.member_model(state.hyperparameters).clone(
         dropconnect_gaussian_samples=samples
     )
@@ -299,9 +295,8 @@ def evaluate_gaussian(
         values = network.task.per_example(outputs, batch_images, batch_labels)
         return {name: jnp.sum(value * batch_weights) for name, value in values.items()}
 
-    indices = jnp.arange(weights.shape[0])
-    totals = jax.lax.map(one_batch, (indices, pad(images), pad(labels), weights))
-    return finish(network.task, {n: t.sum() for n, t in totals.items()}, num_examples)
+    totals = _map_batches(one_batch, images, labels, batch_size)
+    return finish(network.task, {n: t.sum() for n, t in totals.items()}, images.shape[0])
 
 
 EvaluateFn = Callable[[TrainState, Any, jax.Array, jax.Array], Mapping[str, Any]]

@@ -135,6 +135,23 @@ def _tensorboard(engine: Engine, workdir: Path) -> TensorBoardEvents | None:
     return None
 
 
+def _train_interval(engine: Engine, state: TrainState, order, until: int, steps_per_call: int,
+                    progress: Progress, note) -> tuple[TrainState, Any, np.ndarray]:
+    """Trains to step ``until`` in calls of at most ``steps_per_call`` steps, checking each
+    call's losses; returns the state, the data order and the interval's losses ``(steps,
+    members)``."""
+    losses, step = [], int(state.step)
+    while step < until:
+        num_steps = min(steps_per_call, until - step)
+        state, order, chunk_losses = engine.train(state, order, num_steps)
+        chunk_losses = np.asarray(chunk_losses)
+        _check_losses(chunk_losses, step, engine, note())
+        losses.append(chunk_losses)
+        step += num_steps
+        progress.advance(num_steps, chunk_losses)
+    return state, order, np.concatenate(losses)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -205,17 +222,12 @@ def train_and_evaluate(
         while step < config.num_steps:
             next_evaluation = min((step // config.eval_every + 1) * config.eval_every,
                                   config.num_steps)
-            interval_losses = []
-            while step < next_evaluation:
-                num_steps = min(steps_per_call, next_evaluation - step)
-                state, order, losses = engine.train(state, order, num_steps)
-                losses = np.asarray(losses)
-                _check_losses(losses, step, engine, checkpoints.note(workdir))
-                interval_losses.append(losses)
-                step = int(state.step)
-                progress.advance(num_steps, losses)
-            records = member_records(engine, step, engine.evaluate(state, engine.during),
-                                     np.concatenate(interval_losses))
+            state, order, losses = _train_interval(
+                engine, state, order, next_evaluation, steps_per_call, progress,
+                lambda: checkpoints.note(workdir),
+            )
+            step = int(state.step)
+            records = member_records(engine, step, engine.evaluate(state, engine.during), losses)
             _check_evaluation(records, engine, checkpoints.note(workdir))
             log(records)
             if checkpoints.save_if_due(step, state, last=step == config.num_steps) and events:
