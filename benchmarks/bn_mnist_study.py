@@ -4,15 +4,16 @@ The phase (``experiments/bn_mnist.py``, ``study_config``): 2 nets (no BN, BN bef
 sigmoid) × 3 seeds × ``--steps`` (50000) SGD steps of 60 examples at one learning rate, with an
 evaluation on the 10k test set at step 0 and every 500 steps, checkpoints every 5000 steps.
 
-* **bnreg** — ``bnreg.train.train_and_evaluate`` with the study's engine configs (one run per
-  net, its 3 seeds vmapped in one program, progress bar off), in a fresh worker process per
-  variant; wall time includes loading the data, compiling, evaluating (with the study's probes),
-  checkpointing and Alg. 2's population statistics, i.e. everything the study runs. Variants:
-  ``engine`` — the engine as it is, XLA defaults, the nets one after another; ``concurrent`` —
-  ``bnreg.train.train_and_evaluate_concurrently`` as the study runs its nets: both at once in one
-  process, one XLA CPU device per core, one device each; ``parallel_nets`` — the two nets in two
-  processes started together, each pinned to its own core with ``os.sched_setaffinity``.
-* **PyTorch** — written for this benchmark: the same arrays (``bnreg.train.load_run_data``), the
+* **bnreg** — ``bnreg.engine.train_and_evaluate`` with the study's engine configs
+  (``study_config`` with the study's ``NETS`` overrides: one run per net, its 3 seeds vmapped in
+  one program, progress bar off), in a fresh worker process per variant; wall time includes
+  loading the data, compiling, evaluating (with the study's probes), checkpointing and Alg. 2's
+  population statistics, i.e. everything the study runs. Variants: ``engine`` — the engine as it
+  is, XLA defaults, the nets one after another; ``concurrent`` — ``bnreg.engine.train_group`` as
+  the study runs its nets: both at once in one process, one XLA CPU device per core, one device
+  each; ``parallel_nets`` — the two nets in two processes started together, each pinned to its
+  own core with ``os.sched_setaffinity``.
+* **PyTorch** — written for this benchmark: the same arrays (``bnreg.engine.load_run_data``), the
   same network (:func:`benchmarks.common.torch_mlp`), BN, plain SGD, batch 60, shuffled epochs,
   the same evaluation schedule and work (``--torch-eval study``, the default: test loss and
   accuracy in eval mode, batches of 2000, the BN net with Alg. 2 statistics from 100 fixed
@@ -55,9 +56,8 @@ NETS = ("no_bn", "bn")
 VARIANTS: dict[str, dict[str, Any]] = {
     "engine": {"description": "bnreg engine as it is, XLA defaults, nets one after another"},
     "concurrent": {
-        "description": "bnreg.train.train_and_evaluate_concurrently (as the study runs its "
-        "nets): the 2 nets at once in one process, one XLA CPU device each (per-net times: "
-        "the pair's)",
+        "description": "bnreg.engine.train_group (as the study runs its nets): the 2 nets at "
+        "once in one process, one XLA CPU device each (per-net times: the pair's)",
         "concurrent": True,
     },
     "parallel_nets": {
@@ -74,19 +74,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DEFAULT_VARIANTS = ("engine", "concurrent", "parallel_nets")
 
 
-def study_engine_config(net: str, args: argparse.Namespace) -> Any:
-    """The study's engine config of ``net`` (``experiments.bn_mnist.study_config``) at one
-    learning rate, with the benchmark's dataset, steps and seeds, progress bar off."""
+def base_engine_config(args: argparse.Namespace) -> Any:
+    """The study's engine config of its main phase (``experiments.bn_mnist.study_config``) at
+    one learning rate, with the benchmark's dataset, steps and seeds, progress bar off; the
+    nets are its ``NETS`` overrides (:func:`study_engine_config`)."""
+    from bnreg.config import override
     from experiments.bn_mnist import get_config, study_config
 
-    config = study_config(get_config(), net, [args.lr])
-    config.dataset = args.dataset
-    config.num_steps = args.steps
-    config.seeds = tuple(int(s) for s in args.seeds.split(","))
-    config.progress = False
+    overrides: dict[str, Any] = {
+        "dataset": args.dataset,
+        "num_steps": args.steps,
+        "sweep.seed": tuple(int(s) for s in args.seeds.split(",")),
+        "progress": False,
+    }
     if getattr(args, "no_evals", False):
-        config.eval_every = config.checkpoint_every = config.num_steps
-    return config
+        overrides["eval_every"] = overrides["checkpoint_every"] = args.steps
+    return override(study_config(get_config(), (args.lr,)), overrides)
+
+
+def study_engine_config(net: str, args: argparse.Namespace) -> Any:
+    """The engine config of ``net`` (``experiments.bn_mnist.NETS``) in
+    :func:`base_engine_config`."""
+    from bnreg.config import override
+    from experiments.bn_mnist import NETS as STUDY_NETS
+
+    return override(base_engine_config(args), STUDY_NETS[net])
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,7 +114,8 @@ def bnreg_worker(args: argparse.Namespace) -> None:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     from absl import logging
 
-    from bnreg import train
+    from bnreg import engine
+    from experiments.bn_mnist import NETS as STUDY_NETS
 
     logging.set_verbosity(logging.WARNING)
     nets = args.nets.split(",")
@@ -110,28 +123,29 @@ def bnreg_worker(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         if args.concurrent:
             start = time.perf_counter()
-            runs = train.train_and_evaluate_concurrently(
-                [(config, Path(workdir) / net) for net, config in zip(nets, configs, strict=True)]
+            group = engine.train_group(
+                base_engine_config(args), {net: STUDY_NETS[net] for net in nets}, workdir
             )
+            runs = [group[net] for net in nets]
             walls = [time.perf_counter() - start] * len(nets)
         else:
             runs, walls = [], []
             for net, config in zip(nets, configs, strict=True):
                 start = time.perf_counter()
-                runs.append(train.train_and_evaluate(config, Path(workdir) / net))
+                runs.append(engine.train_and_evaluate(config, Path(workdir) / net))
                 walls.append(time.perf_counter() - start)
     results = {}
     for net, config, run, wall in zip(nets, configs, runs, walls, strict=True):
+        members = run.summary["members"]
         results[net] = {
             "wall_s": wall,
             "finished_at": time.time(),
             "members": len(run.members),
-            "final_test_accuracy": [m["test_accuracy_ema"] for m in run.summary["members"]],
-            "final_test_accuracy_population": [
-                m.get("test_accuracy_population") for m in run.summary["members"]
-            ],
+            # The EMA's accuracy (BN net), the plain net's (no BN: no EMA evaluator).
+            "final_test_accuracy": [m.get("accuracy_ema", m["accuracy"]) for m in members],
+            "final_test_accuracy_population": [m.get("accuracy_population") for m in members],
             "source": run.summary["source"].split(" prepared")[0],
-            "bn_eval_statistics": config.bn_eval_statistics,
+            "bn_eval_statistics": config.evaluation.bn_statistics,
         }
         print(f"  bnreg {net}: {wall:.1f} s", flush=True)
     print("RESULT " + json.dumps(results), flush=True)
@@ -230,14 +244,14 @@ def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     intra-op threads (0: PyTorch's default)."""
     import torch
 
-    from bnreg import train
+    from bnreg import engine
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads)
     load = [round(v, 2) for v in os.getloadavg()]
     start = time.perf_counter()
     config = study_engine_config("bn", args)
-    run_data = train.load_run_data(config)
+    run_data = engine.load_run_data(config)
     images, labels = torch_split(torch, run_data.train)
     test_images, test_labels = torch_split(torch, run_data.evaluation)
     nets: dict[str, Any] = {}
@@ -245,7 +259,7 @@ def torch_study(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         for net in NETS:
             net_start = time.perf_counter()
             accuracies, histories = [], []
-            for seed in config.seeds:
+            for seed in config.sweep.seed:
                 history, final_accuracy = torch_run(
                     torch,
                     images,
@@ -305,7 +319,7 @@ def torch_run(
     model = common.torch_mlp(
         batch_norm=net == "bn", seed=seed, bn_momentum=config.model.bn_momentum
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rates[0])
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.sweep.learning_rate[0])
     generator = torch.Generator().manual_seed(seed)
     batch_size = config.batch_size
     steps_per_epoch = len(images) // batch_size
@@ -313,8 +327,8 @@ def torch_run(
     # their own so that the training order is the same in both evaluation protocols.
     population_generator = torch.Generator().manual_seed(1_000_003 + seed)
     population_batches = torch.randperm(len(images), generator=population_generator)[
-        : config.population_batches * batch_size
-    ].reshape(config.population_batches, batch_size)
+        : config.evaluation.population_batches * batch_size
+    ].reshape(config.evaluation.population_batches, batch_size)
 
     def evaluate(step: int) -> dict[str, Any]:
         if study_evaluation and net == "bn":
@@ -506,7 +520,7 @@ def write_report(result: dict[str, Any]) -> str:
         "evaluations and checkpoints; the parts ran one after another, so each saw its own "
         f"background load. Load average before / after: {result['loadavg_before']} / "
         f"{result['loadavg_after']}. bnreg's BN net evaluates with the study's "
-        f"`bn_eval_statistics={_bn_eval_statistics(result)!r}`"
+        f"`evaluation.bn_statistics={_bn_eval_statistics(result)!r}`"
         + (
             " (Alg. 2 statistics recomputed from 100 training batches at every evaluation)"
             if _bn_eval_statistics(result) == "population"

@@ -1,5 +1,6 @@
-"""Shared pieces of the benchmarks: the BN paper's MNIST MLP as a flax.linen and a PyTorch peer,
-bnreg's engine configuration of it, timing, and the machine's load.
+"""Shared pieces of the benchmarks: the BN paper's MNIST MLP's sizes and a PyTorch peer of it, the
+synthetic data, FLOP count, timing, XLA compilations, and the machine's load (bnreg's engine
+configuration of the network is the BN study's, ``benchmarks/train_throughput.py``).
 
 The network (Ioffe & Szegedy 2015, Sec. 4.1): 784-100-100-100-10, sigmoid hidden units, BN before
 each sigmoid (the dense layer then has no bias), weights from N(0, 0.1²), softmax cross-entropy,
@@ -9,6 +10,7 @@ passes its own (the study benchmark passes the BN study's), ε = 1e-5.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -58,6 +60,28 @@ def synthetic_mnist(
 def median_rate(seconds: list[float], work: float) -> float:
     """``work / median(seconds)``."""
     return work / statistics.median(seconds)
+
+
+class CompileCounter:
+    """Counts XLA compilations by function name (``jit(chunk)``, ...) from when it is made, with a
+    ``jax.monitoring`` listener on JAX's backend-compile event (recorded once per executable that
+    XLA compiles; a cache hit in jit records nothing)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self) -> None:
+        import jax  # the PyTorch-only paths never load it
+
+        self.counts: collections.Counter[str] = collections.Counter()
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **kwargs: Any) -> None:
+        del duration
+        if event == self.EVENT:
+            self.counts[str(kwargs.get("fun_name", "?"))] += 1
+
+    def snapshot(self) -> collections.Counter[str]:
+        return collections.Counter(self.counts)
 
 
 def machine_load() -> dict[str, Any]:

@@ -36,28 +36,32 @@ def cross_check(args: argparse.Namespace) -> dict[str, Any]:
     with the running statistics and with Alg. 2's."""
     import torch
 
-    from bnreg import train
-    from experiments.bn_mnist import get_config, study_config
+    from bnreg import engine
+    from bnreg.config import override
+    from experiments.bn_mnist import NETS, get_config, study_config
 
     torch.set_num_threads(1)
-    config = study_config(get_config(), "bn", [args.lrs[0]])
-    config.dataset = args.dataset
-    config.num_steps = args.steps
-    # Alg. 2 is needed after the last step only (and the first evaluation, at step 0).
-    config.eval_every = args.steps
-    config.checkpoint_every = 0
-    run_data = train.load_run_data(config)
+    config = override(study_config(get_config(), (args.lrs[0],)), {
+        **NETS["bn"],
+        "dataset": args.dataset,
+        "num_steps": args.steps,
+        # Alg. 2 is needed after the last step only (and the first evaluation, at step 0).
+        "eval_every": args.steps,
+        "checkpoint_every": 0,
+    })
+    run_data = engine.load_run_data(config)
     images, labels = torch_split(torch, run_data.train)
     test_images, test_labels = torch_split(torch, run_data.evaluation)
     runs = []
     for momentum in args.momenta:
         for lr in args.lrs:
-            config.model.bn_momentum = momentum
-            config.learning_rates = (lr,)
+            run_config = override(
+                config, {"model.bn_momentum": momentum, "sweep.learning_rate": (lr,)}
+            )
             for seed in args.seeds:
                 history, running = torch_run(
                     torch, images, labels, test_images, test_labels, net="bn", seed=seed,
-                    config=config, checkpoint_dir=None, study_evaluation=True,
+                    config=run_config, checkpoint_dir=None, study_evaluation=True,
                 )
                 run = {"momentum": momentum, "lr": lr, "seed": seed,
                        "alg2": history[-1]["test_accuracy"], "running": running}
@@ -65,7 +69,7 @@ def cross_check(args: argparse.Namespace) -> dict[str, Any]:
                 runs.append(run)
     return {
         "source": run_data.source,
-        "population_batches": config.population_batches,
+        "population_batches": config.evaluation.population_batches,
         "runs": runs,
     }
 

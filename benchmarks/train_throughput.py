@@ -4,7 +4,7 @@ The network (784-100-100-100-10 sigmoid, BN before each sigmoid, no dense bias b
 N(0, 0.1²) init, plain SGD at lr 0.1, batches of 60) is trained on the same synthetic
 binarized-MNIST-shaped data (60000×784) by
 
-(a) bnreg, one run — one member, ``bnreg.train.make_train_chunk`` (``lax.scan``-fused steps,
+(a) bnreg, one run — one member, ``bnreg.engine.make_train_chunk`` (``lax.scan``-fused steps,
     batches drawn on device, the data order carried between chunks), called in chunks of 500
     steps as the BN study does (its ``eval_every``);
 (b) a standard flax.linen model (``nn.BatchNorm``) with a jitted ``train_step`` called from a
@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -58,8 +58,11 @@ import optax
 from flax.training import train_state
 
 from benchmarks import common
-from bnreg import train
-from experiments.bn_mnist import get_config, study_config
+from bnreg import engine
+from bnreg.config import override
+from bnreg.engine.devices import shard_members
+from bnreg.models import build_model
+from experiments.bn_mnist import NETS, get_config
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -75,12 +78,56 @@ CHUNK_STEPS = 500
 # --------------------------------------------------------------------------------------------
 
 
-def bnreg_engine() -> tuple[nn.Module, optax.GradientTransformation]:
-    """bnreg's model and optimizer for the BN study's BN net (``experiments/bn_mnist.py``)."""
-    config = study_config(get_config(), "bn", [common.LEARNING_RATE])
-    return train.build_model(config.model, common.NUM_CLASSES), train.build_optimizer(
-        config.optimizer
+def bnreg_config(seeds: list[int], overrides: dict[str, Any] | None = None) -> Any:
+    """The engine config of the BN study's BN net (``experiments/bn_mnist.py``: its
+    ``get_config()`` with ``NETS["bn"]``) at the benchmark's learning rate, ``seeds`` as the
+    members, plus ``overrides`` (dotted keys, :func:`bnreg.config.override`)."""
+    return override(get_config(), {
+        **NETS["bn"],
+        "sweep.learning_rate": (common.LEARNING_RATE,),
+        "sweep.seed": tuple(seeds),
+        **(overrides or {}),
+    })
+
+
+def bnreg_network(config: Any) -> tuple[engine.Network, engine.Members]:
+    """bnreg's network (model, task, optimizer factory) and members of an engine config."""
+    members = engine.members_from_config(config)
+    model = build_model(config.model, (common.INPUT_SIZE,), common.NUM_CLASSES)
+    network = engine.Network(
+        model, engine.build_task(config.task), engine.build_optimizer(config.optimizer, members)
     )
+    return network, members
+
+
+def bnreg_config_runner(
+    images: np.ndarray, labels: np.ndarray, config: Any, *, shard: bool = False
+) -> tuple[Runner, Callable[..., Any]]:
+    """The members of ``config`` in scan-fused chunks of ``CHUNK_STEPS``
+    (:func:`bnreg.engine.make_train_chunk`, the whole split, no per-member subsets), the data
+    order carried from chunk to chunk as ``train_and_evaluate`` does; with ``shard``, the member
+    axis sharded over the local devices (:func:`bnreg.engine.devices.shard_members`). Returns
+    the runner and the jitted chunk (to count its compilations)."""
+    network, members = bnreg_network(config)
+    sampler = engine.Sampler(num_examples=len(images), batch_size=config.batch_size)
+    device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
+    state = engine.init_members(network, members, device_images[:1])
+    data_order = sampler.empty_order(len(members))
+    if shard:
+        devices = jax.local_devices()
+        state = shard_members(state, devices)
+        data_order = shard_members(data_order, devices)
+    chunk = engine.make_train_chunk(network, sampler)
+    holder = [state, data_order]
+
+    def run(num_steps: int) -> None:
+        for _ in range(num_steps // CHUNK_STEPS):
+            holder[0], holder[1], losses = chunk(
+                holder[0], holder[1], device_images, device_labels, None, CHUNK_STEPS
+            )
+        losses.block_until_ready()
+
+    return run, chunk
 
 
 def bnreg_runner(
@@ -90,29 +137,14 @@ def bnreg_runner(
     *,
     shard: bool = False,
 ) -> Runner:
-    """bnreg's scan-fused chunks (of ``CHUNK_STEPS``) training ``len(seeds)`` members, the data
-    order carried from chunk to chunk as ``train_and_evaluate`` does. With ``shard``, the members
-    are padded to a multiple of the device count and sharded (:func:`bnreg.train.shard_members`)."""
-    model, tx = bnreg_engine()
+    """bnreg's scan-fused chunks (of ``CHUNK_STEPS``) training ``len(seeds)`` members of the BN
+    net (``config.sweep.seed``), the data order carried from chunk to chunk as
+    ``train_and_evaluate`` does. With ``shard``, the members are padded to a multiple of the
+    device count and sharded (:func:`bnreg.engine.devices.shard_members`)."""
     if shard:
         padding = -len(seeds) % jax.device_count()
         seeds = seeds + [max(seeds) + 1 + i for i in range(padding)]
-    members = [train.Member(common.LEARNING_RATE, seed) for seed in seeds]
-    device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
-    state = train.init_members(model, tx, members, device_images[:1])
-    data_order = train.empty_data_order(len(members), len(images))
-    if shard:
-        state, data_order = train.shard_members(state), train.shard_members(data_order)
-    chunk = train.make_train_chunk(model, tx, batch_size=common.BATCH_SIZE)
-    holder = [state, data_order]
-
-    def run(num_steps: int) -> None:
-        for _ in range(num_steps // CHUNK_STEPS):
-            holder[0], holder[1], losses = chunk(
-                holder[0], holder[1], device_images, device_labels, CHUNK_STEPS
-            )
-        losses.block_until_ready()
-
+    run, _ = bnreg_config_runner(images, labels, bnreg_config(seeds), shard=shard)
     return run
 
 
@@ -400,7 +432,11 @@ def worker(args: argparse.Namespace) -> None:
 
 
 class RemoteWorker:
-    """A worker subprocess driven turn by turn over its stdin/stdout."""
+    """A worker subprocess driven turn by turn over its stdin/stdout.
+
+    ``repo`` is the tree the worker runs from (its cwd and the head of its ``PYTHONPATH``) and
+    ``module`` the worker's module there: another checkout's ``benchmarks.train_throughput``
+    serves the same protocol (``benchmarks/engine_ab.py``); ``extra`` are further arguments."""
 
     def __init__(
         self,
@@ -410,11 +446,14 @@ class RemoteWorker:
         *,
         single: bool,
         cpus: list[int] | None = None,
+        repo: Path = REPO,
+        module: str = "benchmarks.train_throughput",
+        extra: Sequence[str] = (),
     ) -> None:
         command = [
             sys.executable,
             "-m",
-            "benchmarks.train_throughput",
+            module,
             "--worker",
             "--steps",
             str(args.steps),
@@ -432,17 +471,18 @@ class RemoteWorker:
             if shutil.which("taskset") is None:
                 raise RuntimeError("taskset (util-linux) is not installed; drop this variant.")
             command = ["taskset", "-c", spec["taskset"], *command]
+        command += list(extra)
         env = dict(os.environ)
         env.pop("XLA_FLAGS", None)
         if spec.get("xla_flags"):
             env["XLA_FLAGS"] = spec["xla_flags"]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
         self.log = tempfile.TemporaryFile(mode="w+")
         self.members = len(seeds)
         self.process = subprocess.Popen(
             command,
             env=env,
-            cwd=REPO,
+            cwd=repo,
             text=True,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -685,8 +725,9 @@ def write_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _other_load() -> str:
-    """The other busy processes (top CPU users), to record what the numbers competed with."""
+def _other_load(own: Sequence[str] = ("train_throughput",)) -> str:
+    """The other busy processes (top CPU users), to record what the numbers competed with; a
+    process whose command line names one of ``own`` is this benchmark's."""
     try:
         output = subprocess.run(
             ["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"],
@@ -700,7 +741,7 @@ def _other_load() -> str:
     busy = []
     for line in output:
         pid, pcpu, args = line.split(None, 2)
-        if int(pid) not in mine and float(pcpu) >= 20 and "train_throughput" not in args:
+        if int(pid) not in mine and float(pcpu) >= 20 and not any(o in args for o in own):
             busy.append(f"{args[:70]} ({pcpu}% CPU)")
     return "; ".join(busy[:4]) or "none above 20% CPU"
 
