@@ -156,6 +156,27 @@ def describe(
     return pd.DataFrame(rows, columns=[*by, "n", "mean", "std", "low", "high"])
 
 
+def scores(frame: pd.DataFrame, value: str, by: str) -> dict[Any, tuple[float, float]]:
+    """``{setting: (mean, std)}`` of ``value`` over the rows (seeds) of each setting of the
+    column ``by`` (e.g. a sweep's final accuracy per learning rate): :func:`describe`'s."""
+    table = describe(frame, value, by)
+    return {key: (mean, std) for key, mean, std in zip(table[by], table["mean"], table["std"],
+                                                         strict=True)}
+
+
+def best(scores: Mapping[Any, tuple[float, float]]) -> Any:
+    """The setting of :func:`scores` with the highest mean (the first of a tie)."""
+    return max(scores, key=lambda setting: scores[setting][0])
+
+
+def tied_with_best(scores: Mapping[Any, tuple[float, float]]) -> list[Any]:
+    """The settings whose mean is within the seeds' std of the best one's — the larger of the
+    two stds —, the best included, sorted: those a sweep cannot tell from the best."""
+    best_mean, best_std = scores[best(scores)]
+    return sorted(key for key, (mean, std) in scores.items()
+                  if best_mean - mean <= max(best_std, std))
+
+
 def curves(frame: pd.DataFrame, value: str) -> tuple[np.ndarray, np.ndarray]:
     """A history's ``value`` over training, per member.
 

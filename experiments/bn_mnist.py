@@ -132,28 +132,15 @@ class StudyResult:
 
 def sweep_scores(sweep: pd.DataFrame, net: str, column: str = "accuracy") -> dict:
     """Final validation ``column`` per learning rate of ``net``: (mean, std) over seeds."""
-    table = analysis.describe(analysis.select(sweep, net=net), column, by="learning_rate")
-    return {row.learning_rate: (row.mean, row.std) for row in table.itertuples()}
-
-
-def best_rate(scores: dict[float, tuple[float, float]]) -> float:
-    """The learning rate with the highest mean score."""
-    return max(scores, key=lambda lr: scores[lr][0])
+    return analysis.scores(analysis.select(sweep, net=net), column, by="learning_rate")
 
 
 def choose_learning_rates(scores: dict, high_factor: float, low_factor: float) -> tuple:
     """(i) the no-BN net's best learning rate on validation, (ii) ``high_factor`` × it,
     (iii) ``low_factor`` × it."""
-    best = best_rate(scores)
+    best = analysis.best(scores)
     # Rounded so that 0.1 × 0.05 reads 0.005, not 0.005000000000000001, in every output.
     return best, float(f"{best * high_factor:.12g}"), float(f"{best * low_factor:.12g}")
-
-
-def rates_tied_with_best(scores: dict[float, tuple[float, float]]) -> list[float]:
-    """The learning rates whose mean score is within the seeds' std of the best one's (the
-    larger of the two stds): the rates the sweep cannot tell from the best, the best included."""
-    best_mean, best_std = scores[best_rate(scores)]
-    return sorted(lr for lr, (m, s) in scores.items() if best_mean - m <= max(best_std, s))
 
 
 def percentile_drift(history: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -262,7 +249,7 @@ def _sweep_lines(config: ml_collections.ConfigDict, result: StudyResult) -> list
         "still far from converged after the full run, as the paper's Fig. 1 shows it. The "
         "claims are judged at (i).",
     ]
-    tied = [lr for lr in rates_tied_with_best(sweep_scores(result.sweep, "no_bn")) if lr != best]
+    tied = [lr for lr in analysis.tied_with_best(sweep_scores(result.sweep, "no_bn")) if lr != best]
     if tied:
         lines.append(
             f"The sweep cannot tell (i) from {', '.join(f'{lr:g}' for lr in tied)}: their no-BN "

@@ -428,3 +428,17 @@ def test_markdown_table_is_a_github_table_without_a_trailing_newline():
 def test_markdown_table_refuses_rows_of_another_length(rows):
     with pytest.raises(ValueError, match="row 0 has"):
         analysis.markdown_table(["net", "accuracy"], rows)
+
+
+def test_scores_are_the_mean_and_std_of_each_setting():
+    frame = pd.DataFrame({"lr": [0.1, 0.1, 1.0], "accuracy": [0.8, 0.9, 0.5]})
+    scores = analysis.scores(frame, "accuracy", "lr")
+    assert scores[0.1] == pytest.approx((0.85, np.std([0.8, 0.9], ddof=1)))
+    assert scores[1.0] == (0.5, 0.0)
+
+
+def test_the_best_setting_has_the_highest_mean_and_the_tied_ones_lie_within_the_larger_std():
+    scores = {0.1: (0.80, 0.01), 0.5: (0.874, 0.006), 1.0: (0.878, 0.001), 2.0: (0.879, 0.004)}
+    assert analysis.best(scores) == 2.0
+    assert analysis.tied_with_best(scores) == [0.5, 1.0, 2.0]
+    assert analysis.tied_with_best({0.1: (0.8, 0.0), 1.0: (0.9, 0.0)}) == [1.0]

@@ -110,12 +110,6 @@ def test_the_baseline_best_learning_rate_is_chosen_and_the_others_are_multiples(
     assert bn_mnist.choose_learning_rates(scores, 5.0, 0.5) == (0.1, 0.5, 0.05)
 
 
-def test_rates_tied_with_the_best_are_those_within_the_larger_std():
-    scores = {0.1: (0.80, 0.01), 0.5: (0.874, 0.006), 1.0: (0.878, 0.001), 2.0: (0.879, 0.004)}
-    assert bn_mnist.rates_tied_with_best(scores) == [0.5, 1.0, 2.0]
-    assert bn_mnist.rates_tied_with_best({0.1: (0.8, 0.0), 1.0: (0.9, 0.0)}) == [1.0]
-
-
 def test_sweep_scores_are_the_mean_and_std_per_learning_rate_of_one_net():
     sweep = pd.DataFrame({"net": ["bn", "bn", "no_bn", "bn"], "learning_rate": [0.1, 0.1, 0.1, 1],
                           "accuracy": [0.8, 0.9, 0.1, 0.5]})
