@@ -235,7 +235,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "members": args.members,
         "trees": {"baseline": _tree(baseline), "new": _tree(REPO)},
         "loadavg_before": [round(v, 2) for v in os.getloadavg()],
-        "other_load": tt._other_load(("train_throughput", "engine_ab")),
+        "other_load": tt.other_load(("train_throughput", "engine_ab")),
     }
     extra = ["--diagnostics"] if args.diagnostics else []
     workers = {
@@ -341,7 +341,7 @@ def write_report(result: dict[str, Any]) -> str:
             "—" if peak else entry["steps"],
             "—" if peak else f"{entry['steps_per_s']:.0f}",
             f"{entry['gflops']:.0f} GFLOP/s" if peak else f"{entry['member_steps_per_s']:.0f}",
-            tt._turn_range(entry, work),
+            tt.turn_range(entry, work),
             *cells,
             f"{entry['cores_used']:.2f}",
         ])

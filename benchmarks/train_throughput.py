@@ -575,7 +575,7 @@ def _rate(rates: dict[str, Any], name: str) -> float | None:
     return rates[name]["member_steps_per_s"] if name in rates else None
 
 
-def _turn_range(entry: dict[str, Any], work: float) -> str:
+def turn_range(entry: dict[str, Any], work: float) -> str:
     rates = [work / turn["seconds"] for turn in entry["turns"]]
     return f"{min(rates):.0f}–{max(rates):.0f}"
 
@@ -600,7 +600,7 @@ def write_report(result: dict[str, Any]) -> str:
                 entry["members"],
                 f"{entry['steps_per_s']:.0f}",
                 f"{rate:.0f}",
-                _turn_range(entry, result["steps"] * entry["members"]),
+                turn_range(entry, result["steps"] * entry["members"]),
                 _ratio(rate, torch_rate),
                 _ratio(rate, torch_1),
                 _ratio(rate, flax_rate),
@@ -725,7 +725,7 @@ def write_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _other_load(own: Sequence[str] = ("train_throughput",)) -> str:
+def other_load(own: Sequence[str] = ("train_throughput",)) -> str:
     """The other busy processes (top CPU users), to record what the numbers competed with; a
     process whose command line names one of ``own`` is this benchmark's."""
     try:
@@ -797,7 +797,7 @@ def main() -> None:
         "repeats": args.repeats,
         "members": args.members,
         "loadavg_before": [round(v, 2) for v in os.getloadavg()],
-        "other_load": _other_load(),
+        "other_load": other_load(),
         "matmul_flops_per_step": common.matmul_flops_per_step(),
     }
 

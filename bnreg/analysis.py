@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-# The engine's file names (bnreg.train writes them); not imported from there, so that reading a
+# The engine's file names (bnreg.engine writes them); not imported from there, so that reading a
 # run does not load the engine.
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -399,7 +399,10 @@ def _seed_curves(values: Any, what: str) -> np.ndarray:
     return array
 
 
-def _mean_std_over_seeds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def seed_mean_std(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (ddof=1; 0 for one seed) over the first axis (the seeds) of
+    ``values``, e.g. a ``(seeds, T)`` curve: the bands of :mod:`bnreg.plots`."""
+    values = np.asarray(values, dtype=np.float64)
     return values.mean(0), values.std(0, ddof=1 if values.shape[0] > 1 else 0)
 
 
@@ -432,8 +435,8 @@ def above_beyond_noise(steps: np.ndarray, first: np.ndarray, second: np.ndarray)
         raise ValueError(
             f"steps {steps.shape}, first {first.shape} and second {second.shape} must share T"
         )
-    first_mean, first_std = _mean_std_over_seeds(first)
-    second_mean, second_std = _mean_std_over_seeds(second)
+    first_mean, first_std = seed_mean_std(first)
+    second_mean, second_std = seed_mean_std(second)
     gaps = first_mean - second_mean
     margins = np.maximum(first_std, second_std)
     return Above(steps, gaps, margins, steps[~(gaps > margins)])

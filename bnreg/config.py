@@ -5,8 +5,8 @@ keys, except the axes it sweeps (``config.sweep``) and its own ``config.study`` 
 :func:`validate_config` rejects unknown keys at any depth (a typo must not silently fall back to
 a default) and values that cannot work together, before any data is loaded or compiled.
 
-This module imports nothing but ``ml_collections``, so a study's config loads without JAX's
-engine, matplotlib or absl.
+This module imports no more than ``ml_collections`` and the package's light core (not the
+engine, matplotlib or ``absl.app``), so a study's config loads quickly.
 
 **Members.** A run trains *members* as one compiled program: the cross product of the axes in
 ``config.sweep`` (``config.sweep.learning_rate = (0.1, 1.0)``, ``config.sweep.seed = (0, 1, 2)``,
@@ -57,7 +57,10 @@ EVALUATORS = ("deterministic", "ema", "population", "settled_ema", "monte_carlo"
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Returns the engine's configuration with every key it understands and its default."""
+    """Returns the engine's configuration with every key it understands and its default.
+
+    One key a line, each with its comment: the schema in one place, hence the length.
+    """
     config = ml_collections.ConfigDict()
 
     # Data (bnreg.data): dataset name, where to find it, and preprocessing.
@@ -145,7 +148,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Probes (bnreg.probes), computed by the primary evaluator at every evaluation.
     config.probe = ml_collections.ConfigDict()
-    config.probe.layers = (-1,)  # hidden layer indices; negative ones count from the last
+    # Hidden layer indices, negative ones counting from the last; (): no probes.
+    config.probe.layers = (-1,)
     config.probe.units = (0, 1, 2)
     config.probe.percentiles = (15.0, 50.0, 85.0)
     # Activation histograms per hidden layer (Srivastava et al. 2014, Fig. 8); 0: none.
@@ -261,12 +265,42 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
             check_choice(f"config.evaluation.{section} entry", name, EVALUATORS)
     if not config.evaluation.during:
         raise ValueError("config.evaluation.during must name at least one evaluator.")
+    if (config.task.name == "reconstruction" and config.task.reconstruction_loss == "bernoulli"
+            and config.standardize != "none"):
+        raise ValueError(
+            "The Bernoulli reconstruction loss needs targets in [0, 1]: use "
+            "config.standardize='none', or task.reconstruction_loss='squared_error'."
+        )
     if (config.task.name == "reconstruction") != (config.model.name == "autoencoder"):
         raise ValueError(
             f"config.task.name {config.task.name!r} and config.model.name "
             f"{config.model.name!r} do not go together: the reconstruction task needs the "
             "autoencoder, and the autoencoder the reconstruction task."
         )
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+    optimizer = config.optimizer
+    momentum = optimizer.momentum or "final_momentum" in config.sweep
+    if optimizer.name == "adam" and (momentum or optimizer.nesterov
+                                     or optimizer.momentum_schedule != "constant"):
+        raise ValueError(
+            "optimizer.momentum, momentum_schedule and nesterov are SGD's; Adam has its own "
+            "moments: leave them at their defaults, or use optimizer.name='sgd'."
+        )
+    if optimizer.nesterov and not momentum:
+        raise ValueError("optimizer.nesterov needs a momentum (optimizer.momentum > 0).")
+    if not 0.0 <= optimizer.initial_momentum < 1.0:
+        raise ValueError(f"config.optimizer.initial_momentum must be in [0, 1), got "
+                         f"{optimizer.initial_momentum}.")
+    if not optimizer.decay_rate > 0 or not optimizer.step_factor > 0:
+        raise ValueError("config.optimizer.decay_rate and step_factor must be > 0.")
+    boundaries = list(optimizer.step_boundaries)
+    if any(not isinstance(b, int) or b < 1 for b in boundaries) or boundaries != sorted(
+        set(boundaries)
+    ):
+        raise ValueError(f"config.optimizer.step_boundaries must be increasing steps ≥ 1, got "
+                         f"{tuple(boundaries)}.")
 
 
 def _check_counts(config: ml_collections.ConfigDict) -> None:
@@ -292,12 +326,15 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.evaluation.population_batches must be ≥ 0 (0 skips Alg. 2).")
     for name in ("monte_carlo_samples", "gaussian_samples"):
         samples = tuple(evaluation[name])
-        if not samples or any(not isinstance(k, int) or k < 1 for k in samples):
-            raise ValueError(f"config.evaluation.{name} must hold counts ≥ 1, got {samples}.")
+        if (not samples or any(not isinstance(k, int) or k < 1 for k in samples)
+                or len(set(samples)) < len(samples)):
+            raise ValueError(f"config.evaluation.{name} must hold distinct counts ≥ 1, got "
+                             f"{samples}.")
     if config.optimizer.momentum_steps < 1 or config.optimizer.decay_steps < 1:
         raise ValueError("config.optimizer.momentum_steps and decay_steps must be ≥ 1.")
-    if not config.probe.layers or not config.probe.units:
-        raise ValueError("config.probe.layers and config.probe.units must name at least one each.")
+    if config.probe.layers and not config.probe.units:
+        raise ValueError("config.probe.units must name at least one unit (or config.probe.layers "
+                         "= () for no probes).")
     if config.probe.histogram_bins < 0:
         raise ValueError(
             f"config.probe.histogram_bins must be ≥ 0 (0: no histograms), got "
@@ -323,6 +360,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     _check_choices(config)
     _check_counts(config)
+    _check_optimizer(config)
     for axis in AXES:
         if axis not in config.sweep:
             _check_axis_value(axis, axis_value(config, axis), f"config.{AXES[axis]}")

@@ -15,11 +15,7 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 
-
-def _mean_std_over_seeds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample std (ddof=1; 0 for one seed) over the first axis."""
-    values = np.asarray(values, dtype=np.float64)
-    return values.mean(0), values.std(0, ddof=1 if values.shape[0] > 1 else 0)
+from bnreg.analysis import seed_mean_std
 
 
 def band(
@@ -32,7 +28,7 @@ def band(
     linestyle: str = "-",
 ) -> None:
     """Plots the mean over members (rows of ``values``) with a ±1 std band."""
-    mean, std = _mean_std_over_seeds(values)
+    mean, std = seed_mean_std(values)
     (line,) = ax.plot(steps, mean, label=label, color=color, linestyle=linestyle)
     ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
 
@@ -76,7 +72,7 @@ def versus(
     if log and np.any(x <= 0):
         raise ValueError(f"a log x axis needs positive x, got {x.tolist()}: pass log=False")
     order = np.argsort(x)
-    mean, std = _mean_std_over_seeds(values[order].T)
+    mean, std = seed_mean_std(values[order].T)
     (line,) = ax.plot(x[order], mean, label=label, color=color, marker=marker)
     ax.fill_between(x[order], mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     if log:

@@ -133,9 +133,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
     if not all(jax.tree.all(jax.tree.map(np.array_equal, r.state.params, first.state.params))
                for r in others):
         raise RuntimeError(
-            "The runs of different momenta trained different weights: their members were laid "
-            "out over the devices differently. Run with one device, or with a device count "
-            "that gives every run the same share."
+            "The runs of different momenta trained different weights, so their EMAs are not "
+            "comparable: their members were laid out over the devices differently (each run "
+            "gets an equal share; another device count changes the layout). Use a new "
+            "--workdir: runs resumed from a mixed layout keep their weights."
         )
     final = analysis.combine({m: analysis.table(r.summary["members"])
                               for m, r in zip(momenta, runs.values(), strict=True)}, "momentum")
@@ -162,8 +163,9 @@ def stale_statistics_accuracies(config, state, lags: Sequence[int]) -> pd.DataFr
 
     from bnreg import engine
 
-    # On the first device, where the group's first run trained (the same layout of members).
-    run = engine.build(config, jax.local_devices()[:1])
+    # On the devices the state's run trained on: the same layout of members.
+    devices = sorted(jax.tree.leaves(state.params)[0].sharding.device_set, key=lambda d: d.id)
+    run = engine.build(config, devices)
     state = run.adopt(state)
     alg2 = [run.evaluator("population")]
     final_statistics = run.statistics(state, "population")

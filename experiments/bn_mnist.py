@@ -169,13 +169,16 @@ def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
 
     Raises:
       ValueError: learning-rate factors that would make two of the settings (i), (ii), (iii)
-        the same rate (checked before anything is trained).
+        the same rate, or no milestone within the run (checked before anything is trained).
     """
     factors = (1.0, config.study.high_lr_factor, config.study.low_lr_factor)
     if len(set(factors)) < 3:
         raise ValueError(
             f"config.study.high_lr_factor ({factors[1]}) and low_lr_factor ({factors[2]}) must "
             "differ from 1 and from each other: (i), (ii) and (iii) are three distinct rates.")
+    if not any(m <= config.num_steps for m in config.study.milestones):
+        raise ValueError(f"config.study.milestones {tuple(config.study.milestones)} must hold a "
+                         f"step within config.num_steps ({config.num_steps}).")
     workdir = Path(workdir)
     _, sweep, sweep_summary = _phase(sweep_config(config), workdir / "sweep")
     rates = choose_learning_rates(sweep_scores(sweep, "no_bn"), *factors[1:])

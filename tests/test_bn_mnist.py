@@ -173,6 +173,13 @@ def test_rate_factors_that_repeat_a_setting_are_an_error_before_any_training(tmp
     assert not any(tmp_path.iterdir())
 
 
+def test_milestones_beyond_the_run_are_an_error_before_any_training(tmp_path):
+    config = override(bn_mnist.get_config("smoke"), {"num_steps": 40})
+    with pytest.raises(ValueError, match="must hold a step within"):
+        bn_mnist.run_study(config, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="variant"):
         bn_mnist.get_config("huge")

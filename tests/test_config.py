@@ -130,3 +130,27 @@ def test_a_study_config_loads_without_matplotlib_absl_app_or_the_engine():
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer.name": "adam", "optimizer.momentum_schedule": "linear"}, "Adam has its own"),
+        ({"optimizer.name": "adam", "optimizer.nesterov": True}, "Adam has its own"),
+        ({"optimizer.nesterov": True}, "nesterov needs a momentum"),
+        ({"optimizer.initial_momentum": 1.7}, r"initial_momentum must be in \[0, 1\)"),
+        ({"optimizer.decay_rate": 0.0}, "decay_rate and step_factor must be > 0"),
+        ({"optimizer.step_boundaries": (300, 100)}, "must be increasing steps"),
+        ({"evaluation.monte_carlo_samples": (5, 5)}, "distinct counts"),
+        ({"task.name": "reconstruction", "model.name": "autoencoder",
+          "standardize": "global"}, "needs targets in \\[0, 1\\]"),
+        ({"probe.units": ()}, "must name at least one unit"),
+    ],
+)
+def test_settings_that_would_silently_do_nothing_or_fail_late_are_errors(overrides, message):
+    config = default_config()
+    for name, value in overrides.items():
+        section, key = name.split(".") if "." in name else (None, name)
+        (config[section] if section else config)[key] = value
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)

@@ -173,20 +173,36 @@ def test_zero_histogram_bins_leave_out_the_histograms_and_nothing_else():
         np.testing.assert_array_equal(value, with_histograms[name], err_msg=name)
 
 
+def batchwise(apply, images, batch_size, key_of_batch):
+    """``apply(batch, key)`` over padded batches of ``batch_size`` as the evaluators cut a split
+    (the last padded with zeros), keyed by ``key_of_batch(b)``; the outputs of real examples."""
+    outputs = []
+    for b, start in enumerate(range(0, len(images), batch_size)):
+        batch = images[start:start + batch_size]
+        padded = jnp.pad(batch, [(0, batch_size - len(batch))] + [(0, 0)] * (batch.ndim - 1))
+        outputs.append(apply(padded, key_of_batch(b))[: len(batch)])
+    return jnp.concatenate(outputs)
+
+
 def test_monte_carlo_equals_a_direct_loop_of_k_sampled_thinned_nets():
     config = model_config(**{"model.hidden_dropout": 0.5})
     network, members = program(config)
     images, labels = random_batch(n=30)
     state = one_member(network, members, images)
     samples = (1, 3, 5)
+    # Three batches of 12, the last with 6 padded examples.
     result = evaluators.evaluate_monte_carlo(network, state, state.batch_stats, images, labels,
-                                             batch_size=30, samples=samples)
+                                             batch_size=12, samples=samples)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     sample_key = engine.stream_key(state.key, engine.Stream.MONTE_CARLO)
+
+    def thinned(batch, key):
+        return jax.nn.softmax(network.model.apply(variables, batch, bn_mode="inference",
+                                                  noise=True, rngs={"dropout": key}))
+
     probabilities = [
-        jax.nn.softmax(network.model.apply(
-            variables, images, bn_mode="inference", noise=True,
-            rngs={"dropout": jax.random.fold_in(jax.random.fold_in(sample_key, i), 0)}))
+        batchwise(thinned, images, 12,
+                  lambda b, i=i: jax.random.fold_in(jax.random.fold_in(sample_key, i), b))
         for i in range(max(samples))
     ]
     for position, k in enumerate(samples):
@@ -197,6 +213,23 @@ def test_monte_carlo_equals_a_direct_loop_of_k_sampled_thinned_nets():
             result["loss"][position],
             -np.mean(np.log(average[np.arange(30), np.asarray(labels)])), rtol=1e-5)
     assert len(set(np.asarray(result["loss"]).tolist())) == 3  # the samples differ
+
+
+def test_the_monte_carlo_loss_stays_finite_when_a_label_probability_underflows():
+    config = model_config(**{"model.hidden_dropout": 0.5, "model.norm": None})
+    network, members = program(config)
+    images, labels = random_batch(n=8)
+    state = one_member(network, members, images)
+    # Output weights so large that the wrong classes' probabilities underflow float32.
+    params = dict(state.params)
+    params["Dense_out"] = {"kernel": 1e6 * state.params["Dense_out"]["kernel"],
+                           "bias": state.params["Dense_out"]["bias"]}
+    state = state._replace(params=params)
+    deterministic = evaluators.evaluate(network, state, {}, images, labels, batch_size=8)
+    monte_carlo = evaluators.evaluate_monte_carlo(network, state, {}, images, labels,
+                                                  batch_size=8, samples=(1, 2))
+    assert np.isfinite(deterministic["loss"]) and deterministic["loss"] > 1000  # e^-1000: 0
+    assert np.all(np.isfinite(monte_carlo["loss"]))
 
 
 def test_gaussian_dropconnect_layer_equals_the_core_function():
@@ -225,12 +258,14 @@ def test_the_gaussian_evaluator_applies_the_model_with_gaussian_dropconnect_laye
     network, members = program(config)
     images, labels = random_batch(n=30)
     state = one_member(network, members, images)
-    result = evaluators.evaluate_gaussian(network, state, {}, images, labels, batch_size=30,
+    result = evaluators.evaluate_gaussian(network, state, {}, images, labels, batch_size=12,
                                           samples=20)
-    logits = network.model.clone(dropconnect_gaussian_samples=20).apply(
-        {"params": state.params}, images, bn_mode="inference", noise=False,
-        rngs={"dropout": jax.random.fold_in(
-            engine.stream_key(state.key, engine.Stream.GAUSSIAN), 0)})
+    gaussian_key = engine.stream_key(state.key, engine.Stream.GAUSSIAN)
+    model = network.model.clone(dropconnect_gaussian_samples=20)
+    logits = batchwise(
+        lambda batch, key: model.apply({"params": state.params}, batch, bn_mode="inference",
+                                       noise=False, rngs={"dropout": key}),
+        images, 12, lambda b: jax.random.fold_in(gaussian_key, b))
     np.testing.assert_allclose(result["accuracy"],
                                np.mean(np.argmax(logits, -1) == np.asarray(labels)), rtol=1e-6)
     mean_logits = network.model.apply({"params": state.params}, images, bn_mode="inference",

@@ -65,12 +65,6 @@ def test_a_net_without_bn_reports_only_the_deterministic_network(tmp_path):
     assert result.summary["bn_statistics"] is None
 
 
-def test_a_bn_net_whose_ema_never_moves_reports_no_settled_ema(tmp_path):
-    config = tiny_config(**{"model.bn_momentum": 1.0, "evaluation.final": ("settled_ema",)})
-    with pytest.raises(ValueError, match="'settled_ema' are not available"):
-        engine.train_and_evaluate(config, tmp_path)
-
-
 @pytest.mark.parametrize("statistics", ["ema", "population"])
 def test_evaluations_use_the_configured_bn_statistics(tmp_path, statistics):
     config = tiny_config(**{"evaluation.bn_statistics": statistics,
@@ -188,6 +182,12 @@ def test_a_workdir_without_checkpoints_refuses_another_config(tmp_path):
         ({"validation_fraction": 1e-6}, "is 0 examples"),
         ({"task.name": "reconstruction", "model.name": "autoencoder",
           "evaluation.final": ("monte_carlo",)}, "needs the classification task"),
+        # An EMA of momentum 1 never moves, so it never settles.
+        ({"model.bn_momentum": 1.0, "evaluation.final": ("settled_ema",)},
+         "needs a BN momentum below 1"),
+        ({"sweep.bn_momentum": (0.9, 0.99), "model.norm": None}, "the net has no BN"),
+        ({"probe.layers": (5,)}, "must index the model's 2 hidden layers"),
+        ({"probe.units": (0, 16)}, "the narrowest has 16"),
     ],
 )
 def test_bad_input_is_an_error_before_anything_compiles(tmp_path, overrides, message):
@@ -263,10 +263,33 @@ def test_a_group_trains_each_override_in_its_own_directory(tmp_path):
     assert (tmp_path / "plain" / engine.SUMMARY_FILE).is_file()
 
 
-def test_a_group_checks_every_override_before_training(tmp_path):
-    with pytest.raises(ValueError, match="has no key 'nrom'"):
-        engine.train_group(tiny_config(), {"bn": {}, "typo": {"model.nrom": None}}, tmp_path)
-    assert not tmp_path.joinpath("bn").exists()
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"model.nrom": None}, "has no key 'nrom'"),
+     # Valid as a config, but its net cannot have the evaluator: found before "good" trains.
+     ({"model.norm": "batch"}, "needs a net with DropConnect")],
+)
+def test_a_group_checks_every_run_before_any_trains(tmp_path, bad, message):
+    config = tiny_config(**{"model.norm": None, "model.dropconnect": 0.5,
+                            "evaluation.final": ("gaussian",)})
+    with pytest.raises(ValueError, match=message):
+        engine.train_group(config, {"good": {}, "bad": bad}, tmp_path)
+    assert not tmp_path.joinpath("good").exists()
+
+
+def test_a_net_without_hidden_layers_trains_without_probes(tmp_path):
+    config = tiny_config(**{"model.hidden_sizes": (), "model.norm": None, "probe.layers": ()})
+    result = engine.train_and_evaluate(config, tmp_path)
+    assert "probe_percentiles" not in result.history[-1]
+    assert result.history[-1]["accuracy"] > 0.5
+
+
+def test_an_evaluator_is_found_by_its_column_or_its_config_name():
+    run = engine.build(tiny_config(**{"evaluation.final": ("ema",)}))
+    assert run.evaluator("deterministic") == run.evaluator("population") == run.primary
+    with pytest.raises(ValueError, match=r"has no evaluator 'mc_k5'; it has \['population', "
+                                          r"'ema'\]"):
+        run.evaluator("mc_k5")
 
 
 def run_subprocess(script: str, *args: str, devices: int) -> dict:
@@ -334,9 +357,9 @@ def test_concurrent_runs_on_two_devices_equal_runs_made_alone_and_raise_errors(t
     output = run_subprocess(CONCURRENT_SCRIPT, str(tmp_path), devices=2)
     assert output["devices"] == [[0], [1]]
     assert output["together"] == output["alone"] == output["again"]
-    # A failing run raises its error, after the other run has finished.
+    # A run with bad input is refused before any run of the group trains.
     assert "batch_size" in output["error"]
-    assert (tmp_path / "good" / engine.SUMMARY_FILE).is_file()
+    assert not (tmp_path / "good").exists()
 
 
 RUN_SCRIPT = """

@@ -33,7 +33,7 @@ from bnreg.engine.bn_statistics import (
     population_statistics,
     settled_ema_statistics,
 )
-from bnreg.engine.engine import Engine, build
+from bnreg.engine.engine import Engine, build, check
 from bnreg.engine.evaluators import Evaluator, ProbeSpec, evaluate
 from bnreg.engine.members import Members, Stream, members_from_config, stream_key
 from bnreg.engine.optimizer import build_optimizer
@@ -79,6 +79,7 @@ __all__ = [
     "build",
     "build_optimizer",
     "build_task",
+    "check",
     "ema_settling_batches",
     "evaluate",
     "init_members",

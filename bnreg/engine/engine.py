@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -144,28 +144,54 @@ class Engine:
         return results
 
     def evaluator(self, name: str) -> evaluators.Evaluator:
-        """The run's evaluator of that config name (e.g. ``"population"``), whether it runs
-        during training or at the end only."""
-        for evaluator in (*self.during, *self.final):
-            if evaluator.name == name:
+        """The run's evaluator of that name (its column suffix, e.g. ``"population"``, or its
+        config name, e.g. ``"deterministic"``), whether it runs during training or at the end
+        only."""
+        for evaluator in self.final:
+            if name in (evaluator.name, evaluator.source):
                 return evaluator
-        known = [e.name for e in (*self.during, *self.final)]
-        raise ValueError(f"This run has no evaluator {name!r}; it has {known}.")
+        raise ValueError(f"This run has no evaluator {name!r}; it has "
+                         f"{[e.name for e in self.final]}.")
 
 
 def _check_structure(config: ml_collections.ConfigDict, members: Members) -> None:
-    """Checks that need the members: sweeps of values the model cannot take."""
+    """Checks that need the members: values the model cannot take, evaluators it cannot have."""
+    evaluation, has_bn = config.evaluation, config.model.norm == "batch"
+    requested = (*evaluation.during, *evaluation.final)
     if config.model.name != "mlp" and members.uses("dropconnect"):
         raise ValueError("dropconnect is implemented for the MLP's dense layers only "
                          f"(config.model.name is {config.model.name!r}).")
-    evaluation = config.evaluation
-    if "gaussian" in (*evaluation.during, *evaluation.final) and (
-        not members.uses("dropconnect") or config.model.norm is not None
-    ):
+    if "gaussian" in requested and (not members.uses("dropconnect") or has_bn):
         raise ValueError("The gaussian evaluator (DropConnect's moment matching) needs a net "
                          "with DropConnect (dropconnect > 0) and without BN (model.norm None).")
-    if config.optimizer.name == "adam" and members.uses("final_momentum"):
-        raise ValueError("optimizer.momentum is SGD's; Adam has its own moments.")
+    if "bn_momentum" in members.swept and not has_bn:
+        raise ValueError("config.sweep.bn_momentum sweeps BN's EMA momentum, but the net has no "
+                         "BN (model.norm None): every member would be the same.")
+    if has_bn and "settled_ema" in requested and members.values["bn_momentum"].max() >= 1.0:
+        raise ValueError("The settled_ema evaluator needs a BN momentum below 1 for every "
+                         "member (an EMA of momentum 1 never moves): remove it from "
+                         "config.evaluation or lower model.bn_momentum.")
+
+
+def _check_probes(config: ml_collections.ConfigDict) -> None:
+    """The probed layers and units exist in the model (its hidden layers' widths)."""
+    model, probe = config.model, config.probe
+    widths = [*(model.conv_features if model.name == "convnet" else ()), *model.hidden_sizes]
+    layers = list(probe.layers)
+    if not layers:
+        return
+    if not all(-len(widths) <= layer < len(widths) for layer in layers):
+        raise ValueError(
+            f"config.probe.layers {layers} must index the model's {len(widths)} hidden layers "
+            "(negative indices count from the last; () records no probes)."
+        )
+    if len({layer % len(widths) for layer in layers}) < len(layers):
+        raise ValueError(f"config.probe.layers {layers} names a hidden layer twice (of "
+                         f"{len(widths)}; negative indices count from the last).")
+    narrowest = min(widths[layer] for layer in layers)
+    if not all(0 <= unit < narrowest for unit in probe.units):
+        raise ValueError(f"config.probe.units {list(probe.units)} must be units of every probed "
+                         f"layer (the narrowest has {narrowest}).")
 
 
 def _vmapped(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -173,20 +199,23 @@ def _vmapped(function: Callable[..., Any]) -> Callable[..., Any]:
     return jax.jit(jax.vmap(function, in_axes=(MEMBER_AXES, None, 0)))
 
 
-def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Engine:
-    """The engine of the run ``config`` describes, on ``devices`` (default: the local ones).
+class _Plan(NamedTuple):
+    """What a run needs before any device work: checked config, members, data, network."""
 
-    Everything that can fail on bad input does so here, before anything is compiled.
+    members: Members
+    data: RunData
+    subsets: tuple[np.ndarray, ...] | None
+    network: Network
+    during: tuple[evaluators.Evaluator, ...]
+    final: tuple[evaluators.Evaluator, ...]
+    functions: dict[str, evaluators.EvaluateFn]
 
-    Raises:
-      ValueError: an invalid config (:func:`bnreg.config.validate_config`), a batch larger than
-        the training split, a subset larger than the split or smaller than a batch, a
-        DropConnect sweep on a model without dense DropConnect layers, an evaluator the net
-        cannot have.
-    """
+
+def _plan(config: ml_collections.ConfigDict) -> _Plan:
     validate_config(config)
     members = members_from_config(config)
     _check_structure(config, members)
+    _check_probes(config)
     data = load_run_data(config)
     num_train = len(data.train.labels)
     if config.batch_size > num_train:
@@ -196,30 +225,56 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     subsets = member_subsets(members, data.train.labels, config.batch_size)
     model = build_model(config.model, data.image_shape, data.num_classes)
     network = Network(model, build_task(config.task), build_optimizer(config.optimizer, members))
-    devices = tuple(member_devices(len(members), devices))
-    sampler = Sampler(num_train, config.batch_size,
-                      None if subsets is None else tuple(len(s) for s in subsets))
-    has_bn = config.model.norm == "batch"
     expand = functools.partial(
         evaluators.expand,
-        has_bn=has_bn,
+        has_bn=config.model.norm == "batch",
         bn_statistics=config.evaluation.bn_statistics,
         monte_carlo_samples=tuple(config.evaluation.monte_carlo_samples),
         gaussian_samples=tuple(config.evaluation.gaussian_samples),
     )
     during = tuple(expand(config.evaluation.during))
     final = tuple(expand([*config.evaluation.during, *config.evaluation.final]))
-    probe = evaluators.ProbeSpec.from_config(config.probe)
-    evaluate = {
-        evaluator.name: jax.jit(jax.vmap(
-            evaluators.member_function(
-                network, evaluator, batch_size=config.eval_batch_size,
-                probe=probe if evaluator == during[0] and evaluator.kind == "deterministic"
-                else None,
-            ),
-            in_axes=(MEMBER_AXES, 0, None, None),
-        ))
+    probe = evaluators.ProbeSpec.from_config(config.probe) if config.probe.layers else None
+    functions = {
+        evaluator.name: evaluators.member_function(
+            network, evaluator, batch_size=config.eval_batch_size,
+            probe=probe if evaluator == during[0] and evaluator.kind == "deterministic" else None,
+        )
         for evaluator in final
+    }
+    return _Plan(members, data, subsets, network, during, final, functions)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Every check :func:`build` makes on bad input (the config, the members, the data, the
+    evaluators), without touching a device: a group checks all its runs before any trains.
+
+    Raises:
+      ValueError: as :func:`build`.
+    """
+    _plan(config)
+
+
+def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Engine:
+    """The engine of the run ``config`` describes, on ``devices`` (default: the local ones).
+
+    Every check on bad input (:func:`check`) comes first, before anything is compiled.
+
+    Raises:
+      ValueError: an invalid config (:func:`bnreg.config.validate_config`), a batch larger than
+        the training split, a subset larger than the split or smaller than a batch, a sweep the
+        model cannot take (DropConnect outside the MLP, a BN momentum without BN), an
+        evaluator the net cannot have, probes of layers or units the model does not have.
+    """
+    plan = _plan(config)
+    members, data, subsets, network = plan.members, plan.data, plan.subsets, plan.network
+    num_train = len(data.train.labels)
+    devices = tuple(member_devices(len(members), devices))
+    sampler = Sampler(num_train, config.batch_size,
+                      None if subsets is None else tuple(len(s) for s in subsets))
+    evaluate = {
+        name: jax.jit(jax.vmap(function, in_axes=(MEMBER_AXES, 0, None, None)))
+        for name, function in plan.functions.items()
     }
     arrays = replicate({
         "train_images": data.train.images,
@@ -238,7 +293,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     )
     return Engine(
         config=config, members=members, data=data, network=network, sampler=sampler,
-        devices=devices, during=during, final=final, has_bn=has_bn, _arrays=arrays,
+        devices=devices, during=plan.during, final=plan.final,
+        has_bn=config.model.norm == "batch", _arrays=arrays,
         _chunk=make_train_chunk(network, sampler), _evaluate=evaluate, _statistics=statistics,
     )
-

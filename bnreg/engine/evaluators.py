@@ -12,7 +12,9 @@ By name (``config.evaluation.during`` / ``final``, :func:`expand`):
   Sec. 7, Fig. 11): noise on, BN in inference mode, the class probabilities averaged; one result
   per ``k`` of ``config.evaluation.monte_carlo_samples`` (suffix ``mc_k<k>``), all from the first
   ``max(k)`` samples. Sample ``i`` is the thinned net of key ``fold_in(MONTE_CARLO stream, i)``;
-  its masks on evaluation batch ``b`` come from ``fold_in(that key, b)``.
+  its masks on evaluation batch ``b`` come from ``fold_in(that key, b)``. (The core's
+  :func:`bnreg.core.dropout.monte_carlo_average` splits its key into ``k`` instead; folding in
+  the sample's index makes the first ``k`` samples of a larger set the ``k``-sample average.)
 * ``"gaussian"`` — DropConnect's moment-matching inference (Wan et al. 2013, Sec. 3) with ``Z``
   samples per pre-activation, one result per ``Z`` of ``config.evaluation.gaussian_samples``
   (suffix ``gaussian_z<Z>``); nets with DropConnect and without BN. Batch ``b``'s samples come
@@ -74,6 +76,7 @@ class Evaluator(NamedTuple):
     kind: str
     bn_statistics: str | None
     samples: tuple[int, ...] = ()
+    source: str = ""  # its name in the config, when that differs (``"deterministic"``)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -99,7 +102,7 @@ def expand(
     evaluators: dict[str, Evaluator] = {}
     for name in names:
         if name == "deterministic":
-            evaluator = Evaluator(statistics or "deterministic", "deterministic", statistics)
+            evaluator = Evaluator(statistics or name, "deterministic", statistics, source=name)
         elif name in BN_KINDS:
             if not has_bn:
                 continue
@@ -211,7 +214,7 @@ def evaluate(
         sums = {name: jnp.sum(value * batch_weights) for name, value in values.items()}
         if probe is None:
             return sums, {}
-        return sums, _probe_sums(collections["intermediates"], probe, batch_weights)
+        return sums, _probe_sums(collections.get("intermediates", {}), probe, batch_weights)
 
     sums, probe_sums = _map_batches(one_batch, images, labels, batch_size)
     num_examples = images.shape[0]
@@ -248,19 +251,21 @@ def evaluate_monte_carlo(
     def one_batch(batch):
         index, batch_images, batch_labels, batch_weights = batch
 
-        def one_sample(total, sample):
+        def one_sample(log_total, sample):
             key = jax.random.fold_in(jax.random.fold_in(sample_keys, sample), index)
             logits = model.apply(variables, batch_images, bn_mode="inference", noise=True,
                                  rngs={"dropout": key})
-            total = total + jax.nn.softmax(logits, axis=-1)
-            average = total / (sample + 1)
-            label_probability = jnp.take_along_axis(average, batch_labels[:, None], 1)[:, 0]
-            return total, (
-                jnp.sum(-jnp.log(label_probability) * batch_weights),
-                jnp.sum((jnp.argmax(average, -1) == batch_labels) * batch_weights),
+            # The sum of the samples' probabilities, in log space: a label's probability that
+            # underflows in every sample is a large finite loss, as in the deterministic one.
+            log_total = jnp.logaddexp(log_total, jax.nn.log_softmax(logits, axis=-1))
+            log_average = log_total - jnp.log(sample + 1.0)
+            label_log_probability = jnp.take_along_axis(log_average, batch_labels[:, None], 1)
+            return log_total, (
+                jnp.sum(-label_log_probability[:, 0] * batch_weights),
+                jnp.sum((jnp.argmax(log_average, -1) == batch_labels) * batch_weights),
             )
 
-        start = jnp.zeros((batch_images.shape[0], network.model.num_outputs), jnp.float32)
+        start = jnp.full((batch_images.shape[0], network.model.num_outputs), -jnp.inf)
         _, (loss, correct) = jax.lax.scan(one_sample, start, jnp.arange(max(samples)))
         return loss[positions], correct[positions]
 

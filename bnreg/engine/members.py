@@ -11,7 +11,10 @@ takes its fixed config value.
 exactly as a run without a sweep; an axis with several values is traced — an array with one
 entry per member, ``vmap``-ed with the rest of the member state — so a whole grid is one
 compilation. A rate of 0, ``c`` off (0) and ``λ`` 0 inside a traced axis give exactly the plain
-net (:mod:`bnreg.core`), so on/off can be an axis too.
+net (:mod:`bnreg.core`), so on/off can be an axis too. A member of a sweep equals the same
+member run alone to float rounding, not bit for bit: the two programs are compiled apart (XLA
+fuses them differently), and a traced BN momentum's ``1 − m`` is computed in float32 where a
+Python one is computed in float64.
 
 **Pairing.** A member's random streams derive from its seed alone (:func:`stream_key`):
 initialisation, data order, dropout masks, Alg. 2's batches, the evaluators' samples, and its

@@ -16,7 +16,7 @@ import numpy as np
 
 from bnreg.config import override
 from bnreg.engine import rundir
-from bnreg.engine.engine import Engine, Results, build
+from bnreg.engine.engine import Engine, Results, build, check
 from bnreg.engine.members import Members
 from bnreg.engine.step import TrainState
 from bnreg.engine.writers import TENSORBOARD_DIR, Progress, TensorBoardEvents, member_run_name
@@ -199,7 +199,8 @@ def train_and_evaluate(
     progress = Progress(
         total=config.num_steps, initial=step, enabled=config.progress,
         description=f"{config.dataset} × {len(engine.members)} members",
-        metric=engine.network.task.metrics[-1], position=progress_position,
+        metric="accuracy" if "accuracy" in engine.network.task.metrics else "loss",
+        position=progress_position,
     )
 
     def log(records):
@@ -244,9 +245,10 @@ def train_concurrently(
     runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
 ) -> list[RunResult]:
     """:func:`train_and_evaluate` of every ``(config, workdir)`` in ``runs``, at the same time
-    when there are several local devices: each run on its own share of them (run ``i`` on
-    devices ``i, i + len(runs), …``; runs share devices when there are fewer devices than runs),
-    from its own thread. With one device the runs are made one after another.
+    when there are several local devices: each run on its own share of them, all shares of one
+    size (``devices // runs``, at least one; runs share devices when there are fewer devices than
+    runs), from its own thread. With one device the runs are made one after another. Every run
+    is checked (:func:`bnreg.engine.check`) before any trains.
 
     Each run's results equal those of the same run made alone on the same devices.
 
@@ -256,13 +258,18 @@ def train_concurrently(
     Raises:
       The error of the first failed run (in the order of ``runs``), after every run has ended.
     """
+    for config, _ in runs:  # every run's bad input is an error before any run trains
+        check(config)
     devices = jax.local_devices()
     if len(runs) < 2 or len(devices) < 2:
         return [train_and_evaluate(config, workdir) for config, workdir in runs]
     outcomes: list[tuple[RunResult | None, BaseException | None]] = [(None, None)] * len(runs)
+    # Shares of one size, so that runs of as many members lay them out alike (and round alike).
+    size = max(1, len(devices) // len(runs))
 
     def run(index: int, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
-        share = devices[index :: len(runs)] or [devices[index % len(devices)]]
+        start = index * size % len(devices)
+        share = devices[start:start + size]
         try:
             result = train_and_evaluate(config, workdir, devices=share, progress_position=index)
             outcomes[index] = (result, None)
@@ -291,7 +298,7 @@ def train_group(
     """Trains a group of runs that differ in structure: run ``name`` is ``config`` with the
     dotted-key ``runs[name]`` overrides (:func:`bnreg.config.override`, e.g. ``{"model.norm":
     "batch"}``), in ``workdir / name``, all at the same time on shares of the devices
-    (:func:`train_concurrently`). Every override is checked before anything trains.
+    (:func:`train_concurrently`). Every run is checked before any trains.
 
     Returns:
       ``{name: RunResult}`` in the order of ``runs``.
