@@ -22,7 +22,7 @@ sensitive the network is to statistics of other weights, the kind an EMA average
 
 Commands::
 
-  # Fashion-MNIST (Debian's dataset-fashion-mnist offline), ~20 min on 2 cores
+  # Fashion-MNIST (Debian's dataset-fashion-mnist offline), ~25 min on 2 cores
   python -m experiments.bn_ema_momentum --workdir=runs/bn_ema_momentum \\
       --config.dataset=fashion_mnist
   # smoke size: scikit-learn's digits, seconds
