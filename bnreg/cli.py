@@ -3,8 +3,10 @@
 A study module ends with ``if __name__ == "__main__": cli.main(__file__, run_study,
 workdir="runs/<study>")``. Its command takes ``--workdir`` (where results, figures and the
 engine's run directories go; rerunning with the same one resumes where the study stopped),
-``--config`` (the study module itself, ``--config=experiments/<study>.py:smoke`` for a variant)
-and ``--config.<key>=<value>`` overrides, which must name existing keys.
+``--config`` (the study module itself, ``--config=experiments/<study>.py:smoke`` for a variant),
+``--config.<key>=<value>`` overrides, which must name existing keys (an unknown one is an error
+that names it, before anything runs), and ``--overwrite``, which deletes the work dir first:
+without it, a work dir is resumed and never overwritten by another config.
 
 On a CPU the command gives XLA one device per core (``jax_num_cpu_devices``), so the runs of a
 group train at the same time, one device each, and a run's members spread over the devices
@@ -15,7 +17,10 @@ itself is left as it is; accelerators are not affected.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,13 +39,46 @@ def use_cpu_cores() -> None:
         jax.config.update("jax_num_cpu_devices", cores or 1)
 
 
+def unknown_overrides(study_file: str, argv: Sequence[str]) -> list[str]:
+    """The ``--config.<key>`` arguments of ``argv`` whose dotted key the study's config (the
+    ``--config`` file and variant, default ``study_file``) does not have."""
+    source = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), study_file)
+    path, _, variant = source.partition(":")
+    spec = importlib.util.spec_from_file_location("_bnreg_study_config", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        config = module.get_config(variant) if variant else module.get_config()
+    finally:
+        del sys.modules[spec.name]
+    unknown = []
+    for argument in argv:
+        if not argument.startswith("--config."):
+            continue
+        key = argument[len("--config."):].split("=", 1)[0]
+        node = config
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node.keys():
+                unknown.append(key)
+                break
+            node = node[part]
+    return unknown
+
+
 def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
     """Parses the flags, runs ``run_study(config, workdir)`` and prints its first output
     (``results.md``) and the paths of the others (the figures)."""
     from absl import app, flags, logging
     from ml_collections import config_flags
 
+    unknown = unknown_overrides(study_file, sys.argv[1:])
+    if unknown:
+        sys.exit(f"Unknown config keys {unknown}: every --config.<key> must name a key of the "
+                 "study's config (bnreg.config.default_config() and the study's config.study); "
+                 "check the spelling.")
     flags.DEFINE_string("workdir", workdir, "Where results, figures and checkpoints go.")
+    flags.DEFINE_bool("overwrite", False, "Delete --workdir first, with every result in it.")
     config_flags.DEFINE_config_file(
         "config", study_file, "The study's config file (the module; ':smoke' for smoke size)."
     )
@@ -51,6 +89,8 @@ def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
         # Orbax logs every checkpoint step at INFO; the progress bars already show progress.
         logging.set_verbosity(logging.WARNING)
         use_cpu_cores()
+        if flags.FLAGS.overwrite:
+            shutil.rmtree(flags.FLAGS.workdir, ignore_errors=True)
         results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
         print(results.read_text())
         print("Figures: " + ", ".join(str(path) for path in figures))

@@ -46,12 +46,17 @@ INTEGER_AXES = ("seed", "train_subset")
 TASKS = ("classification", "reconstruction")
 RECONSTRUCTION_LOSSES = ("squared_error", "bernoulli")
 MODELS = ("mlp", "convnet", "autoencoder")
+# bnreg.models' activations, initialisers and norms (named here: the config imports no flax).
+ACTIVATIONS = ("sigmoid", "relu", "tanh")
+KERNEL_INITS = ("fan_in_normal", "glorot_uniform", "he_normal", "lecun_normal", "normal")
+NORMS = (None, "batch")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "exponential", "step", "inverse_time")
 MOMENTUM_SCHEDULES = ("constant", "linear", "exponential")
 STANDARDIZE = ("none", "global", "per_pixel")
 DROPOUT_NOISE = ("bernoulli", "gaussian")
 BN_STATISTICS = ("ema", "population")
+NONFINITE = ("stop", "record")
 # Evaluators by name (bnreg.engine.evaluators); the BN-statistics ones apply to nets with BN.
 EVALUATORS = ("deterministic", "ema", "population", "settled_ema", "monte_carlo", "gaussian")
 
@@ -108,6 +113,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.initial_momentum = 0.5
     config.optimizer.momentum_steps = 10_000
     config.optimizer.nesterov = False
+    # True: the gradient enters the momentum as (1 − m_t)·g (Srivastava et al. 2014, App. A.1:
+    # Δw_t = m_t·Δw_{t−1} − (1 − m_t)·ε_t·∇L), so the step does not grow ×1/(1 − m) with m.
+    config.optimizer.dampening = False
     # Learning-rate decay, as a factor of the (per-member) base rate: exponential
     # rate^(t/decay_steps); step: step_factor at each boundary; inverse_time 1/(1 + t/decay_steps).
     config.optimizer.schedule = "constant"
@@ -133,6 +141,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.steps_per_call = 0
     config.eval_batch_size = 2_000
     config.checkpoint_every = 5_000  # 0: no checkpoints; else a multiple of eval_every
+    # "stop": a NaN/inf loss ends the run with an error; "record": a member that diverges goes on
+    # with NaN metrics, recorded as such (a sweep's choice must see which settings diverge).
+    config.nonfinite = "stop"
 
     config.evaluation = ml_collections.ConfigDict()
     # Evaluators at every evaluation (the first is the primary: its metrics are also recorded
@@ -145,6 +156,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.evaluation.population_batches = 100  # Alg. 2: training batches averaged
     config.evaluation.monte_carlo_samples = (50,)  # k thinned nets averaged, one result per k
     config.evaluation.gaussian_samples = (100,)  # DropConnect's Z samples, one result per Z
+    # >0: the primary (deterministic) evaluator also scores the first N examples of the training
+    # split at every evaluation (columns `<metric>_on_train`: the overfitting curves); 0: not.
+    config.evaluation.train_examples = 0
 
     # Probes (bnreg.probes), computed by the primary evaluator at every evaluation.
     config.probe = ml_collections.ConfigDict()
@@ -253,11 +267,15 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
         ("task.reconstruction_loss", config.task.reconstruction_loss, RECONSTRUCTION_LOSSES),
         ("model.name", config.model.name, MODELS),
         ("model.dropout_noise", config.model.dropout_noise, DROPOUT_NOISE),
+        ("model.activation", config.model.activation, ACTIVATIONS),
+        ("model.kernel_init", config.model.kernel_init, KERNEL_INITS),
+        ("model.norm", config.model.norm, NORMS),
         ("optimizer.name", config.optimizer.name, OPTIMIZERS),
         ("optimizer.schedule", config.optimizer.schedule, SCHEDULES),
         ("optimizer.momentum_schedule", config.optimizer.momentum_schedule, MOMENTUM_SCHEDULES),
         ("standardize", config.standardize, STANDARDIZE),
         ("evaluation.bn_statistics", config.evaluation.bn_statistics, BN_STATISTICS),
+        ("nonfinite", config.nonfinite, NONFINITE),
     ):
         check_choice(f"config.{name}", value, choices)
     for section in ("during", "final"):
@@ -290,6 +308,9 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
         )
     if optimizer.nesterov and not momentum:
         raise ValueError("optimizer.nesterov needs a momentum (optimizer.momentum > 0).")
+    if optimizer.dampening and (optimizer.name != "sgd" or not momentum):
+        raise ValueError("optimizer.dampening scales SGD's momentum: it needs optimizer.name "
+                         "'sgd' and a momentum (optimizer.momentum > 0).")
     if not 0.0 <= optimizer.initial_momentum < 1.0:
         raise ValueError(f"config.optimizer.initial_momentum must be in [0, 1), got "
                          f"{optimizer.initial_momentum}.")
@@ -301,6 +322,25 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
     ):
         raise ValueError(f"config.optimizer.step_boundaries must be increasing steps ≥ 1, got "
                          f"{tuple(boundaries)}.")
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    model = config.model
+    for name in ("hidden_sizes", "conv_features"):
+        widths = tuple(model[name])
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"config.model.{name} must hold whole numbers ≥ 1, got {widths}.")
+    for name in ("init_stddev", "bn_epsilon"):
+        if not (math.isfinite(model[name]) and model[name] > 0):
+            raise ValueError(f"config.model.{name} must be finite and > 0, got {model[name]}.")
+    probe = config.probe
+    if not all(0.0 <= q <= 100.0 for q in probe.percentiles):
+        raise ValueError(f"config.probe.percentiles must lie in [0, 100], got "
+                         f"{tuple(probe.percentiles)}.")
+    low, high = probe.histogram_range
+    if not low < high:
+        raise ValueError(f"config.probe.histogram_range must be (low, high) with low < high, "
+                         f"got {tuple(probe.histogram_range)}.")
 
 
 def _check_counts(config: ml_collections.ConfigDict) -> None:
@@ -332,6 +372,13 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
                              f"{samples}.")
     if config.optimizer.momentum_steps < 1 or config.optimizer.decay_steps < 1:
         raise ValueError("config.optimizer.momentum_steps and decay_steps must be ≥ 1.")
+    if evaluation.train_examples < 0:
+        raise ValueError("config.evaluation.train_examples must be ≥ 0 (0: no training-split "
+                         f"evaluation), got {evaluation.train_examples}.")
+    if evaluation.train_examples and evaluation.during[0] != "deterministic":
+        raise ValueError("config.evaluation.train_examples scores the training split with the "
+                         "primary evaluator, which must then be 'deterministic' (the first of "
+                         f"config.evaluation.during), not {evaluation.during[0]!r}.")
     if config.probe.layers and not config.probe.units:
         raise ValueError("config.probe.units must name at least one unit (or config.probe.layers "
                          "= () for no probes).")
@@ -359,6 +406,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "bnreg.config.default_config(); check the spelling."
         )
     _check_choices(config)
+    _check_model(config)
     _check_counts(config)
     _check_optimizer(config)
     for axis in AXES:

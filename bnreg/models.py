@@ -51,15 +51,18 @@ def kernel_initializer(name: str, stddev: float = 0.1) -> Callable[..., jax.Arra
     """Returns a weight initialiser by name.
 
     Args:
-      name: ``"normal"`` — the BN paper's "small random Gaussian", N(0, stddev²) — or one of
+      name: ``"normal"`` — the BN paper's "small random Gaussian", N(0, stddev²) —;
+        ``"fan_in_normal"`` — the dropout paper's released recipe, N(0, stddev²/fan_in), an
+        untruncated Gaussian (flax's ``lecun_normal`` is truncated) —; or one of
         ``"lecun_normal"``, ``"glorot_uniform"``, ``"he_normal"``.
-      stddev: the standard deviation for ``"normal"``.
+      stddev: the standard deviation for ``"normal"``, its σ for ``"fan_in_normal"``.
 
     Raises:
       ValueError: an unknown name.
     """
     initializers = {
         "normal": nn.initializers.normal(stddev),
+        "fan_in_normal": nn.initializers.variance_scaling(stddev**2, "fan_in", "normal"),
         "lecun_normal": nn.initializers.lecun_normal(),
         "glorot_uniform": nn.initializers.glorot_uniform(),
         "he_normal": nn.initializers.he_normal(),

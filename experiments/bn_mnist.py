@@ -169,7 +169,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
 
     Raises:
       ValueError: learning-rate factors that would make two of the settings (i), (ii), (iii)
-        the same rate, or no milestone within the run (checked before anything is trained).
+        the same rate, no milestone within the run, or a config either phase's runs cannot
+        take (all checked before anything is trained).
     """
     factors = (1.0, config.study.high_lr_factor, config.study.low_lr_factor)
     if len(set(factors)) < 3:
@@ -179,6 +180,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
     if not any(m <= config.num_steps for m in config.study.milestones):
         raise ValueError(f"config.study.milestones {tuple(config.study.milestones)} must hold a "
                          f"step within config.num_steps ({config.num_steps}).")
+    from bnreg import engine
+
+    # Both phases' runs are checked before the sweep trains: the full runs' rates are not known
+    # yet, so any three distinct ones stand in for them.
+    for phase in (sweep_config(config), study_config(config, factors)):
+        for overrides in NETS.values():
+            engine.check(override(phase, overrides))
     workdir = Path(workdir)
     _, sweep, sweep_summary = _phase(sweep_config(config), workdir / "sweep")
     rates = choose_learning_rates(sweep_scores(sweep, "no_bn"), *factors[1:])

@@ -70,10 +70,27 @@ def test_smoke_study_writes_results_table_and_run_outputs(smoke_run):
                 assert (workdir / phase / net / name).is_file(), (phase, net, name)
 
 
-def test_unknown_config_key_on_the_command_line_is_an_error(tmp_path):
-    completed = run_cli(f"--workdir={tmp_path}", "--config=experiments/bn_mnist.py:smoke",
-                        "--config.learning_rate=0.1")
-    assert completed.returncode != 0 and "learning_rate" in completed.stderr
+@pytest.mark.parametrize("key", ["learning_rate", "nonexistent", "model.hiden_sizes",
+                                 "study.sweep_step"])
+def test_unknown_config_key_on_the_command_line_is_an_error_naming_it(tmp_path, key):
+    completed = run_cli(f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",
+                        f"--config.{key}=1")
+    assert completed.returncode != 0
+    assert f"Unknown config keys ['{key}']" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_deletes_the_workdir_before_anything_else(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.md").write_text("an earlier result")
+    # A config the study refuses before training: only --overwrite touches the directory.
+    args = (f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",
+            "--config.study.high_lr_factor=1.0")
+    assert run_cli(*args).returncode != 0
+    assert (tmp_path / "run" / "results.md").exists()
+    assert run_cli(*args, "--overwrite").returncode != 0
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_command_gives_xla_one_cpu_device_per_core():

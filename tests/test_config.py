@@ -145,6 +145,21 @@ def test_a_study_config_loads_without_matplotlib_absl_app_or_the_engine():
         ({"task.name": "reconstruction", "model.name": "autoencoder",
           "standardize": "global"}, "needs targets in \\[0, 1\\]"),
         ({"probe.units": ()}, "must name at least one unit"),
+        ({"optimizer.dampening": True}, "dampening scales SGD's momentum"),
+        ({"model.activation": "gelu"}, r"config.model.activation must be one of"),
+        ({"model.kernel_init": "orthogonal"}, r"config.model.kernel_init must be one of"),
+        ({"model.norm": "layer"}, r"config.model.norm must be one of"),
+        ({"model.hidden_sizes": (32, 0)}, r"hidden_sizes must hold whole numbers ≥ 1"),
+        ({"model.conv_features": (8.5,)}, r"conv_features must hold whole numbers ≥ 1"),
+        ({"model.init_stddev": -1.0}, r"init_stddev must be finite and > 0"),
+        ({"model.bn_epsilon": 0.0}, r"bn_epsilon must be finite and > 0"),
+        ({"probe.percentiles": (15.0, 150.0)}, r"percentiles must lie in \[0, 100\]"),
+        ({"probe.histogram_range": (1.0, 0.0)}, "low < high"),
+        ({"optimizer.dampening": True, "optimizer.name": "adam"}, "dampening scales SGD's"),
+        ({"nonfinite": "ignore"}, "config.nonfinite"),
+        ({"evaluation.train_examples": -1}, "train_examples must be ≥ 0"),
+        ({"evaluation.train_examples": 10, "evaluation.during": ("monte_carlo",)},
+         "must then be 'deterministic'"),
     ],
 )
 def test_settings_that_would_silently_do_nothing_or_fail_late_are_errors(overrides, message):
@@ -154,3 +169,14 @@ def test_settings_that_would_silently_do_nothing_or_fail_late_are_errors(overrid
         (config[section] if section else config)[key] = value
     with pytest.raises(ValueError, match=message):
         validate_config(config)
+
+
+def test_the_configs_model_choices_are_the_models():
+    from bnreg import config, models
+
+    assert set(config.ACTIVATIONS) == set(models.ACTIVATIONS)
+    assert set(config.NORMS) == set(models.NORMS)
+    for name in config.KERNEL_INITS:
+        models.kernel_initializer(name)
+    with pytest.raises(ValueError, match="must be one of"):
+        models.kernel_initializer("orthogonal")

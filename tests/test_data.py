@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -337,13 +338,33 @@ def test_failed_cache_write_warns_and_leaves_no_partial_file(
     assert leftovers == []
 
 
-def test_corrupt_cache_raises_naming_the_cache_file(tmp_path):
-    cache = tmp_path / "fashion_mnist" / "3.0.1.bnreg-arrays.npz"
-    cache.parent.mkdir(parents=True)
-    cache.write_bytes(b"not an npz archive")
-    with pytest.raises(DataFileError, match="delete it") as caught:
-        data.load_dataset("fashion_mnist", data_dir=tmp_path, download=False)
-    assert str(cache) in str(caught.value)
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_bit(path):
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x10  # inside the image arrays, past every header
+    path.write_bytes(bytes(content))
+
+
+def overwrite(path):
+    path.write_bytes(b"not an npz archive")
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_bit, overwrite])
+def test_a_corrupt_cache_is_said_and_rebuilt_from_the_source(tmp_path, tiny_fashion_mnist, damage):
+    kwargs = dict(data_dir=tmp_path / "data", manual_dir=tiny_fashion_mnist, download=False)
+    first = data.load_dataset("fashion_mnist", **kwargs)
+    (cache,) = (tmp_path / "data" / "fashion_mnist").glob("*.bnreg-arrays.npz")
+    damage(cache)
+    with pytest.warns(UserWarning, match=f"{re.escape(str(cache))}.*rebuilding it from the "
+                                         "source"):
+        rebuilt = data.load_dataset("fashion_mnist", **kwargs)
+    assert "decoded arrays cached in" not in rebuilt.source
+    np.testing.assert_array_equal(rebuilt.train.images, first.train.images)
+    again = data.load_dataset("fashion_mnist", **kwargs)  # the rebuilt cache is whole
+    assert "decoded arrays cached in" in again.source
 
 
 def test_mnist_prepared_in_tfds_data_dir_loads_as_unit_range_float_images(tmp_path):

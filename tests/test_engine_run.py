@@ -188,6 +188,9 @@ def test_a_workdir_without_checkpoints_refuses_another_config(tmp_path):
         ({"sweep.bn_momentum": (0.9, 0.99), "model.norm": None}, "the net has no BN"),
         ({"probe.layers": (5,)}, "must index the model's 2 hidden layers"),
         ({"probe.units": (0, 16)}, "the narrowest has 16"),
+        ({"evaluation.train_examples": 10_000}, "exceeds the 1497 examples"),
+        ({"evaluation.train_examples": 100, "sweep.train_subset": (0, 200)},
+         "did not all see"),
     ],
 )
 def test_bad_input_is_an_error_before_anything_compiles(tmp_path, overrides, message):
@@ -235,6 +238,34 @@ def test_non_finite_training_stops_naming_the_step_and_keeps_the_last_good_check
     assert all(np.isfinite(record["loss"]) for record in history)
 
 
+def test_a_recorded_divergence_trains_on_with_nan_metrics_beside_the_finite_members(tmp_path):
+    config = exploding_learning_rate_at(44, nonfinite="record",
+                                        **{"sweep.learning_rate": (0.5, 0.05)})
+    result = engine.train_and_evaluate(config, tmp_path)
+    last = {record["learning_rate"]: record for record in result.history if record["step"] == 100}
+    # Both members' rates jump ×1e38 at step 44; 0.5 blows up, 0.05 (5e36) may not: each is
+    # recorded as it is, and the run ends.
+    assert np.isnan(last[0.5]["loss"]) and np.isnan(last[0.5]["train_loss"])
+    assert [m["learning_rate"] for m in result.summary["members"]] == [0.5, 0.05]
+
+
+def test_on_train_scores_the_first_training_examples_with_the_deterministic_network():
+    config = tiny_config(**{"evaluation.train_examples": 300, "sweep.seed": (0, 1)})
+    run = engine.build(config)
+    state = run.init()
+    state, _, _ = run.train(state, run.empty_order(), 30)
+    results = run.evaluate(state, run.during)
+    assert [e.name for e in run.during] == ["population", "on_train"]
+    statistics = run.statistics(state, "population")
+    for member in range(2):
+        variables = {"params": jax.tree.map(lambda x, m=member: x[m], state.params),
+                     "batch_stats": jax.tree.map(lambda x, m=member: x[m], statistics)}
+        logits = run.network.model.apply(variables, run.data.train.images[:300],
+                                         bn_mode="inference", noise=False)
+        accuracy = np.mean(np.argmax(logits, -1) == run.data.train.labels[:300])
+        np.testing.assert_allclose(results["on_train"]["accuracy"][member], accuracy, atol=1e-6)
+
+
 def test_max_norm_keeps_every_hidden_column_within_c_throughout_training():
     config = tiny_config(**{"model.norm": None, "model.activation": "relu",
                             "optimizer.learning_rate": 5.0, "optimizer.max_norm": 1.5})
@@ -261,6 +292,23 @@ def test_a_group_trains_each_override_in_its_own_directory(tmp_path):
     assert results["bn"].summary["bn_statistics"] == "population"
     assert results["plain"].summary["bn_statistics"] is None
     assert (tmp_path / "plain" / engine.SUMMARY_FILE).is_file()
+
+
+def test_a_groups_progress_bars_name_each_run(tmp_path, monkeypatch):
+    from bnreg.engine import run as run_module
+
+    descriptions = []
+
+    class Recorded(run_module.Progress):
+        def __init__(self, **kwargs):
+            descriptions.append(kwargs["description"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(run_module, "Progress", Recorded)
+    engine.train_group(tiny_config(num_steps=20), {"bn": {}, "plain": {"model.norm": None}},
+                       tmp_path / "sweep")
+    assert sorted(descriptions) == ["sweep/bn: digits × 1 members",
+                                    "sweep/plain: digits × 1 members"]
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,15 @@ def linear_momentum(count):
          lambda: optax.chain(optax.inject_hyperparams(optax.trace)(
              decay=lambda count: 0.9 - (0.9 - 0.5) * jnp.exp(-count / 2)),
              optax.scale_by_learning_rate(0.5))),
+        # App. A.1's SGD: Δw_t = m_t Δw_{t-1} − (1 − m_t) ε g, constant and scheduled momentum.
+        ({"momentum": 0.9, "dampening": True},
+         lambda: optax.chain(optax.scale(1 - 0.9), optax.trace(decay=0.9),
+                             optax.scale_by_learning_rate(0.5))),
+        ({"momentum": 0.9, "dampening": True, "momentum_schedule": "linear",
+          "initial_momentum": 0.5, "momentum_steps": 2},
+         lambda: optax.chain(optax.scale_by_schedule(lambda count: 1 - linear_momentum(count)),
+                             optax.inject_hyperparams(optax.trace)(decay=linear_momentum),
+                             optax.scale_by_learning_rate(0.5))),
         # λ·w is added to the kernel's gradient only, not to the bias's.
         ({"weight_decay": 0.01},
          lambda: optax.chain(optax.masked(optax.add_decayed_weights(0.01), {
@@ -135,6 +144,16 @@ def test_the_configured_optimizer_equals_its_optax_definition(overrides, referen
                                       optimizer_updates(reference()), strict=True)):
         jax.tree.map(lambda x, y, s=step: np.testing.assert_allclose(x, y, rtol=1e-6,
                                                                     err_msg=str(s)), a, b)
+
+
+def test_a_dampened_momentum_steps_at_the_learning_rate_in_the_steady_state():
+    config = default_config()
+    config.optimizer.update(learning_rate=0.5, momentum=0.9, dampening=True)
+    members = engine.members_from_config(config)
+    optimizer = engine.build_optimizer(config.optimizer, members)(members.traced())
+    last = optimizer_updates(optimizer, num_updates=200)[-1]
+    grads = jnp.arange(6.0).reshape(3, 2) - 1  # optimizer_updates' fixed kernel gradient
+    np.testing.assert_allclose(last["Dense_0"]["kernel"], -0.5 * grads, rtol=1e-6, atol=1e-6)
 
 
 def test_jit_and_no_jit_train_step_agree():

@@ -18,6 +18,7 @@ from bnreg.models import (
     ConvNet,
     build_model,
     is_hidden_kernel,
+    kernel_initializer,
 )
 
 INFERENCE = {"bn_mode": "inference", "noise": False}
@@ -248,3 +249,14 @@ def test_gaussian_dropout_is_noise_with_mean_one():
     np.testing.assert_array_less(
         np.abs(samples.mean(0) - model.apply(variables, x, **INFERENCE)), 5 * standard_error
     )
+
+
+@pytest.mark.parametrize("fan_in", [100, 900])
+def test_fan_in_normal_init_is_an_untruncated_gaussian_of_std_sigma_over_root_fan_in(fan_in):
+    kernel = kernel_initializer("fan_in_normal", 2.0)(jax.random.key(0), (fan_in, 400))
+    values = np.asarray(kernel).reshape(-1)
+    expected = 2.0 / np.sqrt(fan_in)
+    assert abs(values.std() / expected - 1) < 0.01
+    assert abs(values.mean()) < 0.01 * expected
+    # Untruncated: about 0.27% of a Gaussian lies beyond 3 std (a truncated one has none).
+    assert 0.002 < np.mean(np.abs(values) > 3 * expected) < 0.0035

@@ -124,6 +124,22 @@ def difference_text(
     )
 
 
+def claim_text(
+    d: Difference, expected: Literal["above", "below"], claim: str, *, unit: str = "points",
+    scale: float = 1.0, first: str = "A", second: str = "B", level: float = 0.95,
+) -> str:
+    """A paper's claim that A is ``expected`` (``"below"``: e.g. a lower error) B, read from
+    the paired differences' :func:`difference`: ``"- <claim>: **holds**"`` when the interval
+    lies on the expected side of 0, ``**does not hold**`` when on the other, ``not resolved
+    with N seeds`` when it crosses 0 — then :func:`difference_text`'s numbers."""
+    if expected not in ("above", "below"):
+        raise ValueError(f"expected must be 'above' or 'below', got {expected!r}")
+    outcome = ("not resolved" if d.outcome == "unresolved" else
+               "**holds**" if d.outcome == expected else "**does not hold**")
+    text = difference_text(d, unit, scale, first=first, second=second, level=level)
+    return f"- {claim}: {outcome} — {text}."
+
+
 def _seed_curves(values: Any, what: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2 or 0 in array.shape:

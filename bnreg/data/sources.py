@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import warnings
+import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -211,28 +212,38 @@ def _cache_path(data_root: Path, name: str, version: str) -> Path:
     return data_root / name / f"{version}{_CACHE_SUFFIX}"
 
 
+def _cached(path: Path, num_classes: int) -> tuple[dict[str, np.ndarray], str] | None:
+    """The cache's arrays and source (``None`` when there is none); a corrupt cache (cut by a
+    full disk, a kill, a bad copy) is said, deleted and left to be rebuilt from the source."""
+    if not path.is_file():
+        return None
+    try:
+        arrays, source = _read_cache(path, num_classes)
+    except DataFileError as error:
+        warnings.warn(f"{error}; deleting it and rebuilding it from the source", stacklevel=4)
+        path.unlink(missing_ok=True)
+        return None
+    return arrays, f"{source}; decoded arrays cached in {path}"
+
+
 def _read_cache(path: Path, num_classes: int) -> tuple[dict[str, np.ndarray], str]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zlib.error, EOFError) as error:
-        raise DataFileError(
-            path,
-            f"unreadable array cache ({error}); delete it to rebuild it "
-            "from the prepared tfds data",
-        ) from error
+    except (OSError, ValueError, zlib.error, EOFError, zipfile.BadZipFile) as error:
+        raise DataFileError(path, f"unreadable array cache ({error})") from error
     expected = {f"{split}_{kind}" for split in _SPLITS for kind in ("images", "labels")}
     if not expected <= arrays.keys() or "source" not in arrays:
         raise DataFileError(
-            path, f"array cache lacks {sorted(expected - arrays.keys())}; delete it to rebuild it"
+            path, f"array cache lacks {sorted(expected - arrays.keys())}"
         )
     for split in _SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),):
-            raise DataFileError(path, f"array cache has inconsistent {split} arrays; delete it")
+            raise DataFileError(path, f"array cache has inconsistent {split} arrays")
         if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
             raise DataFileError(
-                path, f"array cache has {split} labels outside [0, {num_classes}); delete it"
+                path, f"array cache has {split} labels outside [0, {num_classes})"
             )
     return arrays, str(arrays["source"])
 
@@ -340,15 +351,16 @@ def _load_tfds(
     # Threads of one process (a study's concurrent runs) prepare a dataset one at a time: the
     # first prepares it and writes the cache; the others, waiting, then read the cache, and
     # loads of an already cached dataset never wait for each other.
-    with _PREPARING:
-        prepared = not cache.is_file()
-        if prepared:
-            source = _prepare(name, builder, tfds, data_root, manual_dir, download)
-            arrays = _read_prepared(builder, tfds)
-            _write_cache(cache, arrays, source)
-    if not prepared:
-        arrays, source = _read_cache(cache, num_classes)
-        source = f"{source}; decoded arrays cached in {cache}"
+    found = _cached(cache, num_classes)
+    if found is None:
+        with _PREPARING:
+            found = _cached(cache, num_classes)  # another thread may have just written it
+            if found is None:
+                source = _prepare(name, builder, tfds, data_root, manual_dir, download)
+                arrays = _read_prepared(builder, tfds)
+                _write_cache(cache, arrays, source)
+                found = arrays, source
+    arrays, source = found
     return Dataset(
         name=name,
         train=_to_split(arrays["train_images"], arrays["train_labels"]),
@@ -468,7 +480,8 @@ def load_dataset(
 
     Decoding tfds's records happens once; the arrays are then cached (uint8, uncompressed), so
     a later load of an MNIST-size dataset takes well under a second. A cache that cannot be
-    written (read-only data dir) only costs a warning.
+    written (read-only data dir) only costs a warning; a corrupt one (a cut or damaged file) is
+    said in a warning, deleted and rebuilt from the source.
 
     ``digits`` is scikit-learn's bundled 8×8 set: pixel values 0..16 divided by 16, and a
     class-stratified test split of :data:`DIGITS_NUM_TEST` = 300 examples (seed

@@ -124,7 +124,8 @@ class Engine:
         *,
         batch_stats: Any = None,
     ) -> Results:
-        """Every evaluator of ``selected`` on the run's evaluation split, per member.
+        """Every evaluator of ``selected`` on its split (the run's evaluation split, or the
+        training examples of ``on_train``), per member.
 
         BN uses each evaluator's statistics of ``state``, or ``batch_stats`` when given (e.g.
         statistics of other weights). Returns ``{column suffix: {metric: (members, ...)}}``
@@ -132,8 +133,8 @@ class Engine:
         """
         cache: dict[str | None, Any] = {}
         results: Results = {}
-        images, labels = self._arrays["evaluation_images"], self._arrays["evaluation_labels"]
         for evaluator in selected:
+            images, labels = self._arrays["scored"][evaluator.split]
             kind = evaluator.bn_statistics
             if batch_stats is not None:
                 cache[kind] = batch_stats
@@ -164,6 +165,10 @@ def _check_structure(config: ml_collections.ConfigDict, members: Members) -> Non
     if "gaussian" in requested and (not members.uses("dropconnect") or has_bn):
         raise ValueError("The gaussian evaluator (DropConnect's moment matching) needs a net "
                          "with DropConnect (dropconnect > 0) and without BN (model.norm None).")
+    if evaluation.train_examples and members.uses("train_subset"):
+        raise ValueError("config.evaluation.train_examples scores the first examples of the "
+                         "whole training split, which members trained on subsets "
+                         "(train_subset) did not all see: leave it 0 for such runs.")
     if "bn_momentum" in members.swept and not has_bn:
         raise ValueError("config.sweep.bn_momentum sweeps BN's EMA momentum, but the net has no "
                          "BN (model.norm None): every member would be the same.")
@@ -218,6 +223,9 @@ def _plan(config: ml_collections.ConfigDict) -> _Plan:
     _check_probes(config)
     data = load_run_data(config)
     num_train = len(data.train.labels)
+    if config.evaluation.train_examples > num_train:
+        raise ValueError(f"config.evaluation.train_examples ({config.evaluation.train_examples}) "
+                         f"exceeds the {num_train} examples of the training split.")
     if config.batch_size > num_train:
         raise ValueError(
             f"config.batch_size ({config.batch_size}) exceeds the {num_train} training examples."
@@ -231,6 +239,7 @@ def _plan(config: ml_collections.ConfigDict) -> _Plan:
         bn_statistics=config.evaluation.bn_statistics,
         monte_carlo_samples=tuple(config.evaluation.monte_carlo_samples),
         gaussian_samples=tuple(config.evaluation.gaussian_samples),
+        train_examples=config.evaluation.train_examples,
     )
     during = tuple(expand(config.evaluation.during))
     final = tuple(expand([*config.evaluation.during, *config.evaluation.final]))
@@ -279,8 +288,12 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     arrays = replicate({
         "train_images": data.train.images,
         "train_labels": data.train.labels,
-        "evaluation_images": data.evaluation.images,
-        "evaluation_labels": data.evaluation.labels,
+        # The examples each evaluator's split scores (Evaluator.split).
+        "scored": {
+            "evaluation": (data.evaluation.images, data.evaluation.labels),
+            "train": (data.train.images[:config.evaluation.train_examples],
+                      data.train.labels[:config.evaluation.train_examples]),
+        },
         "subsets": None if subsets is None else tuple(subsets),
     }, devices)
     statistics = bn_statistics.make_inference_statistics(

@@ -20,6 +20,10 @@ By name (``config.evaluation.during`` / ``final``, :func:`expand`):
   (suffix ``gaussian_z<Z>``); nets with DropConnect and without BN. Batch ``b``'s samples come
   from ``fold_in(GAUSSIAN stream, b)``.
 
+* ``"on_train"`` — added after the primary when ``config.evaluation.train_examples`` is N > 0:
+  the primary (deterministic) evaluator on the first N examples of the training split, without
+  probes (suffix ``on_train``): training error beside test error, the overfitting curves.
+
 Each returns the task's metrics (:mod:`bnreg.engine.tasks`); the primary evaluator (the first
 of ``during``) also the probes (:mod:`bnreg.probes`) when it is a deterministic one.
 """
@@ -70,6 +74,8 @@ class Evaluator(NamedTuple):
       kind: ``"deterministic"``, ``"monte_carlo"`` or ``"gaussian"``.
       bn_statistics: the BN statistics it evaluates with (``None`` without BN).
       samples: the ``k`` (Monte-Carlo) or the ``Z`` (Gaussian) it reports; ``()`` otherwise.
+      split: the examples it scores: ``"evaluation"`` (the run's validation or test split) or
+        ``"train"`` (the first ``config.evaluation.train_examples`` of the training split).
     """
 
     name: str
@@ -77,6 +83,7 @@ class Evaluator(NamedTuple):
     bn_statistics: str | None
     samples: tuple[int, ...] = ()
     source: str = ""  # its name in the config, when that differs (``"deterministic"``)
+    split: str = "evaluation"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -95,9 +102,11 @@ def expand(
     bn_statistics: str,
     monte_carlo_samples: Sequence[int],
     gaussian_samples: Sequence[int],
+    train_examples: int = 0,
 ) -> list[Evaluator]:
     """The evaluators of ``names`` (see the module docstring), in order, each once; the
-    BN-statistics ones are left out on a net without BN."""
+    BN-statistics ones are left out on a net without BN; with ``train_examples``, the primary's
+    ``on_train`` twin follows it."""
     statistics = bn_statistics if has_bn else None
     evaluators: dict[str, Evaluator] = {}
     for name in names:
@@ -112,7 +121,10 @@ def expand(
         else:
             evaluator = Evaluator(name, "gaussian", statistics, tuple(gaussian_samples))
         evaluators.setdefault(evaluator.name, evaluator)
-    return list(evaluators.values())
+    found = list(evaluators.values())
+    if train_examples and found:
+        found.insert(1, found[0]._replace(name="on_train", source="on_train", split="train"))
+    return found
 
 
 def _map_batches(one_batch: Callable, images: jax.Array, labels: jax.Array, batch_size: int):

@@ -1,4 +1,4 @@
-"""The optimizer of a member, built from its hyperparameters: ``[L2] → SGD(+momentum) or Adam →
+r"""The optimizer of a member, built from its hyperparameters: ``[L2] → SGD(+momentum) or Adam →
 [max-norm]``, with the papers' schedules as optax schedules.
 
 :func:`build_optimizer` returns a function from one member's traced hyperparameters (the
@@ -14,7 +14,15 @@ is left out of the chain). The state's structure depends only on which parts are
 * Momentum rises from ``initial_momentum`` to the member's final momentum ``m``: constant ``m``;
   linear over ``momentum_steps`` then constant; or exponential
   ``m − (m − m₀)·exp(−t/momentum_steps)`` (the released recipe's form). A scheduled momentum is
-  ``optax.inject_hyperparams(optax.trace)`` with the schedule.
+  ``optax.inject_hyperparams(optax.trace)`` with the schedule. With ``dampening`` the gradient
+  enters the momentum ×(1 − m_t), as the dropout paper's App. A.1 writes SGD:
+
+  .. math:: \Delta w_t = m_t \Delta w_{t-1} - (1 - m_t)\, \epsilon_t \nabla_w L, \qquad
+            w_t = w_{t-1} + \Delta w_t
+
+  (:math:`m_t` the momentum, :math:`\epsilon_t` the learning rate): the step's size is then
+  that of plain SGD at rate :math:`\epsilon_t`, whatever the momentum; without it (optax's and
+  PyTorch's default) the steady-state step is :math:`\epsilon_t / (1 - m)`.
 * L2 weight decay adds ``λ·w`` to the gradient of every kernel (an L2 penalty ``λ/2‖w‖²``).
 * Max-norm (:func:`bnreg.core.max_norm.max_norm`) projects each hidden unit's incoming weights
   (:func:`bnreg.models.is_hidden_kernel`) onto ``‖w‖₂ ≤ c`` after every update, last in the
@@ -70,6 +78,7 @@ def build_optimizer(
     """``optimizer(hyperparameters)``: one member's optimizer (see the module docstring)."""
     factor = learning_rate_factor(optimizer_config)
     scheduled_momentum = optimizer_config.momentum_schedule != "constant"
+    dampening = optimizer_config.dampening
     uses_momentum = members.uses("final_momentum") or (
         scheduled_momentum and optimizer_config.initial_momentum > 0
     )
@@ -89,8 +98,10 @@ def build_optimizer(
             ))
         if optimizer_config.name == "adam":
             parts.append(optax.adam(schedule))
-        elif uses_momentum and scheduled_momentum:
+        elif uses_momentum and (scheduled_momentum or dampening):
             momentum = momentum_schedule(optimizer_config, value(hyperparameters, "final_momentum"))
+            if dampening:
+                parts.append(optax.scale_by_schedule(lambda count: 1.0 - momentum(count)))
             parts += [
                 optax.inject_hyperparams(optax.trace, static_args="nesterov")(
                     decay=momentum, nesterov=optimizer_config.nesterov

@@ -97,8 +97,10 @@ def _summary(engine: Engine, state: TrainState, records: list[dict]) -> dict:
 
 
 def _check_losses(losses: np.ndarray, first_step: int, engine: Engine, note: str) -> None:
-    """Raises on the first non-finite training loss of a chunk; ``losses[i]`` is step
-    ``first_step + i``'s, taken before its update."""
+    """Raises on the first non-finite training loss of a chunk (unless ``config.nonfinite`` is
+    ``"record"``); ``losses[i]`` is step ``first_step + i``'s, taken before its update."""
+    if engine.config.nonfinite == "record":
+        return
     bad = np.argwhere(~np.isfinite(losses))
     if bad.size:
         offset, member = bad[0]
@@ -111,7 +113,10 @@ def _check_losses(losses: np.ndarray, first_step: int, engine: Engine, note: str
 
 def _check_evaluation(records: list[dict], engine: Engine, note: str) -> None:
     """Raises on a non-finite evaluation loss that follows finite training losses: the last
-    update broke the weights, which must then be neither recorded nor checkpointed."""
+    update broke the weights, which must then be neither recorded nor checkpointed (unless
+    ``config.nonfinite`` is ``"record"``)."""
+    if engine.config.nonfinite == "record":
+        return
     for member, record in enumerate(records):
         if not np.isfinite(record["loss"]):
             raise NonFiniteLossError(
@@ -182,7 +187,8 @@ def train_and_evaluate(
       ValueError: an invalid config (:func:`bnreg.engine.build`), or a workdir that holds a run
         with another config.
       NonFiniteLossError: a NaN/inf training or evaluation loss; the last good checkpoint is
-        kept, and metrics are recorded up to the last finite evaluation.
+        kept, and metrics are recorded up to the last finite evaluation. With
+        ``config.nonfinite = "record"`` a diverged member trains on instead, its metrics NaN.
     """
     engine = build(config, devices)
     workdir = Path(workdir)
@@ -198,7 +204,9 @@ def train_and_evaluate(
     rundir.write_jsonl(metrics_path, history, "w")
     progress = Progress(
         total=config.num_steps, initial=step, enabled=config.progress,
-        description=f"{config.dataset} × {len(engine.members)} members",
+        # The phase and the net of a study's run (its directory's last two parts).
+        description=f"{workdir.parent.name}/{workdir.name}: {config.dataset} × "
+                    f"{len(engine.members)} members",
         metric="accuracy" if "accuracy" in engine.network.task.metrics else "loss",
         position=progress_position,
     )
@@ -235,7 +243,7 @@ def train_and_evaluate(
                 events.flush()
         final = member_records(engine, step, engine.evaluate(state, engine.final), None)
         summary = _summary(engine, state, final)
-        (workdir / rundir.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        rundir.write_atomically(workdir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2))
         if events:
             events.write_summary(summary)
     return RunResult(history=history, summary=summary, state=state, members=engine.members)

@@ -94,7 +94,8 @@ def member_subsets(
     counts = np.where(sizes == 0, num_examples, sizes)
     if counts.max() > num_examples or counts.min() < batch_size:
         raise ValueError(
-            f"train_subset sizes {sorted(set(sizes.tolist()))} must lie between the batch size "
+            f"config.train_subset (or config.sweep.train_subset) sizes "
+            f"{sorted(set(sizes.tolist()))} must lie between the batch size "
             f"({batch_size}) and the {num_examples} examples of the training split (0: all)."
         )
     return tuple(

@@ -3,22 +3,38 @@
 A rerun with the same directory and config resumes from the latest checkpoint; metrics written
 after that checkpoint (and a line cut by a kill) are dropped, so the result equals an
 uninterrupted run bit for bit.
+
+Every checkpoint is verified before a run resumes from it: ``checkpoint_digests.json`` holds,
+per saved step, the SHA-256 of the saved state and of ``metrics.jsonl`` as it was then. A
+checkpoint that cannot be read, or whose restored state differs from its digest (a flipped
+bit, a cut file, a kill while saving), is reported by step and moved to ``corrupt_checkpoints/``,
+and the run resumes from the newest one that passes; with none left, it stops and says so.
+Records in ``metrics.jsonl`` before the resumed step that differ from what was written are an
+error naming the file, never a silent change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
+DIGESTS_FILE = "checkpoint_digests.json"
+CORRUPT_DIR = "corrupt_checkpoints"
 # Settings that do not change results, which may differ between attempts of one run (a
 # study's own keys never reach the engine's arithmetic).
 RESUMABLE_CHANGES = ("progress", "steps_per_call", "tensorboard", "study")
@@ -33,8 +49,18 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     """
     path = workdir / CONFIG_FILE
     text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if path.exists() and ((workdir / CHECKPOINT_DIR).exists() or (workdir / METRICS_FILE).exists()):
-        saved, current = json.loads(path.read_text()), json.loads(text)
+    outputs = [workdir / name for name in (CHECKPOINT_DIR, METRICS_FILE)
+               if (workdir / name).exists()]
+    if outputs:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"{workdir} holds a run ({', '.join(p.name for p in outputs)}) whose {path.name} "
+                f"is missing or damaged ({error}), so it cannot be checked against this config. "
+                "Restore that file, or pass a new --workdir (or delete that one)."
+            ) from error
+        current = json.loads(text)
         for key in RESUMABLE_CHANGES:
             saved.pop(key, None)
             current.pop(key, None)
@@ -43,7 +69,7 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
                 f"{workdir} holds a run with a different configuration ({path}). Resume with "
                 "the same configuration, or pass a new --workdir (or delete that one)."
             )
-    path.write_text(text)
+    write_atomically(path, text)
 
 
 def read_history(path: Path, last_step: int) -> list[dict]:
@@ -70,11 +96,38 @@ def write_jsonl(path: Path, records: Sequence[dict], mode: str) -> None:
         f.flush()
 
 
+def state_digest(state: Any) -> str:
+    """SHA-256 of every leaf of ``state`` (its path, dtype, shape and bytes; PRNG keys by their
+    data), in the tree's order."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        array = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> dict[str, Any]:
+    content = path.read_bytes() if path.exists() else b""
+    return {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes ``path`` whole or not at all (a kill or a full disk leaves the old file)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 class Checkpoints:
-    """The run's orbax checkpoints (the two latest kept), or none when ``every`` is 0."""
+    """The run's orbax checkpoints (the two latest kept) and their digests, or none when
+    ``every`` is 0."""
 
     def __init__(self, workdir: Path, every: int):
         self.every = every
+        self.workdir = workdir
         self._manager = None
         if every:
             self._manager = ocp.CheckpointManager(
@@ -87,19 +140,102 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step() if self._manager else None
 
+    def _digests(self) -> dict[str, Any] | None:
+        """The digests by step (``None`` for a run directory written before digests)."""
+        path = self.workdir / DIGESTS_FILE
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError(
+                f"{path} is damaged ({error}), so no checkpoint of the run can be verified. "
+                "Restore it, or pass a new --workdir (or delete that one) to start over."
+            ) from error
+
+    def _problem(self, step: int, state: Any, digests: dict[str, Any] | None) -> str | None:
+        """Why the checkpoint of ``step`` restored as ``state`` cannot be trusted (``None``:
+        it can)."""
+        if digests is None:
+            warnings.warn(f"{self.workdir} has no {DIGESTS_FILE} (a run directory of an older "
+                          f"bnreg): resuming from step {step} unverified.", stacklevel=3)
+            return None
+        expected = digests.get(str(step))
+        if expected is None:
+            return f"{DIGESTS_FILE} holds no digest of it (the run was stopped while saving it)"
+        if state_digest(state) != expected["state"]:
+            return "the state it restores differs from the digest taken when it was saved"
+        return None
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        source = self.workdir / CHECKPOINT_DIR / str(step)
+        target = self.workdir / CORRUPT_DIR / str(step)
+        target.parent.mkdir(exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(source, target)
+        warnings.warn(f"The checkpoint of step {step} in {self.workdir} failed verification "
+                      f"({problem}); it was moved to {target}.", stacklevel=3)
+        self._manager.reload()
+
     def restore_latest(self, state: Any) -> Any:
-        """The latest checkpoint restored into ``state``'s structure and shardings (``state``
-        itself when there is none)."""
-        step = self.latest_step()
-        if step is None:
+        """The newest checkpoint that passes verification, restored into ``state``'s structure
+        and shardings (``state`` itself when there is none).
+
+        Raises:
+          ValueError: every checkpoint failed verification (each is reported and set aside),
+            the digests file is damaged, or ``metrics.jsonl`` differs from what was written
+            before the resumed step.
+        """
+        if not self._manager:
             return state
-        return self._manager.restore(step, args=ocp.args.StandardRestore(state))
+        digests, failed = self._digests(), []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.StandardRestore(state))
+            except Exception as error:  # orbax and tensorstore raise many kinds for a damaged file
+                problem = f"it cannot be read: {type(error).__name__}: {str(error)[:200]}"
+            else:
+                problem = self._problem(step, restored, digests)
+            if problem is None:
+                self._check_metrics(step, digests)
+                return restored
+            failed.append(step)
+            self._set_aside(step, problem)
+        if failed:
+            raise ValueError(
+                f"No checkpoint of {self.workdir} passed verification (steps {failed}, moved to "
+                f"{self.workdir / CORRUPT_DIR}). The run cannot resume: pass a new --workdir "
+                "(or delete that one) to start over."
+            )
+        return state
+
+    def _check_metrics(self, step: int, digests: dict[str, Any] | None) -> None:
+        if not digests:
+            return
+        expected = digests[str(step)]["metrics"]
+        path = self.workdir / METRICS_FILE
+        content = path.read_bytes()[: expected["bytes"]] if path.exists() else b""
+        if len(content) < expected["bytes"] or (
+            hashlib.sha256(content).hexdigest() != expected["sha256"]
+        ):
+            raise ValueError(
+                f"{path} differs from what the run had written when it saved the checkpoint of "
+                f"step {step} (cut or changed): its records cannot be trusted or restored. "
+                "Restore the file, or pass a new --workdir (or delete that one) to start over."
+            )
 
     def save_if_due(self, step: int, state: Any, *, last: bool) -> bool:
-        """Saves ``state`` at ``step`` when ``step`` is a multiple of ``every`` or ``last``."""
+        """Saves ``state`` at ``step`` when ``step`` is a multiple of ``every`` or ``last``, and
+        its digest with that of ``metrics.jsonl`` as it is now."""
         if not self._manager or not (step % self.every == 0 or last):
             return False
         self._manager.save(step, args=ocp.args.StandardSave(state))
+        self._manager.wait_until_finished()
+        kept = {str(s) for s in self._manager.all_steps()}
+        digests = {k: v for k, v in (self._digests() or {}).items() if k in kept}
+        digests[str(step)] = {"state": state_digest(state),
+                              "metrics": _file_digest(self.workdir / METRICS_FILE)}
+        write_atomically(self.workdir / DIGESTS_FILE, json.dumps(digests, indent=1))
         return True
 
     def note(self, workdir: Path) -> str:

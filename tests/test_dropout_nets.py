@@ -1,0 +1,173 @@
+"""The dropout nets study (experiments/dropout_nets.py): end to end in smoke size, the recipe's
+configs, the choice on validation, the verdicts and Fig. 11's reading."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bnreg.config import override
+from experiments import dropout_nets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "experiments.dropout_nets", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("dropout_smoke")
+    completed = run_cli(f"--workdir={workdir}", "--config=experiments/dropout_nets.py:smoke",
+                        "--config.progress=False")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return workdir, completed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", dropout_nets.FIGURES)
+def test_smoke_study_writes_valid_figures(smoke_run, name):
+    workdir, stdout = smoke_run
+    with Image.open(workdir / name) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 400
+    assert str(workdir / name) in stdout
+
+
+@pytest.mark.slow
+def test_smoke_results_name_every_table_and_verdict(smoke_run):
+    workdir, stdout = smoke_run
+    results = (workdir / "results.md").read_text()
+    assert results in stdout
+    for heading in ("## Table 2", "## Table 9", "## The paper's orderings",
+                    "## Monte-Carlo averaging against weight scaling (Fig. 11)", "## Overfitting"):
+        assert f"\n{heading}" in results
+    for claim, *_ in dropout_nets.ORDERINGS:
+        assert f"- {claim}: " in results
+    assert "- Gaussian ≈ Bernoulli dropout" in results
+    for part in ("table2", "table9"):
+        for net in dropout_nets.nets(dropout_nets.get_config("smoke"), part).values():
+            assert f"| {net.label} | " in results
+    assert (workdir / "fig11.json").exists()
+
+
+def test_widths_keep_the_papers_ratios_and_the_schedules_its_fractions_of_the_run():
+    config = dropout_nets.get_config()
+    table9 = dropout_nets.PARTS["table9"]["dropout_max_norm"]
+    overrides = dropout_nets.net_overrides(config, table9)
+    assert overrides["model.hidden_sizes"] == (256, 256, 512)
+    # 10,000 and 100,000 of the recipe's 1,000,000 updates.
+    assert overrides["optimizer.decay_steps"] == config.num_steps // 100
+    assert overrides["optimizer.momentum_steps"] == config.num_steps // 10
+    paper = dropout_nets.get_config("paper")
+    assert dropout_nets.net_overrides(paper, table9)["model.hidden_sizes"] == (1024, 1024, 2048)
+    assert paper.num_steps == 1_000_000
+    assert dropout_nets.nets(paper, "table2")["paper_8192"].widths == (8192, 8192)
+    assert "paper_8192" not in dropout_nets.nets(config, "table2")
+
+
+def test_the_recipe_is_dampened_momentum_inverse_time_decay_and_fan_in_init():
+    config = dropout_nets.get_config()
+    assert config.optimizer.dampening and config.optimizer.momentum_schedule == "exponential"
+    assert (config.optimizer.initial_momentum, config.optimizer.momentum) == (0.5, 0.95)
+    assert config.optimizer.schedule == "inverse_time" and config.batch_size == 100
+    assert (config.model.kernel_init, config.model.init_stddev) == ("fan_in_normal", 1.0)
+
+
+def test_dropout_retains_08_of_inputs_and_05_of_hidden_units_gaussian_with_the_same_p():
+    bernoulli, gaussian = (dropout_nets.PARTS["table2"][n].overrides
+                           for n in ("dropout_max_norm", "gaussian_max_norm"))
+    assert (bernoulli["model.input_dropout"], bernoulli["model.hidden_dropout"]) == (0.2, 0.5)
+    # The engine's Gaussian noise is N(1, rate/(1 − rate)) = N(1, (1 − p)/p).
+    assert gaussian == {**bernoulli, "model.dropout_noise": "gaussian"}
+
+
+def test_the_sweep_holds_out_a_validation_split_and_the_final_runs_train_on_all():
+    config = dropout_nets.get_config("smoke")
+    net = dropout_nets.PARTS["table2"]["dropout_max_norm"]
+    sweep = override(config, dropout_nets.sweep_overrides(config, net))
+    assert sweep.validation_fraction == config.study.validation_fraction > 0
+    assert set(sweep.sweep) == {"learning_rate", "max_norm", "seed"}
+    final = override(config, dropout_nets.final_overrides(
+        config, net, {"learning_rate": 0.3, "max_norm": 3.0}))
+    assert final.validation_fraction == 0
+    assert (final.optimizer.learning_rate, final.optimizer.max_norm) == (0.3, 3.0)
+    assert set(final.sweep) == {"seed"}
+
+
+def sweep_frame(errors: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"learning_rate": lr, "max_norm": c, "seed": seed, "error": e}
+                         for (lr, c), values in errors.items()
+                         for seed, e in enumerate(values)])
+
+
+def test_choose_takes_the_lowest_mean_validation_error_and_never_a_diverged_setting():
+    net = dropout_nets.PARTS["table2"]["dropout_max_norm"]
+    frame = sweep_frame({(0.3, 2.0): [0.20, 0.22], (1.0, 2.0): [0.10, np.nan],
+                         (1.0, 3.0): [0.15, 0.16]})
+    assert dropout_nets.choose(frame, net) == {"learning_rate": 1.0, "max_norm": 3.0}
+
+
+def test_choose_is_an_error_when_every_setting_diverged():
+    net = dropout_nets.PARTS["table2"]["dropout_max_norm"]
+    with pytest.raises(ValueError, match=r"Every setting of .* diverged"):
+        dropout_nets.choose(sweep_frame({(10.0, 3.0): [np.nan]}), net)
+
+
+def part_with_errors(errors: dict[str, list[float]]) -> dropout_nets.PartResult:
+    final = pd.DataFrame([{"net": net, "seed": seed, "error": e}
+                          for net, values in errors.items() for seed, e in enumerate(values)])
+    nets = {name: dropout_nets.PARTS["table2"][name] for name in errors}
+    return dropout_nets.PartResult(nets, pd.DataFrame(), {}, pd.DataFrame(), final, {}, {})
+
+
+@pytest.mark.parametrize(
+    "dropout, outcome",
+    [([0.10, 0.11, 0.12], "**holds**"), ([0.13, 0.14, 0.15], "**does not hold**"),
+     ([0.09, 0.14, 0.11], "not resolved")],
+)
+def test_an_ordering_reads_holds_does_not_hold_or_not_resolved_from_paired_seeds(
+    dropout, outcome
+):
+    part = part_with_errors({"relu": [0.12, 0.13, 0.14], "dropout_relu": dropout})
+    (line,) = dropout_nets.ordering_lines({"table2": part})
+    assert line.startswith(f"- dropout < no dropout (ReLU, same net): {outcome} — ")
+
+
+def test_fig11_reads_the_smallest_k_whose_interval_reaches_weight_scaling():
+    weight_scaling = [0.100, 0.110]
+    rng = np.random.default_rng(0)
+    # (repeats, k, members): 3 and 1 points above weight scaling, then at it, with noise.
+    gaps = np.array([0.03, 0.01, 0.0])[None, :, None] + 0.001 * rng.normal(size=(10, 3, 2))
+    fig11 = {"samples": [1, 10, 50], "seeds": [0, 1], "repeats": 10,
+             "weight_scaling": weight_scaling,
+             "monte_carlo": (np.asarray(weight_scaling) + gaps).tolist()}
+    rows, reached = dropout_nets.fig11_summary(fig11)
+    assert reached == 50
+    assert [row[0] for row in rows] == ["1", "10", "50"]
+    assert rows[0][2].startswith("+3.0")
+
+
+def test_unknown_parts_and_nets_are_errors_before_any_training(tmp_path):
+    config = dropout_nets.get_config("smoke")
+    with pytest.raises(ValueError, match="must name parts of"):
+        dropout_nets.run_study(override(config, {"study.parts": ("table3",)}), tmp_path)
+    with pytest.raises(ValueError, match="unknown nets"):
+        dropout_nets.run_study(override(config, {"study.table9_nets": ("dropconnect",)}),
+                               tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(ValueError, match="variant must be"):
+        dropout_nets.get_config("huge")
