@@ -42,7 +42,12 @@ def use_cpu_cores() -> None:
 def unknown_overrides(study_file: str, argv: Sequence[str]) -> list[str]:
     """The ``--config.<key>`` arguments of ``argv`` whose dotted key the study's config (the
     ``--config`` file and variant, default ``study_file``) does not have."""
-    source = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), study_file)
+    source = study_file
+    for index, argument in enumerate(argv):
+        if argument.startswith("--config="):
+            source = argument.split("=", 1)[1]
+        elif argument == "--config" and index + 1 < len(argv):
+            source = argv[index + 1]
     path, _, variant = source.partition(":")
     spec = importlib.util.spec_from_file_location("_bnreg_study_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -64,6 +69,20 @@ def unknown_overrides(study_file: str, argv: Sequence[str]) -> list[str]:
                 break
             node = node[part]
     return unknown
+
+
+def overwrite(workdir: Path) -> None:
+    """Deletes a study's work dir (``--overwrite``); a directory that holds no study's outputs
+    (no ``results.md``, no run's ``config.json`` within three levels) is refused."""
+    if not workdir.exists():
+        return
+    outputs = [workdir / "results.md", *(p for pattern in ("config.json", "*/config.json",
+                                                            "*/*/config.json", "*/*/*/config.json")
+                                         for p in workdir.glob(pattern))]
+    if not any(path.is_file() for path in outputs):
+        sys.exit(f"--overwrite refuses to delete {workdir}: it holds no study's results "
+                 "(results.md or a run's config.json). Pass the study's work dir.")
+    shutil.rmtree(workdir)
 
 
 def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
@@ -90,7 +109,7 @@ def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
         logging.set_verbosity(logging.WARNING)
         use_cpu_cores()
         if flags.FLAGS.overwrite:
-            shutil.rmtree(flags.FLAGS.workdir, ignore_errors=True)
+            overwrite(Path(flags.FLAGS.workdir))
         results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
         print(results.read_text())
         print("Figures: " + ", ".join(str(path) for path in figures))

@@ -114,7 +114,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.momentum_steps = 10_000
     config.optimizer.nesterov = False
     # True: the gradient enters the momentum as (1 − m_t)·g (Srivastava et al. 2014, App. A.1:
-    # Δw_t = m_t·Δw_{t−1} − (1 − m_t)·ε_t·∇L), so the step does not grow ×1/(1 − m) with m.
+    # Δw_t = m_t·Δw_{t−1} − (1 − m_t)·ε_t·∇L), so the step does not grow ×1/(1 − m) with m
+    # (the rate scales the velocity: A.1 exactly at a constant rate; bnreg.engine.optimizer).
     config.optimizer.dampening = False
     # Learning-rate decay, as a factor of the (per-member) base rate: exponential
     # rate^(t/decay_steps); step: step_factor at each boundary; inverse_time 1/(1 + t/decay_steps).

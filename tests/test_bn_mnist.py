@@ -93,6 +93,14 @@ def test_overwrite_deletes_the_workdir_before_anything_else(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_overwrite_refuses_a_directory_that_holds_no_study(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a study's output")
+    completed = run_cli(f"--workdir={tmp_path}", "--config=experiments/bn_mnist.py:smoke",
+                        "--overwrite", "--config.study.high_lr_factor=1.0")
+    assert completed.returncode != 0 and "--overwrite refuses to delete" in completed.stderr
+    assert (tmp_path / "notes.txt").exists()
+
+
 def test_the_command_gives_xla_one_cpu_device_per_core():
     code = ("import jax; from bnreg import cli; cli.use_cpu_cores(); import os; "
             "assert jax.local_device_count() == len(os.sched_getaffinity(0)), "

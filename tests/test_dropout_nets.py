@@ -61,16 +61,20 @@ def test_smoke_results_name_every_table_and_verdict(smoke_run):
     assert (workdir / "fig11.json").exists()
 
 
-def test_widths_keep_the_papers_ratios_and_the_schedules_its_fractions_of_the_run():
+def test_widths_keep_the_papers_ratios_and_the_schedules_fractions_of_the_run():
     config = dropout_nets.get_config()
     table9 = dropout_nets.PARTS["table9"]["dropout_max_norm"]
     overrides = dropout_nets.net_overrides(config, table9)
     assert overrides["model.hidden_sizes"] == (256, 256, 512)
-    # 10,000 and 100,000 of the recipe's 1,000,000 updates.
-    assert overrides["optimizer.decay_steps"] == config.num_steps // 100
+    # The CPU run: T and T_m 10% of the run (see the docstring).
+    assert overrides["optimizer.decay_steps"] == config.num_steps // 10
     assert overrides["optimizer.momentum_steps"] == config.num_steps // 10
     paper = dropout_nets.get_config("paper")
-    assert dropout_nets.net_overrides(paper, table9)["model.hidden_sizes"] == (1024, 1024, 2048)
+    paper_overrides = dropout_nets.net_overrides(paper, table9)
+    assert paper_overrides["model.hidden_sizes"] == (1024, 1024, 2048)
+    # The recipe's 10,000 and 100,000 of 1,000,000 updates.
+    assert (paper_overrides["optimizer.decay_steps"],
+            paper_overrides["optimizer.momentum_steps"]) == (10_000, 100_000)
     assert paper.num_steps == 1_000_000
     assert dropout_nets.nets(paper, "table2")["paper_8192"].widths == (8192, 8192)
     assert "paper_8192" not in dropout_nets.nets(config, "table2")
@@ -144,18 +148,45 @@ def test_an_ordering_reads_holds_does_not_hold_or_not_resolved_from_paired_seeds
     assert line.startswith(f"- dropout < no dropout (ReLU, same net): {outcome} — ")
 
 
-def test_fig11_reads_the_smallest_k_whose_interval_reaches_weight_scaling():
-    weight_scaling = [0.100, 0.110]
+def fig11_of(gaps_per_k, noise=0.001, seeds=3, repeats=10):
+    """A Fig. 11 record whose MC errors lie ``gaps_per_k`` above weight scaling, with noise."""
+    weight_scaling = np.linspace(0.10, 0.11, seeds)
     rng = np.random.default_rng(0)
-    # (repeats, k, members): 3 and 1 points above weight scaling, then at it, with noise.
-    gaps = np.array([0.03, 0.01, 0.0])[None, :, None] + 0.001 * rng.normal(size=(10, 3, 2))
-    fig11 = {"samples": [1, 10, 50], "seeds": [0, 1], "repeats": 10,
-             "weight_scaling": weight_scaling,
-             "monte_carlo": (np.asarray(weight_scaling) + gaps).tolist()}
-    rows, reached = dropout_nets.fig11_summary(fig11)
+    gaps = np.asarray(gaps_per_k)[None, :, None] + noise * rng.normal(
+        size=(repeats, len(gaps_per_k), seeds))
+    return {"samples": [1, 10, 50][:len(gaps_per_k)], "seeds": list(range(seeds)),
+            "repeats": repeats, "weight_scaling": weight_scaling.tolist(),
+            "monte_carlo": (weight_scaling + gaps).tolist()}
+
+
+def test_fig11_reads_the_smallest_k_from_which_on_mc_reaches_weight_scaling():
+    rows, reached = dropout_nets.fig11_summary(fig11_of([0.03, 0.01, 0.0]))
     assert reached == 50
     assert [row[0] for row in rows] == ["1", "10", "50"]
-    assert rows[0][2].startswith("+3.0")
+    assert rows[0][3].startswith("+3.0")
+
+
+def test_fig11_reaching_at_a_small_k_only_is_not_reaching():
+    # k = 10 looks like weight scaling, k = 50 is clearly worse: no k from which on it reaches.
+    assert dropout_nets.fig11_summary(fig11_of([0.03, 0.0, 0.02]))[1] is None
+
+
+def test_fig11s_interval_is_over_seeds_not_over_draws():
+    # One net 1 point above, one 1 point below, one at: the draws are precise (tiny noise) but
+    # the nets disagree, so the interval over seeds is wide and reaches 0.
+    fig11 = fig11_of([0.0], noise=1e-5)
+    fig11["monte_carlo"] = (np.asarray(fig11["monte_carlo"])
+                            + np.array([0.01, -0.01, 0.0])).tolist()
+    rows, reached = dropout_nets.fig11_summary(fig11)
+    assert reached == 1
+    low, high = (float(v) for v in rows[0][3].split("(")[1].rstrip(")").split(" to "))
+    assert low < -1 and high > 1
+
+
+def test_turning_up_is_final_minus_the_step_the_other_seeds_find_best():
+    test = np.array([[0.30, 0.20, 0.25], [0.31, 0.21, 0.24], [0.29, 0.19, 0.26]])
+    np.testing.assert_allclose(dropout_nets.turning_up(np.arange(3), test),
+                               [0.05, 0.03, 0.07])
 
 
 def test_unknown_parts_and_nets_are_errors_before_any_training(tmp_path):

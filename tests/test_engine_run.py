@@ -165,6 +165,15 @@ def test_a_workdir_resumes_only_a_run_of_the_same_configuration(tmp_path, first,
             engine.train_and_evaluate(again, tmp_path)
 
 
+def test_a_run_written_before_a_config_key_existed_resumes_with_its_default(tmp_path):
+    config = tiny_config(checkpoint_every=20)
+    first = engine.train_and_evaluate(config, tmp_path)
+    saved = json.loads((tmp_path / engine.CONFIG_FILE).read_text())
+    del saved["nonfinite"], saved["optimizer"]["dampening"]  # as an older bnreg wrote it
+    (tmp_path / engine.CONFIG_FILE).write_text(json.dumps(saved))
+    assert engine.train_and_evaluate(config, tmp_path).summary == first.summary
+
+
 def test_a_workdir_without_checkpoints_refuses_another_config(tmp_path):
     engine.train_and_evaluate(tiny_config(), tmp_path)
     with pytest.raises(ValueError, match="holds a run with a different configuration"):
@@ -246,6 +255,8 @@ def test_a_recorded_divergence_trains_on_with_nan_metrics_beside_the_finite_memb
     # Both members' rates jump ×1e38 at step 44; 0.5 blows up, 0.05 (5e36) may not: each is
     # recorded as it is, and the run ends.
     assert np.isnan(last[0.5]["loss"]) and np.isnan(last[0.5]["train_loss"])
+    # Not the ~0.9 that the argmax of NaN logits (class 0) would give.
+    assert np.isnan(last[0.5]["error"]) and np.isnan(last[0.5]["accuracy"])
     assert [m["learning_rate"] for m in result.summary["members"]] == [0.5, 0.05]
 
 
@@ -307,8 +318,8 @@ def test_a_groups_progress_bars_name_each_run(tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "Progress", Recorded)
     engine.train_group(tiny_config(num_steps=20), {"bn": {}, "plain": {"model.norm": None}},
                        tmp_path / "sweep")
-    assert sorted(descriptions) == ["sweep/bn: digits × 1 members",
-                                    "sweep/plain: digits × 1 members"]
+    assert sorted(d.split("/", 1)[1] for d in descriptions) == [
+        "sweep/bn: digits × 1 members", "sweep/plain: digits × 1 members"]
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,8 @@ FILES = {
                             "resume"),
     "checkpoint step metadata": (lambda run: run / "checkpoints" / "60" /
                                  "_CHECKPOINT_METADATA", "resume"),
-    "metrics.jsonl": (lambda run: run / rundir.METRICS_FILE, "error"),
+    # Damage past the records of step 40 leaves that checkpoint's records intact.
+    "metrics.jsonl": (lambda run: run / rundir.METRICS_FILE, "either"),
     "summary.json": (lambda run: run / rundir.SUMMARY_FILE, "resume"),
     "config.json": (lambda run: run / rundir.CONFIG_FILE, "either"),
     "checkpoint digests": (lambda run: run / rundir.DIGESTS_FILE, "either"),
@@ -116,6 +117,21 @@ def test_a_state_that_differs_from_its_digest_is_set_aside_and_the_older_one_res
     assert result.summary["members"] == members
     assert final_metrics(workdir) == (members, metrics)
     assert sorted(p.name for p in (workdir / rundir.CORRUPT_DIR).iterdir()) == ["60"]
+
+
+def test_records_damaged_after_the_older_checkpoint_resume_from_that_one(tmp_path, uninterrupted):
+    original, members, metrics = uninterrupted
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    digests = json.loads((workdir / rundir.DIGESTS_FILE).read_text())
+    path = workdir / rundir.METRICS_FILE
+    content = bytearray(path.read_bytes())
+    content[digests["40"]["metrics"]["bytes"] + 5] ^= 0x01  # a record of step 60
+    path.write_bytes(bytes(content))
+    result = engine.train_and_evaluate(CONFIG, workdir)  # from step 40: 60 is trained again
+    assert result.summary["members"] == members
+    assert final_metrics(workdir) == (members, metrics)
+    assert not (workdir / rundir.CORRUPT_DIR).exists()  # the checkpoint itself was intact
 
 
 def test_when_no_checkpoint_passes_the_run_stops_and_says_so(tmp_path, uninterrupted):

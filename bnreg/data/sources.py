@@ -212,16 +212,21 @@ def _cache_path(data_root: Path, name: str, version: str) -> Path:
     return data_root / name / f"{version}{_CACHE_SUFFIX}"
 
 
-def _cached(path: Path, num_classes: int) -> tuple[dict[str, np.ndarray], str] | None:
-    """The cache's arrays and source (``None`` when there is none); a corrupt cache (cut by a
-    full disk, a kill, a bad copy) is said, deleted and left to be rebuilt from the source."""
+def _cached(path: Path, num_classes: int, *, rebuild: bool) -> tuple[dict, str] | None:
+    """The cache's arrays and source (``None`` when there is none, or it is corrupt). With
+    ``rebuild`` (under the preparation lock) a corrupt cache — cut by a full disk or a kill,
+    a bad copy — is said, deleted and left to be rebuilt from the source."""
     if not path.is_file():
         return None
     try:
         arrays, source = _read_cache(path, num_classes)
     except DataFileError as error:
-        warnings.warn(f"{error}; deleting it and rebuilding it from the source", stacklevel=4)
-        path.unlink(missing_ok=True)
+        if rebuild:
+            warnings.warn(f"{error}; rebuilding it from the source", stacklevel=4)
+            try:
+                path.unlink()
+            except OSError as unlink_error:  # a read-only data dir: the rebuilt one is not kept
+                warnings.warn(f"could not delete {path} ({unlink_error})", stacklevel=4)
         return None
     return arrays, f"{source}; decoded arrays cached in {path}"
 
@@ -351,10 +356,11 @@ def _load_tfds(
     # Threads of one process (a study's concurrent runs) prepare a dataset one at a time: the
     # first prepares it and writes the cache; the others, waiting, then read the cache, and
     # loads of an already cached dataset never wait for each other.
-    found = _cached(cache, num_classes)
+    found = _cached(cache, num_classes, rebuild=False)
     if found is None:
         with _PREPARING:
-            found = _cached(cache, num_classes)  # another thread may have just written it
+            # Read again under the lock: another thread may have just written it.
+            found = _cached(cache, num_classes, rebuild=True)
             if found is None:
                 source = _prepare(name, builder, tfds, data_root, manual_dir, download)
                 arrays = _read_prepared(builder, tfds)

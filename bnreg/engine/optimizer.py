@@ -22,7 +22,10 @@ is left out of the chain). The state's structure depends only on which parts are
 
   (:math:`m_t` the momentum, :math:`\epsilon_t` the learning rate): the step's size is then
   that of plain SGD at rate :math:`\epsilon_t`, whatever the momentum; without it (optax's and
-  PyTorch's default) the steady-state step is :math:`\epsilon_t / (1 - m)`.
+  PyTorch's default) the steady-state step is :math:`\epsilon_t / (1 - m)`. The rate scales
+  the velocity (optax's order: trace, then rate), which is A.1 exactly at a constant rate;
+  under a decaying one the velocity's past is rescaled by :math:`\epsilon_t/\epsilon_{t-1}`
+  each step, at least :math:`1 - 1/T` for :math:`\epsilon_0/(1 + t/T)` (0.999 at T = 1000).
 * L2 weight decay adds ``λ·w`` to the gradient of every kernel (an L2 penalty ``λ/2‖w‖²``).
 * Max-norm (:func:`bnreg.core.max_norm.max_norm`) projects each hidden unit's incoming weights
   (:func:`bnreg.models.is_hidden_kernel`) onto ``‖w‖₂ ≤ c`` after every update, last in the

@@ -201,11 +201,12 @@ def train_and_evaluate(
     step = int(state.step)
     metrics_path = workdir / rundir.METRICS_FILE
     history = rundir.read_history(metrics_path, step) if step else []
-    rundir.write_jsonl(metrics_path, history, "w")
+    # Whole or not at all: a kill here must not leave a cut file that no resume could verify.
+    rundir.write_atomically(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
     progress = Progress(
         total=config.num_steps, initial=step, enabled=config.progress,
-        # The phase and the net of a study's run (its directory's last two parts).
-        description=f"{workdir.parent.name}/{workdir.name}: {config.dataset} × "
+        # The part, phase and net of a study's run (its directory's last three parts).
+        description=f"{'/'.join(workdir.absolute().parts[-3:])}: {config.dataset} × "
                     f"{len(engine.members)} members",
         metric="accuracy" if "accuracy" in engine.network.task.metrics else "loss",
         position=progress_position,

@@ -9,8 +9,9 @@ per saved step, the SHA-256 of the saved state and of ``metrics.jsonl`` as it wa
 checkpoint that cannot be read, or whose restored state differs from its digest (a flipped
 bit, a cut file, a kill while saving), is reported by step and moved to ``corrupt_checkpoints/``,
 and the run resumes from the newest one that passes; with none left, it stops and says so.
-Records in ``metrics.jsonl`` before the resumed step that differ from what was written are an
-error naming the file, never a silent change.
+A checkpoint whose records in ``metrics.jsonl`` differ from what was written by then is
+skipped for an older one whose records are intact; with none, the run stops naming the file —
+never a silent change.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ CHECKPOINT_DIR = "checkpoints"
 DIGESTS_FILE = "checkpoint_digests.json"
 CORRUPT_DIR = "corrupt_checkpoints"
 # Settings that do not change results, which may differ between attempts of one run (a
-# study's own keys never reach the engine's arithmetic).
-RESUMABLE_CHANGES = ("progress", "steps_per_call", "tensorboard", "study")
+# study's own keys never reach the engine's arithmetic; `nonfinite` only decides whether a run
+# that diverged stops).
+RESUMABLE_CHANGES = ("progress", "steps_per_call", "tensorboard", "study", "nonfinite")
 
 
 def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -61,6 +63,8 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
                 "Restore that file, or pass a new --workdir (or delete that one)."
             ) from error
         current = json.loads(text)
+        # Keys added to the schema after the run was written hold their defaults there.
+        saved = _with_defaults(saved, json.loads(_default_config_json()))
         for key in RESUMABLE_CHANGES:
             saved.pop(key, None)
             current.pop(key, None)
@@ -70,6 +74,18 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
                 "the same configuration, or pass a new --workdir (or delete that one)."
             )
     write_atomically(path, text)
+
+
+def _default_config_json() -> str:
+    from bnreg.config import default_config
+
+    return default_config().to_json_best_effort(indent=2, sort_keys=True)
+
+
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    if not isinstance(saved, dict) or not isinstance(defaults, dict):
+        return saved
+    return {**defaults, **{k: _with_defaults(v, defaults.get(k)) for k, v in saved.items()}}
 
 
 def read_history(path: Path, last_step: int) -> list[dict]:
@@ -83,7 +99,10 @@ def read_history(path: Path, last_step: int) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             break
-        if record["step"] > last_step:
+        # Past the records of the verified checkpoint, anything (a later record, a damaged
+        # one) ends the history.
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or (
+                record["step"] > last_step):
             break
         records.append(record)
     return records
@@ -136,6 +155,9 @@ class Checkpoints:
                     max_to_keep=2, enable_async_checkpointing=False
                 ),
             )
+            if not self._manager.all_steps() and not (workdir / DIGESTS_FILE).exists():
+                # From now on a checkpoint without a digest is one cut while it was saved.
+                write_atomically(workdir / DIGESTS_FILE, "{}")
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step() if self._manager else None
@@ -170,8 +192,11 @@ class Checkpoints:
     def _set_aside(self, step: int, problem: str) -> None:
         source = self.workdir / CHECKPOINT_DIR / str(step)
         target = self.workdir / CORRUPT_DIR / str(step)
+        attempt = 1
+        while target.exists():  # keep what an earlier attempt set aside
+            attempt += 1
+            target = self.workdir / CORRUPT_DIR / f"{step}-{attempt}"
         target.parent.mkdir(exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
         shutil.move(source, target)
         warnings.warn(f"The checkpoint of step {step} in {self.workdir} failed verification "
                       f"({problem}); it was moved to {target}.", stacklevel=3)
@@ -188,7 +213,7 @@ class Checkpoints:
         """
         if not self._manager:
             return state
-        digests, failed = self._digests(), []
+        digests, failed, metrics_problems = self._digests(), [], []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 restored = self._manager.restore(step, args=ocp.args.StandardRestore(state))
@@ -197,10 +222,21 @@ class Checkpoints:
             else:
                 problem = self._problem(step, restored, digests)
             if problem is None:
-                self._check_metrics(step, digests)
-                return restored
+                if self._metrics_match(step, digests):
+                    return restored
+                # An intact checkpoint whose records were damaged later: an older one may
+                # still have all of its records (the file's prefix) intact.
+                metrics_problems.append(step)
+                continue
             failed.append(step)
             self._set_aside(step, problem)
+        if metrics_problems:
+            raise ValueError(
+                f"{self.workdir / METRICS_FILE} differs from what the run had written when it "
+                f"saved its checkpoints (steps {metrics_problems}; cut or changed, or their "
+                f"entries in {DIGESTS_FILE} are): its records cannot be trusted or restored. "
+                "Restore the file, or pass a new --workdir (or delete that one) to start over."
+            )
         if failed:
             raise ValueError(
                 f"No checkpoint of {self.workdir} passed verification (steps {failed}, moved to "
@@ -209,20 +245,15 @@ class Checkpoints:
             )
         return state
 
-    def _check_metrics(self, step: int, digests: dict[str, Any] | None) -> None:
+    def _metrics_match(self, step: int, digests: dict[str, Any] | None) -> bool:
+        """Whether ``metrics.jsonl`` begins with the bytes it held when ``step`` was saved."""
         if not digests:
-            return
+            return True
         expected = digests[str(step)]["metrics"]
         path = self.workdir / METRICS_FILE
         content = path.read_bytes()[: expected["bytes"]] if path.exists() else b""
-        if len(content) < expected["bytes"] or (
-            hashlib.sha256(content).hexdigest() != expected["sha256"]
-        ):
-            raise ValueError(
-                f"{path} differs from what the run had written when it saved the checkpoint of "
-                f"step {step} (cut or changed): its records cannot be trusted or restored. "
-                "Restore the file, or pass a new --workdir (or delete that one) to start over."
-            )
+        return len(content) == expected["bytes"] and (
+            hashlib.sha256(content).hexdigest() == expected["sha256"])
 
     def save_if_due(self, step: int, state: Any, *, last: bool) -> bool:
         """Saves ``state`` at ``step`` when ``step`` is a multiple of ``every`` or ``last``, and

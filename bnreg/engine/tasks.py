@@ -85,8 +85,13 @@ def build_task(task_config: ml_collections.ConfigDict) -> Task:
 
 
 def finish(task: Task, sums: Mapping[str, jax.Array], num_examples: int) -> dict[str, jax.Array]:
-    """Split means from sums of :attr:`Task.per_example` values (``error`` = 1 − accuracy)."""
+    """Split means from sums of :attr:`Task.per_example` values (``error`` = 1 − accuracy).
+
+    A network whose loss is not finite (a diverged member) has NaN accuracy and error too: the
+    argmax of NaN outputs is class 0, which would read as a finite error of about 0.9."""
     means = {name: total / num_examples for name, total in sums.items()}
+    if "accuracy" in means:
+        means["accuracy"] = jnp.where(jnp.isfinite(means["loss"]), means["accuracy"], jnp.nan)
     if "accuracy" in task.metrics:
         means["error"] = 1.0 - means["accuracy"]
     return {name: means[name] for name in task.metrics}
