@@ -340,8 +340,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
     figures. Every net of every part is checked before anything trains.
 
     Raises:
-      ValueError: an unknown part or net, Fig. 11 without net (4), or a config a net cannot
-        take (checked before any training).
+      ValueError: an unknown part or net, or a config a net cannot take (checked before any
+        training); a sweep whose every setting diverged.
     """
     from bnreg import engine
 
@@ -374,7 +374,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
     return outputs
 
 
-def test_errors(part: PartResult, net: str, column: str = "error") -> pd.Series:
+def final_errors(part: PartResult, net: str, column: str = "error") -> pd.Series:
     """A net's final test ``column`` in %, indexed by seed."""
     frame = analysis.select(part.final, net=net)
     return 100 * frame.set_index("seed")[column].sort_index()
@@ -422,8 +422,8 @@ def _sweep_lines(config: ml_collections.ConfigDict, part: PartResult) -> list[st
 def _table_lines(config: ml_collections.ConfigDict, part: PartResult, paper_title: str):
     rows = [[net.label, _architecture(config, net, part.summary),
              _setting(net, part.chosen[name]),
-             analysis.cell(test_errors(part, name).to_numpy()),
-             analysis.cell(test_errors(part, name, "error_on_train").to_numpy()),
+             analysis.cell(final_errors(part, name).to_numpy()),
+             analysis.cell(final_errors(part, name, "error_on_train").to_numpy()),
              net.paper or "—"]
             for name, net in part.nets.items()]
     header = ["net", "architecture", "chosen", "test error %", "train error %",

@@ -200,6 +200,11 @@ def test_a_workdir_without_checkpoints_refuses_another_config(tmp_path):
         ({"evaluation.train_examples": 10_000}, "exceeds the 1497 examples"),
         ({"evaluation.train_examples": 100, "sweep.train_subset": (0, 200)},
          "did not all see"),
+        ({"train_subset": 5000}, r"config.train_subset \(or config.sweep.train_subset\)"),
+        ({"optimizer.learning_rate": float("nan")}, "learning_rate must be finite"),
+        ({"model.hidden_sizes": ()}, "must index the model's 0 hidden layers"),
+        ({"model.activation": "gelu"}, "config.model.activation must be one of"),
+        ({"model.bn_epsilon": 0.0}, "bn_epsilon must be finite and > 0"),
     ],
 )
 def test_bad_input_is_an_error_before_anything_compiles(tmp_path, overrides, message):
