@@ -16,9 +16,10 @@ import json
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,6 +56,22 @@ def synthetic_mnist(
     images = (rng.random((num_examples, INPUT_SIZE)) < on_fraction).astype(np.float32)
     labels = rng.integers(0, NUM_CLASSES, num_examples).astype(np.int32)
     return images, labels
+
+
+class Turn(NamedTuple):
+    """One timed call: wall seconds and the CPU seconds its process(es) used meanwhile."""
+
+    seconds: float
+    cpu_seconds: float
+
+
+def timed_turn(run: Callable[[int], None], num_steps: int) -> Turn:
+    """``run(num_steps)``, timed in wall and process CPU seconds."""
+    before_wall, before = time.perf_counter(), os.times()
+    run(num_steps)
+    after_wall, after = time.perf_counter(), os.times()
+    cpu = (after.user + after.system) - (before.user + before.system)
+    return Turn(after_wall - before_wall, cpu)
 
 
 def median_rate(seconds: list[float], work: float) -> float:

@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from benchmarks.common import Turn, timed_turn
 from bnreg import data as data_lib
 from bnreg import engine
 from bnreg.config import default_config, override
@@ -314,21 +315,6 @@ def peak_matmul_runner() -> Runner:
         out.block_until_ready()
 
     return run
-
-
-class Turn(NamedTuple):
-    """One timed call: wall seconds and the CPU seconds the process used meanwhile."""
-
-    seconds: float
-    cpu_seconds: float
-
-
-def timed_turn(run: Runner, num_steps: int) -> Turn:
-    before_wall, before = time.perf_counter(), os.times()
-    run(num_steps)
-    after_wall, after = time.perf_counter(), os.times()
-    cpu = (after.user + after.system) - (before.user + before.system)
-    return Turn(after_wall - before_wall, cpu)
 
 
 def round_robin(runners: dict[str, Runner], steps: int, repeats: int) -> dict[str, list[Turn]]:

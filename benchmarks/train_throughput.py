@@ -48,7 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,7 @@ import optax
 from flax.training import train_state
 
 from benchmarks import common
+from benchmarks.common import Turn, timed_turn
 from bnreg import engine
 from bnreg.config import override
 from bnreg.engine.devices import shard_members
@@ -325,21 +326,6 @@ def torch_runner(images: np.ndarray, labels: np.ndarray, *, threads: int | None)
 # --------------------------------------------------------------------------------------------
 # Measurement: turns, taken round robin by every implementation and every variant
 # --------------------------------------------------------------------------------------------
-
-
-class Turn(NamedTuple):
-    """One timed call: wall seconds and the CPU seconds its process(es) used meanwhile."""
-
-    seconds: float
-    cpu_seconds: float
-
-
-def timed_turn(run: Runner, num_steps: int) -> Turn:
-    before_wall, before = time.perf_counter(), os.times()
-    run(num_steps)
-    after_wall, after = time.perf_counter(), os.times()
-    cpu = (after.user + after.system) - (before.user + before.system)
-    return Turn(after_wall - before_wall, cpu)
 
 
 def peak_matmul_runner(size: int = 2048, per_turn: int = 8) -> Runner:
