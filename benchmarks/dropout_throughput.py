@@ -12,6 +12,8 @@ for machines without the dataset). Rows:
 (a) bnreg's engine with dropout and max-norm, one member: ``bnreg.engine.build(config)``, then
     ``Engine.train(state, order, 500)`` chunk after chunk (the data order carried between
     chunks as ``train_and_evaluate`` does; no evaluations);
+(a″) the same with ``model.dropout_mask_bits=16``: masks from half the random bits
+    (:func:`bnreg.core.dropout.bernoulli_mask`, p resolved to 2⁻¹⁶);
 (b) the same engine and config with drop rates 0 (max-norm still on): what dropout costs;
 (c) PyTorch eager on CPU, ``torch.set_num_threads(2)``: ``nn.Sequential`` of ``nn.Dropout``,
     ``nn.Linear`` and ``nn.ReLU``, ``torch.optim.SGD(momentum=0.95)``, then
@@ -99,6 +101,7 @@ Runner = Callable[[int], None]  # runs n training steps and blocks until they ar
 
 ROWS = {
     "dropout": "(a) bnreg engine, dropout 0.2/0.5 + max-norm 3, chunks of Engine.train",
+    "dropout_16bit": "(a″) the same with 16-bit masks (model.dropout_mask_bits=16)",
     "no_dropout": "(b) bnreg engine, drop rates 0 (max-norm 3), chunks of Engine.train",
     "torch_2threads": "(c) PyTorch eager, nn.Dropout + renorm_, 2 threads",
     "torch_1thread": "(c′) PyTorch eager, nn.Dropout + renorm_, 1 thread",
@@ -128,8 +131,11 @@ def gflops(steps_per_second: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def engine_config(*, dropout: bool, num_steps: int, dataset: str = DATASET) -> Any:
-    """The engine config of row (a) (``dropout``) or (b) (drop rates 0)."""
+def engine_config(
+    *, dropout: bool, num_steps: int, dataset: str = DATASET, mask_bits: int = 32
+) -> Any:
+    """The engine config of row (a) (``dropout``; (a″) with ``mask_bits=16``) or (b) (drop
+    rates 0)."""
     return override(
         default_config(),
         {
@@ -138,6 +144,7 @@ def engine_config(*, dropout: bool, num_steps: int, dataset: str = DATASET) -> A
             "model.activation": "relu",
             "model.input_dropout": INPUT_DROPOUT if dropout else 0.0,
             "model.hidden_dropout": HIDDEN_DROPOUT if dropout else 0.0,
+            "model.dropout_mask_bits": mask_bits,
             "model.kernel_init": "lecun_normal",
             "optimizer.learning_rate": LEARNING_RATE,
             "optimizer.momentum": MOMENTUM,
@@ -505,7 +512,10 @@ def write_report(result: dict[str, Any]) -> str:
         "",
         f"- (a) dropout / (b) no dropout ≥ {TARGET_DROPOUT}: "
         f"{_verdict(targets['dropout_vs_no_dropout'], TARGET_DROPOUT)} "
-        f"[per round {_round_ratio(result['per_round']['dropout_vs_no_dropout'])}].",
+        f"[per round {_round_ratio(result['per_round']['dropout_vs_no_dropout'])}]; with "
+        "16-bit masks (a″) "
+        f"{_verdict(targets['dropout_16bit_vs_no_dropout'], TARGET_DROPOUT)} "
+        f"[per round {_round_ratio(result['per_round']['dropout_16bit_vs_no_dropout'])}].",
         f"- (a) bnreg / (c) PyTorch 2 threads ≥ {TARGET_TORCH}: "
         + (
             f"{_verdict(targets['bnreg_vs_torch_2threads'], TARGET_TORCH)} "
@@ -595,6 +605,9 @@ def main() -> None:
 
     data = synthetic_run_data() if args.synthetic else None
     dropout = engine_runner(engine_config(dropout=True, num_steps=args.steps), data, chunk_steps)
+    dropout_16bit = engine_runner(
+        engine_config(dropout=True, num_steps=args.steps, mask_bits=16), data, chunk_steps
+    )
     no_dropout = engine_runner(
         engine_config(dropout=False, num_steps=args.steps), data, chunk_steps
     )
@@ -607,9 +620,11 @@ def main() -> None:
         "dropout": dropout.engine.config.to_dict(),
         "no_dropout": no_dropout.engine.config.to_dict(),
     }
-    runners: dict[str, Runner] = {"dropout": dropout.run, "no_dropout": no_dropout.run}
+    runners: dict[str, Runner] = {"dropout": dropout.run, "dropout_16bit": dropout_16bit.run,
+                                  "no_dropout": no_dropout.run}
     losses: dict[str, list[float]] = {
         "dropout": dropout.last_loss,
+        "dropout_16bit": dropout_16bit.last_loss,
         "no_dropout": no_dropout.last_loss,
     }
     if torch is not None:
@@ -633,11 +648,13 @@ def main() -> None:
     torch_rate = rates.get("torch_2threads")
     result["targets"] = {
         "dropout_vs_no_dropout": rates["dropout"] / rates["no_dropout"],
+        "dropout_16bit_vs_no_dropout": rates["dropout_16bit"] / rates["no_dropout"],
         "bnreg_vs_torch_2threads": rates["dropout"] / torch_rate if torch_rate else None,
         "gflops_of_peak": gflops(rates["dropout"]) / rates["peak"],
     }
     result["per_round"] = {
         "dropout_vs_no_dropout": per_round_ratio(turns, "dropout", "no_dropout"),
+        "dropout_16bit_vs_no_dropout": per_round_ratio(turns, "dropout_16bit", "no_dropout"),
         "bnreg_vs_torch_2threads": per_round_ratio(turns, "dropout", "torch_2threads"),
     }
     result["other_load_after"] = other_load()

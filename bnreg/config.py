@@ -55,6 +55,7 @@ SCHEDULES = ("constant", "exponential", "step", "inverse_time")
 MOMENTUM_SCHEDULES = ("constant", "linear", "exponential")
 STANDARDIZE = ("none", "global", "per_pixel")
 DROPOUT_NOISE = ("bernoulli", "gaussian")
+MASK_BITS = (32, 16)
 BN_STATISTICS = ("ema", "population")
 NONFINITE = ("stop", "record")
 # Evaluators by name (bnreg.engine.evaluators); the BN-statistics ones apply to nets with BN.
@@ -95,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.input_dropout = 0.0  # drop rates; the papers' retain probability is 1 - rate
     config.model.hidden_dropout = 0.0
     config.model.dropout_noise = "bernoulli"  # or "gaussian": N(1, rate/(1-rate)) noise
+    # Random bits per Bernoulli mask entry: 32 (jax.random.bernoulli) or 16 (p resolved to
+    # 2^-16, half the random bits: bnreg.core.dropout.bernoulli_mask).
+    config.model.dropout_mask_bits = 32
     config.model.dropconnect = 0.0
     config.model.dropconnect_per_example = True  # a fresh weight mask per example (the paper)
     config.model.kernel_init = "normal"
@@ -188,7 +192,8 @@ def axis_value(config: ml_collections.ConfigDict, axis: str) -> Any:
 # Config keys that change shapes or structure, which a study varies with a group of runs.
 _STRUCTURAL = {
     "hidden_sizes", "conv_features", "activation", "norm", "model", "name", "task", "dataset",
-    "batch_size", "kernel_init", "init_stddev", "dropout_noise", "num_steps",
+    "batch_size", "kernel_init", "init_stddev", "dropout_noise", "dropout_mask_bits",
+    "num_steps",
 }
 
 
@@ -268,6 +273,7 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
         ("task.reconstruction_loss", config.task.reconstruction_loss, RECONSTRUCTION_LOSSES),
         ("model.name", config.model.name, MODELS),
         ("model.dropout_noise", config.model.dropout_noise, DROPOUT_NOISE),
+        ("model.dropout_mask_bits", config.model.dropout_mask_bits, MASK_BITS),
         ("model.activation", config.model.activation, ACTIVATIONS),
         ("model.kernel_init", config.model.kernel_init, KERNEL_INITS),
         ("model.norm", config.model.norm, NORMS),

@@ -114,12 +114,15 @@ class Dropout(nn.Module):
       kind: ``"bernoulli"`` or ``"gaussian"`` (multiplicative N(1, rate/(1-rate)) noise).
       broadcast_dims: axes along which one mask is shared (Bernoulli only).
       scaling: ``"inverted"`` (default) or ``"paper"`` (Bernoulli only).
+      mask_bits: random bits per mask entry, 32 or 16 (Bernoulli only;
+        :func:`bnreg.core.dropout.bernoulli_mask`).
     """
 
     rate: Any
     kind: str = "bernoulli"
     broadcast_dims: Sequence[int] = ()
     scaling: str = "inverted"
+    mask_bits: int = 32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, noise: bool) -> jax.Array:
@@ -137,6 +140,7 @@ class Dropout(nn.Module):
             deterministic=not noise,
             broadcast_dims=tuple(self.broadcast_dims),
             scaling=self.scaling,
+            mask_bits=self.mask_bits,
         )
 
 

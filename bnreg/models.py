@@ -81,6 +81,7 @@ class _Network(nn.Module):
     input_dropout: Any = 0.0
     hidden_dropout: Any = 0.0
     dropout_noise: str = "bernoulli"
+    dropout_mask_bits: int = 32
     kernel_init: str = "lecun_normal"
     init_stddev: float = 0.1
     bn_momentum: Any = 0.99
@@ -95,9 +96,8 @@ class _Network(nn.Module):
             check_rate(getattr(self, name), name)
 
     def _input(self, x: jax.Array, noise: bool) -> jax.Array:
-        return Dropout(self.input_dropout, kind=self.dropout_noise, name="Dropout_input")(
-            x, noise=noise
-        )
+        return Dropout(self.input_dropout, kind=self.dropout_noise,
+                       mask_bits=self.dropout_mask_bits, name="Dropout_input")(x, noise=noise)
 
     def _finish_hidden(self, h: jax.Array, index: int, *, bn_mode: str, noise: bool,
                        activated: bool = False) -> jax.Array:
@@ -116,7 +116,8 @@ class _Network(nn.Module):
             h = ACTIVATIONS[self.activation](h)
         self.sow("intermediates", f"activation_{index}", h)
         return Dropout(
-            self.hidden_dropout, kind=self.dropout_noise, name=f"Dropout_hidden_{index}"
+            self.hidden_dropout, kind=self.dropout_noise, mask_bits=self.dropout_mask_bits,
+            name=f"Dropout_hidden_{index}",
         )(h, noise=noise)
 
 
@@ -131,6 +132,8 @@ class MLP(_Network):
       input_dropout: drop rate on the input (the dropout paper's p = 0.8 retain is rate 0.2).
       hidden_dropout: drop rate after each hidden nonlinearity (p = 0.5 is rate 0.5).
       dropout_noise: ``"bernoulli"`` or ``"gaussian"`` (Srivastava et al. 2014, Sec. 10).
+      dropout_mask_bits: random bits per Bernoulli mask entry, 32 or 16
+        (:func:`bnreg.core.dropout.bernoulli_mask`: p resolved to 2⁻¹⁶, half the bits).
       dropconnect: drop rate of each hidden weight (a concrete 0 leaves DropConnect out).
       dropconnect_per_example: a fresh weight mask per example (the paper) or one per batch.
       dropconnect_gaussian_samples: 0, or Z > 0 to evaluate the DropConnect layers by the paper's
@@ -254,6 +257,7 @@ def build_model(
         input_dropout=model_config.input_dropout,
         hidden_dropout=model_config.hidden_dropout,
         dropout_noise=model_config.dropout_noise,
+        dropout_mask_bits=model_config.dropout_mask_bits,
         kernel_init=model_config.kernel_init,
         init_stddev=model_config.init_stddev,
         bn_momentum=model_config.bn_momentum,

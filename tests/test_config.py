@@ -176,6 +176,9 @@ def test_the_configs_model_choices_are_the_models():
 
     assert set(config.ACTIVATIONS) == set(models.ACTIVATIONS)
     assert set(config.NORMS) == set(models.NORMS)
+    from bnreg.core.dropout import MASK_BITS
+
+    assert set(config.MASK_BITS) == set(MASK_BITS)
     for name in config.KERNEL_INITS:
         models.kernel_initializer(name)
     with pytest.raises(ValueError, match="must be one of"):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnreg.core.dropout import dropout, gaussian_dropout, monte_carlo_average
+from bnreg.core.dropout import bernoulli_mask, dropout, gaussian_dropout, monte_carlo_average
 
 NUM_KEYS = 4000
 Z = 5.0  # standard errors allowed in statistical checks
@@ -296,3 +296,56 @@ def test_monte_carlo_num_samples_below_one_raises(num_samples, jit):
 def test_monte_carlo_batch_size_below_one_raises():
     with pytest.raises(ValueError, match="batch_size"):
         monte_carlo_average(_linear_net, jax.random.key(0), MC_X, 4, batch_size=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The 16-bit mask sampler (bernoulli_mask(bits=16))
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.8, 0.95])
+def test_16_bit_masks_keep_each_entry_with_probability_p(keep):
+    mask = bernoulli_mask(jax.random.key(0), jnp.asarray(keep), (1000, 1001), bits=16)
+    n = mask.size
+    assert abs(float(mask.mean()) - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+
+
+@pytest.mark.parametrize("keep, threshold", [(1.0, 65536), (2.0**-16, 1), (1e-6, 0), (0.3, 19661)])
+def test_16_bit_masks_resolve_p_to_a_multiple_of_2_to_the_minus_16(keep, threshold):
+    # Every 16-bit value below round(p·2^16) keeps: p = 1 keeps all, p < 2^-17 none.
+    mask = bernoulli_mask(jax.random.key(1), jnp.asarray(keep), (4096, 64), bits=16)
+    expected = threshold / 65536
+    assert abs(float(mask.mean()) - expected) < 5 * np.sqrt(max(expected * (1 - expected),
+                                                                1e-12) / mask.size) + 1e-12
+
+
+def test_16_bit_masks_two_halves_of_a_word_and_neighbours_are_uncorrelated():
+    mask = np.asarray(bernoulli_mask(jax.random.key(2), jnp.asarray(0.5), (2_000_000,), bits=16))
+    half = mask.size // 2  # entry j and entry j + half come from the same 32-bit word
+    bound = 5 / np.sqrt(half)
+    assert abs(np.corrcoef(mask[:half], mask[half:])[0, 1]) < bound
+    assert abs(np.corrcoef(mask[:-1], mask[1:])[0, 1]) < bound
+
+
+def test_16_bit_dropout_is_unbiased_and_same_key_gives_same_mask():
+    x = jnp.linspace(-2.0, 2.0, 64)
+    keys = jax.random.split(jax.random.key(3), 50_000)
+    samples = jax.vmap(lambda k: dropout(k, x, rate=0.5, mask_bits=16))(keys)
+    np.testing.assert_allclose(samples.mean(0), x, atol=5 * 2.0 / np.sqrt(50_000))
+    once, again = (dropout(jax.random.key(4), x, rate=0.5, mask_bits=16) for _ in range(2))
+    np.testing.assert_array_equal(once, again)
+
+
+def test_16_bit_dropout_at_a_traced_rate_equals_the_concrete_calls_and_0_is_identity():
+    x = jax.random.normal(jax.random.key(5), (8, 33))
+    key = jax.random.key(6)
+    rates = jnp.array([0.0, 0.2, 0.5])
+    swept = jax.vmap(lambda r: dropout(key, x, rate=r, mask_bits=16))(rates)
+    for rate, out in zip([0.0, 0.2, 0.5], swept, strict=True):
+        np.testing.assert_array_equal(out, dropout(key, x, rate=rate, mask_bits=16))
+    np.testing.assert_array_equal(swept[0], x)
+
+
+def test_unknown_mask_bits_are_an_error():
+    with pytest.raises(ValueError, match="bits must be one of"):
+        dropout(jax.random.key(0), jnp.ones(3), rate=0.5, mask_bits=8)

@@ -25,6 +25,7 @@ Conventions used throughout this module (see ``design.md`` §3):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -40,10 +41,11 @@ from bnreg._checks import (
     is_traced,
 )
 
-__all__ = ["dropout", "gaussian_dropout", "monte_carlo_average"]
+__all__ = ["bernoulli_mask", "dropout", "gaussian_dropout", "monte_carlo_average"]
 
 Scaling = Literal["inverted", "paper"]
 _SCALINGS = ("inverted", "paper")
+MASK_BITS = (32, 16)
 
 
 def keep_probability(rate: float | jax.Array) -> jax.Array:
@@ -73,6 +75,29 @@ def _mask_shape(shape: tuple[int, ...], broadcast_dims: Sequence[int]) -> tuple[
     return tuple(mask_shape)
 
 
+def bernoulli_mask(
+    key: jax.Array, keep: jax.Array, shape: tuple[int, ...], *, bits: int = 32
+) -> jax.Array:
+    r"""A boolean mask of independent :math:`\mathrm{Bernoulli}(p)` draws, ``p = keep``.
+
+    ``bits=32`` is :func:`jax.random.bernoulli` (a 32-bit uniform per entry, compared with
+    :math:`p`). ``bits=16`` draws half as many 32-bit words and uses each word's two 16-bit
+    halves as two independent uniform integers :math:`u \in \{0, \dots, 2^{16}-1\}`, keeping an
+    entry when :math:`u < \mathrm{round}(p \cdot 2^{16})`: a Bernoulli draw with :math:`p`
+    resolved to :math:`2^{-16}` (exact for the papers' 0.5 and 0.8; :math:`p = 1` keeps every
+    entry), for half the random bits — about twice as fast on a CPU, where threefry's bits are
+    most of a mask's cost. The two samplers draw different masks from one key.
+    """
+    check_choice("bits", bits, MASK_BITS)
+    if bits == 32:
+        return jax.random.bernoulli(key, keep, shape)
+    size = math.prod(shape)
+    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+    uniforms = jnp.concatenate([words & 0xFFFF, words >> 16])[:size].reshape(shape)
+    threshold = jnp.round(jnp.asarray(keep, jnp.float32) * 65536.0).astype(jnp.uint32)
+    return uniforms < threshold
+
+
 def dropout(
     key: jax.Array | None,
     x: jax.typing.ArrayLike,
@@ -81,6 +106,7 @@ def dropout(
     deterministic: bool = False,
     broadcast_dims: Sequence[int] = (),
     scaling: Scaling = "inverted",
+    mask_bits: int = 32,
 ) -> jax.Array:
     r"""Bernoulli dropout of the units ``x`` (Srivastava et al. 2014, Sec. 4).
 
@@ -121,6 +147,7 @@ def dropout(
       deterministic: ``True`` for evaluation (no noise; see the table above); a static bool.
       broadcast_dims: axes of ``x`` along which the mask is shared.
       scaling: ``"inverted"`` (default) or ``"paper"``.
+      mask_bits: random bits per mask entry, 32 (default) or 16 (:func:`bernoulli_mask`).
 
     Returns:
       An array with the shape and dtype of ``x``. A rate of 0 returns ``x`` unchanged (for both
@@ -146,7 +173,7 @@ def dropout(
     if deterministic:
         return x if scaling == "inverted" else x * keep_as_x
     check_key(key, "dropout")
-    mask = jax.random.bernoulli(key, keep, mask_shape)
+    mask = bernoulli_mask(key, keep, mask_shape, bits=mask_bits)
     kept = x / keep_as_x if scaling == "inverted" else x
     return jnp.where(mask, kept, jnp.zeros((), x.dtype))
 
