@@ -74,6 +74,25 @@ def timed_turn(run: Callable[[int], None], num_steps: int) -> Turn:
     return Turn(after_wall - before_wall, cpu)
 
 
+def peak_matmul_runner(size: int = 2048, per_turn: int = 8) -> Callable[[int], None]:
+    """``per_turn`` jitted ``size × size`` float32 matmuls per call (``num_steps`` ignored):
+    the fp32 peak the throughput benchmarks measure in their own rounds."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+
+    def run(num_steps: int) -> None:
+        del num_steps
+        for _ in range(per_turn):
+            out = matmul(a, b)
+        out.block_until_ready()
+
+    return run
+
+
 def median_rate(seconds: list[float], work: float) -> float:
     """``work / median(seconds)``."""
     return work / statistics.median(seconds)

@@ -63,7 +63,6 @@ from typing import Any, NamedTuple
 from unittest import mock
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
@@ -305,23 +304,8 @@ def torch_runner(torch: Any, images: np.ndarray, labels: np.ndarray, *, threads:
 
 
 # --------------------------------------------------------------------------------------------
-# (d) the matmul peak, and the measurement
+# The measurement (the matmul peak, row (d), is benchmarks.common.peak_matmul_runner)
 # --------------------------------------------------------------------------------------------
-
-
-def peak_matmul_runner() -> Runner:
-    """``PEAK_PER_TURN`` jitted 2048² float32 matmuls per call (the step count is ignored)."""
-    a = jax.random.normal(jax.random.key(0), (PEAK_SIZE, PEAK_SIZE), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (PEAK_SIZE, PEAK_SIZE), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-
-    def run(num_steps: int) -> None:
-        del num_steps
-        for _ in range(PEAK_PER_TURN):
-            out = matmul(a, b)
-        out.block_until_ready()
-
-    return run
 
 
 def round_robin(runners: dict[str, Runner], steps: int, repeats: int) -> dict[str, list[Turn]]:
@@ -633,7 +617,7 @@ def main() -> None:
         for name, threads in (("torch_2threads", TORCH_THREADS), ("torch_1thread", 1)):
             row = torch_runner(torch, images, labels, threads=threads)
             runners[name], losses[name] = row.run, row.last_loss
-    runners["peak"] = peak_matmul_runner()
+    runners["peak"] = common.peak_matmul_runner(PEAK_SIZE, PEAK_PER_TURN)
 
     for name, run in runners.items():
         print(f"warm-up {name}: {timed_turn(run, args.steps).seconds:.1f} s", flush=True)

@@ -58,7 +58,7 @@ import optax
 from flax.training import train_state
 
 from benchmarks import common
-from benchmarks.common import Turn, timed_turn
+from benchmarks.common import Turn, peak_matmul_runner, timed_turn
 from bnreg import engine
 from bnreg.config import override
 from bnreg.engine.devices import shard_members
@@ -326,21 +326,6 @@ def torch_runner(images: np.ndarray, labels: np.ndarray, *, threads: int | None)
 # --------------------------------------------------------------------------------------------
 # Measurement: turns, taken round robin by every implementation and every variant
 # --------------------------------------------------------------------------------------------
-
-
-def peak_matmul_runner(size: int = 2048, per_turn: int = 8) -> Runner:
-    """``per_turn`` jitted ``size × size`` float32 matmuls per call (``num_steps`` ignored)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-
-    def run(num_steps: int) -> None:
-        del num_steps
-        for _ in range(per_turn):
-            out = matmul(a, b)
-        out.block_until_ready()
-
-    return run
 
 
 PEAK_FLOPS_PER_TURN = 8 * 2 * 2048**3

@@ -5,8 +5,10 @@ keys, except the axes it sweeps (``config.sweep``) and its own ``config.study`` 
 :func:`validate_config` rejects unknown keys at any depth (a typo must not silently fall back to
 a default) and values that cannot work together, before any data is loaded or compiled.
 
-This module imports no more than ``ml_collections`` and the package's light core (not the
-engine, matplotlib or ``absl.app``), so a study's config loads quickly.
+The schema and its checks stay in one module (hence its length): every check reads keys that
+the schema defines next to it. This module imports no more than ``ml_collections`` and the
+package's light core (not the engine, matplotlib or ``absl.app``), so a study's config loads
+quickly.
 
 **Members.** A run trains *members* as one compiled program: the cross product of the axes in
 ``config.sweep`` (``config.sweep.learning_rate = (0.1, 1.0)``, ``config.sweep.seed = (0, 1, 2)``,

@@ -52,6 +52,11 @@ Protocol — the authors' released MNIST recipe (design §4), the same for every
    per-seed paired differences (the same seed: the same data order).
 4. Fig. 11 reuses net (4)'s final runs: for k thinned nets, ``study.monte_carlo_repeats``
    independent draws of k nets per seed.
+
+One module for the four outputs (two tables, Fig. 11, the overfitting curves), longer than a
+study of one figure: they share the nets, the recipe and the sweep-then-final protocol, and
+Fig. 11 and the curves read Table 2's runs; the generic pieces (verdicts, tables, plots) live in
+``bnreg.analysis`` and ``bnreg.plots``.
 """
 
 from __future__ import annotations
