@@ -226,13 +226,16 @@ def _check_sweep(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.sweep.{axis} must be a non-empty tuple of values, got {values!r}."
             )
-        if len(set(values)) != len(values):
-            raise ValueError(f"config.sweep.{axis} {tuple(values)} repeats a value: members must "
-                             "differ.")
         for value in values:
             _check_axis_value(axis, value, f"config.sweep.{axis}")
     zipped = [tuple(group) for group in config.sweep_zip]
     named = [axis for group in zipped for axis in group]
+    # A zipped axis may repeat a value (each net of a group at its own rate, two nets at the
+    # same one); its group's tuples must differ.
+    for axis, values in config.sweep.items():
+        if axis not in named and len(set(values)) != len(values):
+            raise ValueError(f"config.sweep.{axis} {tuple(values)} repeats a value: members must "
+                             "differ.")
     if len(set(named)) != len(named):
         raise ValueError(f"config.sweep_zip {zipped} names an axis twice.")
     for group in zipped:
@@ -246,6 +249,10 @@ def _check_sweep(config: ml_collections.ConfigDict) -> None:
         if len(set(lengths.values())) != 1:
             raise ValueError(f"config.sweep_zip group {group} zips axes of different lengths "
                              f"{lengths}.")
+        rows = list(zip(*(config.sweep[axis] for axis in group), strict=True))
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"config.sweep_zip group {group} repeats a combination of values "
+                             f"{rows}: members must differ.")
 
 
 def _check_axis_value(axis: str, value: Any, where: str) -> None:

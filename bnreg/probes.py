@@ -6,6 +6,9 @@
 * Histograms and the mean of hidden activations: Srivastava et al. 2014, Fig. 8 — dropout makes
   the activations of an autoencoder's hidden units sparser (mean ≈ 0.7 vs ≈ 2.0 without).
 
+Two measures of sparsity go with Fig. 8, on recorded activations (host arrays, NumPy):
+:func:`fraction_at_zero` and :func:`hoyer_sparsity`.
+
 The models (:mod:`bnreg.models`) sow each hidden layer's pre-activation as ``preactivation_{i}``
 and activation as ``activation_{i}`` in the ``intermediates`` collection.
 """
@@ -118,3 +121,35 @@ def histogram(
     index = jnp.floor((x.reshape(-1) - low) * (bins / (high - low))).astype(jnp.int32)
     flat_weights = None if weights is None else weights.reshape(-1)
     return jnp.bincount(jnp.clip(index, 0, bins - 1), weights=flat_weights, length=bins)
+
+
+def fraction_at_zero(activations: np.ndarray) -> float:
+    """The fraction of ``activations``' entries that are exactly 0 (a ReLU unit that is off)."""
+    activations = np.asarray(activations)
+    if activations.size == 0:
+        raise ValueError("fraction_at_zero of no activations is undefined.")
+    return float(np.mean(activations == 0))
+
+
+def hoyer_sparsity(activations: np.ndarray) -> np.ndarray:
+    """Hoyer's (2004) sparsity of each row of ``activations`` ``(..., units)``, over its units:
+
+    .. math:: H(a) = \\frac{\\sqrt{n} - \\lVert a \\rVert_1 / \\lVert a \\rVert_2}{\\sqrt{n} - 1}
+
+    with :math:`n` the units (the last axis). :math:`H` is 0 when every unit is equally active,
+    1 when one unit alone is, and does not change when ``a`` is scaled — unlike the mean
+    activation, it compares networks whose activations differ in scale. A row of zeros (no unit
+    active) has no direction; it is counted as 1, maximally sparse.
+
+    Raises:
+      ValueError: fewer than two units (H is undefined for one).
+    """
+    activations = np.asarray(activations, dtype=np.float64)
+    units = activations.shape[-1] if activations.ndim else 0
+    if units < 2:
+        raise ValueError(f"hoyer_sparsity needs rows of at least 2 units, got shape "
+                         f"{activations.shape}.")
+    l1 = np.abs(activations).sum(-1)
+    l2 = np.sqrt(np.square(activations).sum(-1))
+    ratio = np.divide(l1, l2, out=np.ones_like(l1), where=l2 > 0)
+    return (np.sqrt(units) - ratio) / (np.sqrt(units) - 1)

@@ -72,6 +72,7 @@ import pandas as pd
 
 from bnreg import analysis
 from bnreg.config import AXES, default_config, override
+from experiments.dropout_recipe import RECIPE, schedule_overrides
 
 INPUT_DROP, HIDDEN_DROP = 0.2, 0.5  # retain p = 0.8 and 0.5
 FIGURES = ("overfitting.png", "fig11.png", "sweep.png")
@@ -142,10 +143,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     and update counts, the 2×8192 net) or ``"smoke"`` (scikit-learn's digits, seconds)."""
     config = default_config()
     config.update_from_flattened_dict({
-        "dataset": "mnist", "binarize": False, "model.kernel_init": "fan_in_normal",
-        "model.init_stddev": 1.0, "optimizer.momentum": 0.95, "optimizer.dampening": True,
-        "optimizer.momentum_schedule": "exponential", "optimizer.initial_momentum": 0.5,
-        "optimizer.schedule": "inverse_time", "batch_size": 100, "num_steps": 10_000,
+        **RECIPE, "dataset": "mnist", "num_steps": 10_000,
         "eval_every": 500, "checkpoint_every": 2_500, "eval_batch_size": 2_000,
         "evaluation.final": (), "evaluation.train_examples": 10_000, "probe.layers": (),
         "nonfinite": "record",
@@ -212,12 +210,8 @@ def _tuned_grid(config: ml_collections.ConfigDict, net: Net) -> tuple[float, ...
 def net_overrides(config: ml_collections.ConfigDict, net: Net) -> dict[str, Any]:
     """The engine overrides of one net: widths, activation, dropout, and the schedules'
     constants in the recipe's ratios to the run's length."""
-    steps = config.num_steps
-    return {
-        **net.overrides, "model.hidden_sizes": widths(config, net),
-        "optimizer.decay_steps": max(1, round(config.study.decay_fraction * steps)),
-        "optimizer.momentum_steps": max(1, round(config.study.momentum_fraction * steps)),
-    }
+    return {**net.overrides, "model.hidden_sizes": widths(config, net),
+            **schedule_overrides(config)}
 
 
 def sweep_overrides(config: ml_collections.ConfigDict, net: Net) -> dict[str, Any]:

@@ -213,3 +213,20 @@ display(Markdown((study / "results.md").read_text()))
 # %%
 display(Image(filename=str(study / "overfitting.png")))
 display(Image(filename=str(study / "fig11.png")))
+
+# %% [markdown]
+# ## The study: dropout's features and sparsity (Fig. 7 and Fig. 8)
+#
+# An autoencoder 784-256-784 with ReLU hidden units, trained without and with dropout (retain
+# p = 0.5 on the hidden layer), the two nets paired by seed
+# (`experiments/results/dropout_autoencoder_fashion_mnist`): the hidden units' features side by
+# side (Fig. 7), then the histograms of the units' mean activations and of all activations
+# (Fig. 8), with the measures of sparsity and the verdicts.
+
+# %%
+study = Path(experiments.__file__).parent / "results" / "dropout_autoencoder_fashion_mnist"
+display(Markdown((study / "results.md").read_text()))
+
+# %%
+display(Image(filename=str(study / "features.png")))
+display(Image(filename=str(study / "sparsity.png")))

@@ -59,14 +59,30 @@ def test_a_bad_sweep_is_an_error_naming_the_axis(axis, values, message):
         ((("seed",),), "at least two swept axes"),
         ((("seed", "hidden_dropout"),), r"not swept: \['hidden_dropout'\]"),
         ((("seed", "learning_rate"), ("learning_rate", "seed")), "names an axis twice"),
+        ((("learning_rate", "max_norm"),), r"repeats a combination of values \[\(0.1, 2.0\)"),
     ],
 )
 def test_a_bad_zip_is_an_error(zipped, message):
     config = default_config()
     config.sweep.seed = (0, 1)
     config.sweep.learning_rate = (0.1, 0.2, 0.3)
+    if ("learning_rate", "max_norm") in zipped:
+        config.sweep.learning_rate = (0.1, 0.2, 0.1)
+        config.sweep.max_norm = (2.0, 3.0, 2.0)
     config.sweep_zip = zipped
     with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+def test_a_zipped_axis_may_repeat_a_value_when_its_group_does_not():
+    """Two nets at the same chosen rate: (0.1, 0.0) and (0.1, 0.5) are different members."""
+    config = default_config()
+    config.sweep.learning_rate = (0.1, 0.1)
+    config.sweep.hidden_dropout = (0.0, 0.5)
+    config.sweep_zip = (("learning_rate", "hidden_dropout"),)
+    validate_config(config)
+    config.sweep_zip = ()
+    with pytest.raises(ValueError, match=r"learning_rate \(0.1, 0.1\) repeats a value"):
         validate_config(config)
 
 

@@ -1,4 +1,4 @@
-"""Probes: histogram counts and per-unit percentiles."""
+"""Probes: histogram counts, per-unit percentiles, and the measures of sparsity."""
 
 from __future__ import annotations
 
@@ -87,3 +87,27 @@ def test_percentiles_of_integers_interpolate_in_float():
 def test_histogram_without_bins_or_with_an_empty_range_is_an_error(bins, value_range, message):
     with pytest.raises(ValueError, match=message):
         probes.histogram(jnp.zeros(3), bins=bins, value_range=value_range)
+
+
+@pytest.mark.parametrize("row,expected", [
+    ([3.0, 0.0, 0.0, 0.0], 1.0),  # one unit alone
+    ([2.0, 2.0, 2.0, 2.0], 0.0),  # every unit equally
+    ([1.0, 1.0, 0.0, 0.0], (2 - np.sqrt(2)) / (2 - 1)),  # √n = 2, ‖a‖₁/‖a‖₂ = √2
+    ([0.0, 0.0, 0.0, 0.0], 1.0),  # no unit active: counted as maximally sparse
+])
+def test_hoyer_sparsity_of_known_rows(row, expected):
+    assert probes.hoyer_sparsity(np.asarray([row]))[0] == pytest.approx(expected)
+
+
+def test_hoyer_sparsity_does_not_change_when_the_activations_are_scaled():
+    rows = np.abs(np.random.default_rng(0).normal(size=(5, 8)))
+    np.testing.assert_allclose(probes.hoyer_sparsity(7.5 * rows), probes.hoyer_sparsity(rows))
+
+
+def test_hoyer_sparsity_needs_two_units():
+    with pytest.raises(ValueError, match="at least 2 units"):
+        probes.hoyer_sparsity(np.ones((3, 1)))
+
+
+def test_fraction_at_zero_counts_exact_zeros_only():
+    assert probes.fraction_at_zero(np.asarray([[0.0, 1e-30], [0.0, 2.0]])) == 0.5

@@ -118,8 +118,9 @@ def difference_text(
         "below": f"{first} is below {second}",
         "unresolved": f"not resolved with {_seeds(d.n)} (the interval crosses 0)",
     }[d.outcome]
+    unit = f" {unit}" if unit else ""  # "" for a number without unit
     return (
-        f"{_signed(scale * d.mean)} ± {scale * d.std:.2f} {unit} ({_interval(level)} "
+        f"{_signed(scale * d.mean)} ± {scale * d.std:.2f}{unit} ({_interval(level)} "
         f"{_signed(scale * d.low)} to {_signed(scale * d.high)}): {verdict}"
     )
 

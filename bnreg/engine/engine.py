@@ -68,6 +68,8 @@ class Engine:
     _chunk: Callable[..., Any]
     _evaluate: Mapping[str, Callable[..., Any]]
     _statistics: bn_statistics.StatisticsFn
+    # hidden_values' compiled functions by (layer, kind), made on first use.
+    _hidden_values: dict = dataclasses.field(default_factory=dict)
 
     @property
     def settled_ema_batches(self) -> int | None:
@@ -143,6 +145,43 @@ class Engine:
             found = self._evaluate[evaluator.name](state, cache[kind], images, labels)
             results.update(jax.device_get(found))
         return results
+
+    def hidden_values(
+        self, state: TrainState, *, layer: int = 0, kind: str = "activation",
+        split: str = "evaluation", batch_stats: Any = None,
+    ) -> np.ndarray:
+        """Hidden layer ``layer``'s ``kind`` values (``"activation"``: the nonlinearity's output,
+        the dropout paper's Fig. 8; ``"preactivation"``: its input) of every member on every
+        example of ``split`` (``"evaluation"``: the run's validation or test split;
+        ``"train"``: the ``on_train`` examples), from the deterministic network — noise off,
+        BN with ``config.evaluation.bn_statistics``' statistics or ``batch_stats``. Returns a
+        host array ``(members, examples, units)``.
+
+        Raises:
+          ValueError: an unknown kind or split, or a layer the model does not have.
+        """
+        if kind not in ("activation", "preactivation") or split not in self._arrays["scored"]:
+            raise ValueError(f"kind must be 'activation' or 'preactivation' and split one of "
+                             f"{sorted(self._arrays['scored'])}, got {kind!r} and {split!r}.")
+        model = self.config.model
+        hidden = len(model.hidden_sizes) + (len(model.conv_features) if model.name == "convnet"
+                                            else 0)
+        if not -hidden <= layer < hidden:
+            raise ValueError(f"layer {layer} is not one of the model's {hidden} hidden layers "
+                             "(negative indices count from the last).")
+        if batch_stats is None:
+            kind_of_statistics = self.config.evaluation.bn_statistics if self.has_bn else None
+            batch_stats = (self._statistics(state, kind_of_statistics) if kind_of_statistics
+                           else state.batch_stats)
+        images, _ = self._arrays["scored"][split]
+        function = self._hidden_values.get((layer, kind))
+        if function is None:
+            function = jax.jit(jax.vmap(functools.partial(
+                evaluators.hidden_values, self.network, layer=layer, kind=kind,
+                batch_size=self.config.eval_batch_size,
+            ), in_axes=(MEMBER_AXES, 0, None)))
+            self._hidden_values[(layer, kind)] = function
+        return np.asarray(jax.device_get(function(state, batch_stats, images)))
 
     def evaluator(self, name: str) -> evaluators.Evaluator:
         """The run's evaluator of that name (its column suffix, e.g. ``"population"``, or its

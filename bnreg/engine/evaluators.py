@@ -316,6 +316,36 @@ def evaluate_gaussian(
     return finish(network.task, {n: t.sum() for n, t in totals.items()}, images.shape[0])
 
 
+def hidden_values(
+    network: Network,
+    state: TrainState,
+    batch_stats: Any,
+    images: jax.Array,
+    *,
+    layer: int,
+    kind: str,
+    batch_size: int,
+) -> jax.Array:
+    """Hidden layer ``layer``'s values of one member on every example of ``images``, from the
+    deterministic network (noise off, BN in inference mode with ``batch_stats``): ``kind``
+    ``"activation"`` (the nonlinearity's output, before dropout) or ``"preactivation"`` (its
+    input). Returns ``(examples, units)`` (a conv layer's ``(examples, h, w, features)``).
+    """
+    model = network.member_model(state.hyperparameters)
+    variables = {"params": state.params, "batch_stats": batch_stats}
+
+    def one_batch(batch):
+        _, batch_images, _, _ = batch
+        _, collections = model.apply(
+            variables, batch_images, bn_mode="inference", noise=False, mutable=["intermediates"]
+        )
+        return probes.sown(collections.get("intermediates", {}), kind)[layer]
+
+    labels = jnp.zeros((images.shape[0],), jnp.int32)
+    values = _map_batches(one_batch, images, labels, batch_size)
+    return values.reshape((-1, *values.shape[2:]))[: images.shape[0]]
+
+
 EvaluateFn = Callable[[TrainState, Any, jax.Array, jax.Array], Mapping[str, Any]]
 
 
