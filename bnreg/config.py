@@ -166,6 +166,10 @@ def default_config() -> ml_collections.ConfigDict:
     # >0: the primary (deterministic) evaluator also scores the first N examples of the training
     # split at every evaluation (columns `<metric>_on_train`: the overfitting curves); 0: not.
     config.evaluation.train_examples = 0
+    # True (with a validation split): the primary evaluator also scores the test split at every
+    # evaluation (columns `<metric>_on_test`), so a study can stop early on validation error
+    # and read the test error at that step.
+    config.evaluation.test_too = False
 
     # Probes (bnreg.probes), computed by the primary evaluator at every evaluation.
     config.probe = ml_collections.ConfigDict()
@@ -394,6 +398,14 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
     if evaluation.train_examples and evaluation.during[0] != "deterministic":
         raise ValueError("config.evaluation.train_examples scores the training split with the "
                          "primary evaluator, which must then be 'deterministic' (the first of "
+                         f"config.evaluation.during), not {evaluation.during[0]!r}.")
+    if evaluation.test_too and not config.validation_fraction:
+        raise ValueError("config.evaluation.test_too scores the test split beside a validation "
+                         "split; without one (config.validation_fraction 0) every evaluation "
+                         "already scores the test split: leave it False.")
+    if evaluation.test_too and evaluation.during[0] != "deterministic":
+        raise ValueError("config.evaluation.test_too scores the test split with the primary "
+                         "evaluator, which must then be 'deterministic' (the first of "
                          f"config.evaluation.during), not {evaluation.during[0]!r}.")
     if config.probe.layers and not config.probe.units:
         raise ValueError("config.probe.units must name at least one unit (or config.probe.layers "

@@ -4,11 +4,16 @@ the session's persistent XLA compilation cache."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
+from PIL import Image
 
 from bnreg.config import default_config, override
 
@@ -46,3 +51,49 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
         "progress": False,
         **overrides,
     })
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_smoke_study(study: str, workdir: Path, *arguments: str) -> str:
+    """``python -m experiments.<study>`` in its smoke variant (no progress bar) in ``workdir``,
+    as a user runs it; returns its standard output, or fails the test with its error's tail."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    completed = subprocess.run(
+        [sys.executable, "-m", f"experiments.{study}", f"--workdir={workdir}",
+         f"--config=experiments/{study}.py:smoke", "--config.progress=False", *arguments],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def assert_figure(path: Path, stdout: str) -> None:
+    """``path`` is a readable PNG wider than 400 pixels that the study's output names."""
+    with Image.open(path) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 400
+    assert str(path) in stdout
+
+
+def drawn_indices(members, labels, batch_size: int, steps: int):
+    """The training examples (indices into ``labels``) every member's batches hold in its first
+    ``steps`` steps, ``(steps, members, batch_size)``, drawn by the engine's sampler from the
+    members' subsets (:func:`bnreg.engine.member_subsets`), and those subsets."""
+    import jax.numpy as jnp
+
+    from bnreg import engine
+
+    labels = jnp.asarray(labels)
+    images = jnp.arange(len(labels), dtype=jnp.float32)[:, None]  # an image is its index
+    subsets = engine.member_subsets(members, np.asarray(labels), batch_size)
+    sampler = engine.Sampler(len(labels), batch_size, tuple(len(s) for s in subsets))
+    keys = jax.vmap(lambda k: engine.stream_key(k, engine.Stream.DATA))(members.keys())
+
+    def body(order, step):
+        order, batch_images, _ = sampler.batches(order, step, keys, images, labels, subsets)
+        return order, batch_images[..., 0].astype(jnp.int32)
+
+    drawn = jax.jit(lambda: jax.lax.scan(body, sampler.empty_order(len(members)),
+                                         jnp.arange(steps))[1])()
+    return np.asarray(drawn), subsets

@@ -4,23 +4,16 @@ the choice on validation and the verdicts."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_config
-from PIL import Image
+from conftest import assert_figure, run_smoke_study, tiny_config
 
 from bnreg import engine
 from bnreg.config import override
 from experiments import dropout_autoencoder as study
 
-REPO = Path(__file__).resolve().parents[1]
 AUTOENCODER = {
     "task.name": "reconstruction", "model.name": "autoencoder", "model.norm": None,
     "model.activation": "relu", "model.hidden_sizes": (12,), "probe.layers": (),
@@ -30,24 +23,15 @@ AUTOENCODER = {
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("autoencoder_smoke")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    completed = subprocess.run(
-        [sys.executable, "-m", "experiments.dropout_autoencoder", f"--workdir={workdir}",
-         "--config=experiments/dropout_autoencoder.py:smoke", "--config.progress=False"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return workdir, completed.stdout
+    workdir = tmp_path_factory.mktemp("dropout_autoencoder_smoke")
+    return workdir, run_smoke_study("dropout_autoencoder", workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", study.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
-    with Image.open(workdir / name) as image:
-        image.verify()
-        assert image.format == "PNG" and image.size[0] > 400
-    assert str(workdir / name) in stdout
+    assert_figure(workdir / name, stdout)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from bnreg import engine
+from bnreg import data, engine
 from bnreg.config import AXES
 from bnreg.models import OUTPUT_LAYER
 
@@ -280,6 +280,30 @@ def test_on_train_scores_the_first_training_examples_with_the_deterministic_netw
                                          bn_mode="inference", noise=False)
         accuracy = np.mean(np.argmax(logits, -1) == run.data.train.labels[:300])
         np.testing.assert_allclose(results["on_train"]["accuracy"][member], accuracy, atol=1e-6)
+
+
+def test_on_test_scores_the_test_split_beside_the_validation_split():
+    """With a validation split, on_test scores the test split: a trained state's on_test
+    accuracy is the deterministic network's on the dataset's test images."""
+    config = tiny_config(**{"validation_fraction": 0.2, "evaluation.test_too": True,
+                            "evaluation.train_examples": 100})
+    run = engine.build(config)
+    state, _, _ = run.train(run.init(), run.empty_order(), 30)
+    assert [e.name for e in run.during] == ["population", "on_train", "on_test"]
+    results = run.evaluate(state, run.during)
+    test = data.load_dataset("digits").test
+    assert run.split == "validation" and len(run.data.evaluation.labels) != len(test.labels)
+    statistics = run.statistics(state, "population")
+    variables = {"params": jax.tree.map(lambda x: x[0], state.params),
+                 "batch_stats": jax.tree.map(lambda x: x[0], statistics)}
+    logits = run.network.model.apply(variables, test.images, bn_mode="inference", noise=False)
+    np.testing.assert_allclose(results["on_test"]["accuracy"][0],
+                               np.mean(np.argmax(logits, -1) == test.labels), atol=1e-6)
+
+
+def test_test_too_without_a_validation_split_is_an_error():
+    with pytest.raises(ValueError, match="already scores the test split"):
+        engine.build(tiny_config(**{"evaluation.test_too": True}))
 
 
 def test_max_norm_keeps_every_hidden_column_within_c_throughout_training():

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import drawn_indices
 
 from bnreg import engine
 from bnreg.config import default_config
@@ -264,19 +265,10 @@ def test_members_that_differ_only_in_a_rate_share_their_init_and_data_order(axis
 
 def test_a_subset_member_draws_only_from_its_own_stratified_subset():
     num, batch_size = 120, 10
-    labels = jnp.asarray(np.repeat(np.arange(4), num // 4).astype(np.int32))
-    images = jnp.arange(num, dtype=jnp.float32)[:, None]  # an image is its index
+    labels = np.repeat(np.arange(4), num // 4).astype(np.int32)
     config = model_config(**{"sweep.train_subset": (40, 80), "sweep.seed": (0, 1)})
     members = engine.members_from_config(config)
-    subsets = engine.member_subsets(members, np.asarray(labels), batch_size)
-    sampler = engine.Sampler(num, batch_size, tuple(len(s) for s in subsets))
-    keys = jax.vmap(lambda k: engine.stream_key(k, engine.Stream.DATA))(members.keys())
-
-    def body(order, step):
-        order, batch_images, _ = sampler.batches(order, step, keys, images, labels, subsets)
-        return order, batch_images[..., 0].astype(jnp.int32)
-
-    drawn = jax.jit(lambda: jax.lax.scan(body, sampler.empty_order(4), jnp.arange(16))[1])()
+    drawn, subsets = drawn_indices(members, labels, batch_size, 16)
     for index, subset in enumerate(subsets):
         size = len(subset)
         assert size == members.member(index)["train_subset"]

@@ -279,6 +279,7 @@ def _plan(config: ml_collections.ConfigDict) -> _Plan:
         monte_carlo_samples=tuple(config.evaluation.monte_carlo_samples),
         gaussian_samples=tuple(config.evaluation.gaussian_samples),
         train_examples=config.evaluation.train_examples,
+        test_too=config.evaluation.test_too,
     )
     during = tuple(expand(config.evaluation.during))
     final = tuple(expand([*config.evaluation.during, *config.evaluation.final]))
@@ -332,6 +333,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
             "evaluation": (data.evaluation.images, data.evaluation.labels),
             "train": (data.train.images[:config.evaluation.train_examples],
                       data.train.labels[:config.evaluation.train_examples]),
+            **({"test": (data.test.images, data.test.labels)} if data.test else {}),
         },
         "subsets": None if subsets is None else tuple(subsets),
     }, devices)

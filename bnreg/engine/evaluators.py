@@ -23,6 +23,9 @@ By name (``config.evaluation.during`` / ``final``, :func:`expand`):
 * ``"on_train"`` — added after the primary when ``config.evaluation.train_examples`` is N > 0:
   the primary (deterministic) evaluator on the first N examples of the training split, without
   probes (suffix ``on_train``): training error beside test error, the overfitting curves.
+* ``"on_test"`` — added after them when ``config.evaluation.test_too`` (a run on a validation
+  split): the primary evaluator on the test split (suffix ``on_test``), to stop early on the
+  validation error and read the test error at that step.
 
 Each returns the task's metrics (:mod:`bnreg.engine.tasks`); the primary evaluator (the first
 of ``during``) also the probes (:mod:`bnreg.probes`) when it is a deterministic one.
@@ -74,8 +77,9 @@ class Evaluator(NamedTuple):
       kind: ``"deterministic"``, ``"monte_carlo"`` or ``"gaussian"``.
       bn_statistics: the BN statistics it evaluates with (``None`` without BN).
       samples: the ``k`` (Monte-Carlo) or the ``Z`` (Gaussian) it reports; ``()`` otherwise.
-      split: the examples it scores: ``"evaluation"`` (the run's validation or test split) or
-        ``"train"`` (the first ``config.evaluation.train_examples`` of the training split).
+      split: the examples it scores: ``"evaluation"`` (the run's validation or test split),
+        ``"train"`` (the first ``config.evaluation.train_examples`` of the training split) or
+        ``"test"`` (the test split beside a validation split, ``config.evaluation.test_too``).
     """
 
     name: str
@@ -103,10 +107,11 @@ def expand(
     monte_carlo_samples: Sequence[int],
     gaussian_samples: Sequence[int],
     train_examples: int = 0,
+    test_too: bool = False,
 ) -> list[Evaluator]:
     """The evaluators of ``names`` (see the module docstring), in order, each once; the
     BN-statistics ones are left out on a net without BN; with ``train_examples``, the primary's
-    ``on_train`` twin follows it."""
+    ``on_train`` twin follows it, and with ``test_too`` its ``on_test`` twin."""
     statistics = bn_statistics if has_bn else None
     evaluators: dict[str, Evaluator] = {}
     for name in names:
@@ -122,8 +127,11 @@ def expand(
             evaluator = Evaluator(name, "gaussian", statistics, tuple(gaussian_samples))
         evaluators.setdefault(evaluator.name, evaluator)
     found = list(evaluators.values())
-    if train_examples and found:
-        found.insert(1, found[0]._replace(name="on_train", source="on_train", split="train"))
+    twins = [("on_train", "train")] if train_examples else []
+    twins += [("on_test", "test")] if test_too else []
+    for index, (name, split) in enumerate(twins, 1):
+        if found:
+            found.insert(index, found[0]._replace(name=name, source=name, split=split))
     return found
 
 

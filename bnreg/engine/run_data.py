@@ -21,6 +21,8 @@ class RunData:
       evaluation_split: ``"test"`` or ``"validation"``.
       num_classes: label classes.
       source: where the arrays came from (:func:`bnreg.data.load_dataset`).
+      test: the test split, preprocessed as the others, when a validation split is evaluated
+        and ``config.evaluation.test_too`` asks for the test split beside it; else ``None``.
     """
 
     train: data_lib.Split
@@ -28,6 +30,7 @@ class RunData:
     evaluation_split: str
     num_classes: int
     source: str
+    test: data_lib.Split | None = None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -58,21 +61,22 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
             )
         train, evaluation = data_lib.train_validation_split(train, num_validation, seed=0)
         split = "validation"
-    train_images, evaluation_images = train.images, evaluation.images
+    scored = [evaluation] + ([dataset.test] if config.evaluation.test_too else [])
+    images = [train.images, *(s.images for s in scored)]
     binarize = config.dataset == "mnist" if config.binarize is None else config.binarize
     if binarize:
-        train_images = data_lib.binarize(train_images)
-        evaluation_images = data_lib.binarize(evaluation_images)
+        images = [data_lib.binarize(x) for x in images]
     if config.standardize != "none":
-        train_images, evaluation_images = data_lib.standardize(
-            train_images, evaluation_images, per_pixel=config.standardize == "per_pixel"
-        )
+        images = list(data_lib.standardize(*images, per_pixel=config.standardize == "per_pixel"))
+    evaluation, *test = (data_lib.Split(x, s.labels) for x, s in zip(images[1:], scored,
+                                                                       strict=True))
     return RunData(
-        train=data_lib.Split(train_images, train.labels),
-        evaluation=data_lib.Split(evaluation_images, evaluation.labels),
+        train=data_lib.Split(images[0], train.labels),
+        evaluation=evaluation,
         evaluation_split=split,
         num_classes=dataset.num_classes,
         source=dataset.source,
+        test=test[0] if test else None,
     )
 
 
