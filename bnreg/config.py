@@ -58,6 +58,7 @@ MOMENTUM_SCHEDULES = ("constant", "linear", "exponential")
 STANDARDIZE = ("none", "global", "per_pixel")
 DROPOUT_NOISE = ("bernoulli", "gaussian")
 MASK_BITS = (32, 16)
+DROPOUT_SCALINGS = ("inverted", "paper")
 BN_STATISTICS = ("ema", "population")
 NONFINITE = ("stop", "record")
 # Evaluators by name (bnreg.engine.evaluators); the BN-statistics ones apply to nets with BN.
@@ -101,6 +102,13 @@ def default_config() -> ml_collections.ConfigDict:
     # Random bits per Bernoulli mask entry: 32 (jax.random.bernoulli) or 16 (p resolved to
     # 2^-16, half the random bits: bnreg.core.dropout.bernoulli_mask).
     config.model.dropout_mask_bits = 32
+    # Where dropout's factor p goes (bnreg.core.dropout): "inverted" (kept units ×1/p in
+    # training, frameworks' default) or "paper" (no factor in training, outputs ×p at test).
+    # The same network at test, not the same SGD: a layer after dropout gets 1/p² the paper's
+    # step and max-norm bounds its weights 1/p more loosely, so a learning rate or c held fixed
+    # across p means something else in each (experiments/dropout_p.py). Bernoulli dropout
+    # layers only (DropConnect and Gaussian noise keep their own forms).
+    config.model.dropout_scaling = "inverted"
     config.model.dropconnect = 0.0
     config.model.dropconnect_per_example = True  # a fresh weight mask per example (the paper)
     config.model.kernel_init = "normal"
@@ -199,6 +207,7 @@ def axis_value(config: ml_collections.ConfigDict, axis: str) -> Any:
 _STRUCTURAL = {
     "hidden_sizes", "conv_features", "activation", "norm", "model", "name", "task", "dataset",
     "batch_size", "kernel_init", "init_stddev", "dropout_noise", "dropout_mask_bits",
+    "dropout_scaling",
     "num_steps",
 }
 
@@ -287,6 +296,7 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
         ("model.name", config.model.name, MODELS),
         ("model.dropout_noise", config.model.dropout_noise, DROPOUT_NOISE),
         ("model.dropout_mask_bits", config.model.dropout_mask_bits, MASK_BITS),
+        ("model.dropout_scaling", config.model.dropout_scaling, DROPOUT_SCALINGS),
         ("model.activation", config.model.activation, ACTIVATIONS),
         ("model.kernel_init", config.model.kernel_init, KERNEL_INITS),
         ("model.norm", config.model.norm, NORMS),
@@ -303,6 +313,9 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
             check_choice(f"config.evaluation.{section} entry", name, EVALUATORS)
     if not config.evaluation.during:
         raise ValueError("config.evaluation.during must name at least one evaluator.")
+    if config.model.dropout_scaling == "paper" and config.model.dropout_noise == "gaussian":
+        raise ValueError("config.model.dropout_scaling='paper' places Bernoulli dropout's factor "
+                         "p; Gaussian noise has mean 1 and no such factor: use 'inverted'.")
     if (config.task.name == "reconstruction" and config.task.reconstruction_loss == "bernoulli"
             and config.standardize != "none"):
         raise ValueError(

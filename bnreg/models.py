@@ -82,6 +82,7 @@ class _Network(nn.Module):
     hidden_dropout: Any = 0.0
     dropout_noise: str = "bernoulli"
     dropout_mask_bits: int = 32
+    dropout_scaling: str = "inverted"
     kernel_init: str = "lecun_normal"
     init_stddev: float = 0.1
     bn_momentum: Any = 0.99
@@ -97,7 +98,8 @@ class _Network(nn.Module):
 
     def _input(self, x: jax.Array, noise: bool) -> jax.Array:
         return Dropout(self.input_dropout, kind=self.dropout_noise,
-                       mask_bits=self.dropout_mask_bits, name="Dropout_input")(x, noise=noise)
+                       mask_bits=self.dropout_mask_bits, scaling=self.dropout_scaling,
+                       name="Dropout_input")(x, noise=noise)
 
     def _finish_hidden(self, h: jax.Array, index: int, *, bn_mode: str, noise: bool,
                        activated: bool = False) -> jax.Array:
@@ -117,6 +119,7 @@ class _Network(nn.Module):
         self.sow("intermediates", f"activation_{index}", h)
         return Dropout(
             self.hidden_dropout, kind=self.dropout_noise, mask_bits=self.dropout_mask_bits,
+            scaling=self.dropout_scaling,
             name=f"Dropout_hidden_{index}",
         )(h, noise=noise)
 
@@ -134,6 +137,8 @@ class MLP(_Network):
       dropout_noise: ``"bernoulli"`` or ``"gaussian"`` (Srivastava et al. 2014, Sec. 10).
       dropout_mask_bits: random bits per Bernoulli mask entry, 32 or 16
         (:func:`bnreg.core.dropout.bernoulli_mask`: p resolved to 2⁻¹⁶, half the bits).
+      dropout_scaling: ``"inverted"`` (kept units ×1/p in training) or ``"paper"`` (outputs
+        ×p with the noise off); :func:`bnreg.core.dropout.dropout`.
       dropconnect: drop rate of each hidden weight (a concrete 0 leaves DropConnect out).
       dropconnect_per_example: a fresh weight mask per example (the paper) or one per batch.
       dropconnect_gaussian_samples: 0, or Z > 0 to evaluate the DropConnect layers by the paper's
@@ -258,6 +263,7 @@ def build_model(
         hidden_dropout=model_config.hidden_dropout,
         dropout_noise=model_config.dropout_noise,
         dropout_mask_bits=model_config.dropout_mask_bits,
+        dropout_scaling=model_config.dropout_scaling,
         kernel_init=model_config.kernel_init,
         init_stddev=model_config.init_stddev,
         bn_momentum=model_config.bn_momentum,

@@ -135,7 +135,8 @@ def early_stopped(history: pd.DataFrame) -> pd.DataFrame:
     analysis.require_columns(history, ["member", "step", "error", "error_on_test"])
     history = net_names(history)
     rows = []
-    for _, member in history.groupby("member", sort=True):
+    # Step 0 is the untrained net, the same for both nets of a seed: never a stopping point.
+    for _, member in history[history["step"] > 0].groupby("member", sort=True):
         member = member.sort_values("step")
         best = member.loc[member["error"].idxmin()]
         rows.append({**{key: best[key] for key in ("net", "train_subset", "seed", "step",

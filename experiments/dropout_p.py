@@ -32,15 +32,23 @@ Protocol:
    (b)'s widths are ``round(k · width_scale / p)``. The masks are 16-bit Bernoulli draws
    (``model.dropout_mask_bits``: p resolved to 2⁻¹⁶, every p here exact to 10⁻⁵; the program
    is ≈ 13% faster on CPU, benchmarks/results/dropout_throughput.md).
-2. The learning rate lr0 and the max-norm c are chosen once, on (a)'s net at
+2. Dropout is in the paper's form (``model.dropout_scaling="paper"``: kept units are not
+   scaled in training, the outputs are multiplied by p at test), since the claim holds lr0 and
+   c fixed across p in the paper's parametrization. With inverted dropout (×1/p in training,
+   frameworks' default) the network at test is the same but SGD is not: the weights W after a
+   dropout layer are the paper's W′ times p, their gradient is 1/p that of W′, so an update
+   moves them 1/p² as far as the paper's would (100× at p = 0.1), and max-norm's ‖W‖ ≤ c is
+   ‖W′‖ ≤ c/p. A first run with inverted dropout and the same protocol left the nets at
+   p ≤ 0.3 at or near chance (``--config.model.dropout_scaling=inverted`` repeats it).
+3. The learning rate lr0 and the max-norm c are chosen once, on (a)'s net at
    ``study.tuning_retain`` (p = 0.5), on a validation split of 10,000 training images
    (class-stratified), by the lowest validation error after the full run, one seed — then held
    fixed for every p of both designs, as is the momentum schedule.
-3. Final runs on all training images, seeds ``sweep.seed``: (a) every p × seed as members of
+4. Final runs on all training images, seeds ``sweep.seed``: (a) every p × seed as members of
    one program (p enters as a traced drop rate); (b) one run per p (its own widths), the seeds
    its members, all runs trained as a group. Training error on 10,000 training images and test
    error of the deterministic (weight-scaled) net after the last update.
-4. Verdicts from 95% intervals over seeds: the p whose mean test error lies within the best
+5. Verdicts from 95% intervals over seeds: the p whose mean test error lies within the best
    p's interval (paper: 0.4–0.8); (b) − (a) at p = 0.1 paired by seed (the same data order);
    underfitting at the smallest p (training error above the best p's) and overfitting at the
    largest (its train–test gap above the best p's).
@@ -75,7 +83,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     config = default_config()
     config.update_from_flattened_dict({
         **RECIPE, "dataset": "mnist", "model.activation": "relu", "num_steps": 10_000,
-        "model.dropout_mask_bits": 16,
+        "model.dropout_mask_bits": 16, "model.dropout_scaling": "paper",
         "eval_every": 1_000, "checkpoint_every": 2_000, "eval_batch_size": 2_000,
         "evaluation.final": (), "evaluation.train_examples": 10_000, "probe.layers": (),
         "nonfinite": "record",
@@ -85,7 +93,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         "retain_probabilities": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
         "width_scale": 1 / 8, "tuning_retain": 0.5,
         "decay_fraction": 0.1, "momentum_fraction": 0.1,
-        "sweep_learning_rates": (0.1, 0.3, 1.0), "sweep_max_norms": (1.0, 2.0, 3.0),
+        "sweep_learning_rates": (0.3, 1.0, 3.0), "sweep_max_norms": (1.0, 2.0, 3.0),
         "sweep_seeds": (0,), "validation_fraction": 1 / 6,
     })
     if variant == "paper":
@@ -337,7 +345,8 @@ def write_results(config: ml_collections.ConfigDict, study: PStudy, workdir: Pat
         f"Data: {summary['source']}; {summary['num_train_examples']:,} training and "
         f"{summary['num_evaluation_examples']:,} test images. ReLU nets "
         f"{int(np.prod(summary['input_shape']))}-n-n-n-10, the "
-        f"hidden units retained with probability p, the inputs all kept; (a) n = "
+        f"hidden units retained with probability p (dropout scaling "
+        f"'{config.model.dropout_scaling}'), the inputs all kept; (a) n = "
         f"{fixed_n_widths(config)[0]}, (b) p·n = "
         f"{', '.join(str(nearest_unit(k * config.study.width_scale)) for k in KEPT_UNITS)} "
         f"(the paper's widths × {config.study.width_scale:g}). {config.num_steps:,} updates of "

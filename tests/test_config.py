@@ -74,6 +74,14 @@ def test_a_bad_zip_is_an_error(zipped, message):
         validate_config(config)
 
 
+def test_the_papers_dropout_scaling_with_gaussian_noise_is_an_error():
+    config = default_config()
+    config.model.dropout_scaling = "paper"
+    config.model.dropout_noise = "gaussian"
+    with pytest.raises(ValueError, match="Gaussian noise has mean 1"):
+        validate_config(config)
+
+
 def test_a_zipped_axis_may_repeat_a_value_when_its_group_does_not():
     """Two nets at the same chosen rate: (0.1, 0.0) and (0.1, 0.5) are different members."""
     config = default_config()

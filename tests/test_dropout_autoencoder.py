@@ -100,17 +100,21 @@ def relu_activations(seed: int = 0) -> np.ndarray:
 def test_activity_measures_equal_direct_numpy_computations():
     activations = relu_activations()
     measures = study.activity_measures(activations)
-    n = activations.shape[1]
-    hoyer = [1.0 if not row.any() else
-             (np.sqrt(n) - np.abs(row).sum() / np.sqrt((row**2).sum())) / (np.sqrt(n) - 1)
-             for row in activations]
+
+    def hoyer(rows):
+        n = rows.shape[1]
+        return np.mean([1.0 if not row.any() else (np.sqrt(n) - np.abs(row).sum()
+                                                   / np.sqrt((row**2).sum())) / (np.sqrt(n) - 1)
+                        for row in rows])
+
     expected = {
         "mean_activation": activations.sum() / activations.size,
         "median_unit_mean": np.median(activations.sum(0) / len(activations)),
         "fraction_at_zero": np.count_nonzero(activations == 0) / activations.size,
         "fraction_at_zero_live": (np.count_nonzero(activations == 0) - len(activations))
         / (activations.size - len(activations)),  # one dead unit: len(activations) zeros
-        "hoyer": np.mean(hoyer),
+        "hoyer": hoyer(activations),
+        "hoyer_live": hoyer(np.delete(activations, 3, axis=1)),  # unit 3 is dead
         "dead_units": 1,
     }
     for name, value in expected.items():
@@ -119,8 +123,11 @@ def test_activity_measures_equal_direct_numpy_computations():
 
 @pytest.fixture(scope="module")
 def dropout_engine():
-    """Members that differ only in the hidden drop rate (0 and 0.5): the same initial weights."""
-    config = tiny_config(**AUTOENCODER, **{"sweep.hidden_dropout": (0.0, 0.5)})
+    """Members that differ only in their drop rates (none; 0.2 on the input and 0.5 on the
+    hidden units): the same initial weights."""
+    config = tiny_config(**AUTOENCODER, **{"sweep.hidden_dropout": (0.0, 0.5),
+                                           "sweep.input_dropout": (0.0, 0.2),
+                                           "sweep_zip": (("input_dropout", "hidden_dropout"),)})
     run_engine = engine.build(config)
     return run_engine, run_engine.init()
 
@@ -137,7 +144,8 @@ def test_hidden_values_are_the_relu_of_the_first_layer_on_every_test_image(dropo
 
 
 def test_dropout_in_the_autoencoder_is_off_at_evaluation(dropout_engine):
-    """Same weights, drop rates 0 and 0.5: the evaluation and the hidden activity are equal."""
+    """Same weights, with and without dropout on the input and the hidden units: the
+    evaluation and the hidden activity (after the input's dropout) are equal."""
     run_engine, state = dropout_engine
     scored = run_engine.evaluate(state, [run_engine.primary])[run_engine.primary.name]
     np.testing.assert_array_equal(scored["reconstruction_error"][0],
@@ -201,7 +209,8 @@ def constructed_final(hoyer_gain: list[float], zero_gain: list[float],
     for seed, (hoyer, zero, mean) in enumerate(zip(hoyer_gain, zero_gain, mean_change,
                                                    strict=True)):
         base = {"seed": seed, "loss": 100.0, "reconstruction_error": 10.0 + seed,
-                "median_unit_mean": 1.0, "dead_units": 0, "fraction_at_zero_live": 0.3}
+                "median_unit_mean": 1.0, "dead_units": 0, "fraction_at_zero_live": 0.3,
+                "hoyer_live": 0.2}
         rows.append({**base, "net": "no_dropout", "hidden_dropout": 0.0, "learning_rate": 0.1,
                      "hoyer": 0.3, "fraction_at_zero": 0.4, "mean_activation": 2.0})
         rows.append({**base, "net": "dropout", "hidden_dropout": 0.5, "learning_rate": 0.1,
@@ -212,9 +221,10 @@ def constructed_final(hoyer_gain: list[float], zero_gain: list[float],
 
 @pytest.mark.parametrize("hoyer,zero,mean,outcomes", [
     ([0.10, 0.11, 0.09], [0.05, 0.06, 0.04], [-1.3, -1.2, -1.4],
-     ("**holds**", "**holds**", "not resolved", "**holds**")),
+     ("**holds**", "not resolved", "**holds**", "not resolved", "**holds**")),
     ([-0.10, -0.11, -0.09], [0.05, -0.06, 0.01], [1.3, 1.2, 1.4],
-     ("**does not hold**", "not resolved", "not resolved", "**does not hold**")),
+     ("**does not hold**", "not resolved", "not resolved", "not resolved",
+      "**does not hold**")),
 ])
 def test_verdicts_read_the_paired_intervals(tmp_path, hoyer, zero, mean, outcomes):
     final = constructed_final(hoyer, zero, mean)

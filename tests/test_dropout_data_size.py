@@ -71,9 +71,9 @@ def history_rows(member, net, size, seed, validation, test):
 def test_early_stopping_reads_the_test_error_at_the_lowest_validation_error():
     history = pd.DataFrame(
         history_rows(0, "no_dropout", 100, 0, [0.5, 0.3, 0.4, 0.3], [0.6, 0.35, 0.2, 0.1])
-        + history_rows(1, "dropout", 100, 0, [0.5, 0.4, 0.2, 0.25], [0.6, 0.5, 0.3, 0.2]))
+        + history_rows(1, "dropout", 100, 0, [0.1, 0.4, 0.2, 0.25], [0.6, 0.5, 0.3, 0.2]))
     stopped = study.early_stopped(history).set_index("net")
-    # the first of a tie (steps 100 and 300): step 100
+    # the first of a tie (steps 100 and 300): step 100; step 0 (the untrained net) never
     assert stopped.loc["no_dropout", ["step", "error_on_test"]].tolist() == [100, 0.35]
     assert stopped.loc["dropout", ["step", "error_on_test"]].tolist() == [200, 0.3]
     assert stopped["final_error_on_test"].tolist() == [0.1, 0.2]

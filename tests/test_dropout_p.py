@@ -30,8 +30,9 @@ def test_smoke_study_writes_the_figure_and_every_verdict(smoke_run):
     for label in dropout_p.DESIGNS.values():
         assert f"- {label}: the best p is " in results
     assert "- at p = 0.1, (b) p·n fixed beats (a) n fixed" in results
+    curves = results.split("## Test and training error against p")[1]
     for p in dropout_p.get_config("smoke").study.retain_probabilities:
-        assert f"\n| {p:g} | " in results
+        assert f"\n| {p:g} | " in curves
 
 
 @pytest.mark.parametrize("retain,expected", [
@@ -76,6 +77,8 @@ def test_every_p_of_design_a_is_a_member_of_one_run_and_each_p_of_b_a_run():
         assert run.model.hidden_dropout == dropout_p.drop_rate(p)
         assert tuple(run.model.hidden_sizes) == dropout_p.fixed_pn_widths(config, p)
         assert (run.optimizer.learning_rate, run.optimizer.max_norm) == (1.0, 2.0)
+    for overrides in (dropout_p.sweep_overrides(config), *runs.values()):
+        assert override(config, overrides).model.dropout_scaling == "paper"
 
 
 @pytest.mark.parametrize("retains", [(0.0, 0.5), (0.5, 1.2), (0.5, 0.5), ()])
@@ -100,6 +103,7 @@ def test_every_p_and_seed_of_design_a_trains_in_one_compiled_program():
     for _ in range(3):
         state, order, losses = run_engine.train(state, order, 2)
     assert losses.shape == (2, len(run_engine.members))
+    assert "hidden_dropout" in run_engine.members.traced_axes  # one program for every p
     assert run_engine._chunk._cache_size() == 1
 
 

@@ -282,16 +282,24 @@ def test_on_train_scores_the_first_training_examples_with_the_deterministic_netw
         np.testing.assert_allclose(results["on_train"]["accuracy"][member], accuracy, atol=1e-6)
 
 
-def test_on_test_scores_the_test_split_beside_the_validation_split():
-    """With a validation split, on_test scores the test split: a trained state's on_test
-    accuracy is the deterministic network's on the dataset's test images."""
+@pytest.mark.parametrize("standardize", ["none", "per_pixel"])
+def test_on_test_scores_the_test_split_beside_the_validation_split(standardize):
+    """With a validation split, on_test scores the test split, preprocessed with the training
+    split's statistics: a trained state's on_test accuracy is the deterministic network's on
+    the dataset's test images."""
     config = tiny_config(**{"validation_fraction": 0.2, "evaluation.test_too": True,
-                            "evaluation.train_examples": 100})
+                            "evaluation.train_examples": 100, "standardize": standardize})
     run = engine.build(config)
     state, _, _ = run.train(run.init(), run.empty_order(), 30)
     assert [e.name for e in run.during] == ["population", "on_train", "on_test"]
     results = run.evaluate(state, run.during)
-    test = data.load_dataset("digits").test
+    raw = data.load_dataset("digits")
+    train, _ = data.train_validation_split(raw.train, len(run.data.evaluation.labels), seed=0)
+    test = raw.test
+    if standardize != "none":
+        images = data.standardize(train.images, test.images, per_pixel=True)[1]
+        test = data.Split(images, test.labels)
+    np.testing.assert_array_equal(run.data.test.images, test.images)
     assert run.split == "validation" and len(run.data.evaluation.labels) != len(test.labels)
     statistics = run.statistics(state, "population")
     variables = {"params": jax.tree.map(lambda x: x[0], state.params),
@@ -299,6 +307,16 @@ def test_on_test_scores_the_test_split_beside_the_validation_split():
     logits = run.network.model.apply(variables, test.images, bn_mode="inference", noise=False)
     np.testing.assert_allclose(results["on_test"]["accuracy"][0],
                                np.mean(np.argmax(logits, -1) == test.labels), atol=1e-6)
+
+
+def test_a_zipped_drop_rate_that_repeats_its_value_is_the_models_rate():
+    """Two members at learning rates 0.1 and 0.3, both at drop rate 0.5 (a zipped axis that
+    repeats its value is not traced): the model drops at 0.5, not at config.model's 0."""
+    config = tiny_config(**{"sweep.learning_rate": (0.1, 0.3), "sweep.hidden_dropout": (0.5, 0.5),
+                            "sweep_zip": (("learning_rate", "hidden_dropout"),)})
+    run = engine.build(config)
+    assert "hidden_dropout" not in run.members.traced_axes
+    assert config.model.hidden_dropout == 0.0 and run.network.model.hidden_dropout == 0.5
 
 
 def test_test_too_without_a_validation_split_is_an_error():

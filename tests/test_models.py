@@ -260,3 +260,35 @@ def test_fan_in_normal_init_is_an_untruncated_gaussian_of_std_sigma_over_root_fa
     assert abs(values.mean()) < 0.01 * expected
     # Untruncated: about 0.27% of a Gaussian lies beyond 3 std (a truncated one has none).
     assert 0.002 < np.mean(np.abs(values) > 3 * expected) < 0.0035
+
+
+@pytest.mark.parametrize("scaling,factor", [("inverted", 1.0), ("paper", 0.6)])
+def test_the_paper_scaling_multiplies_the_hidden_units_by_p_at_test(scaling, factor):
+    """Hidden drop rate 0.4 (p = 0.6): with the noise off, the output layer sees the hidden
+    activations ×p in the paper's form and as they are when inverted."""
+    model = MLP(hidden_sizes=(7,), num_outputs=3, activation="relu", hidden_dropout=0.4,
+                dropout_scaling=scaling)
+    x = jax.random.normal(jax.random.key(1), (4, 5))
+    params = model.init(jax.random.key(0), x, **INFERENCE)["params"]
+    hidden = jax.nn.relu(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+    expected = factor * hidden @ params[OUTPUT_LAYER]["kernel"] + params[OUTPUT_LAYER]["bias"]
+    np.testing.assert_allclose(model.apply({"params": params}, x, **INFERENCE), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scaling,kept", [("inverted", 1 / 0.6), ("paper", 1.0)])
+def test_in_training_kept_inputs_are_scaled_by_1_over_p_only_when_inverted(scaling, kept):
+    """Input drop rate 0.4 on an identity-like first layer: each input reaches the first
+    layer as 0 or x × (1/p inverted, 1 in the paper's form)."""
+    model = Autoencoder(hidden_sizes=(4,), num_outputs=4, input_dropout=0.4,
+                        dropout_scaling=scaling)
+    x = jnp.arange(1.0, 5.0)[None]
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    params = jax.tree.map(jnp.zeros_like, variables["params"])
+    params["Dense_0"]["kernel"] = jnp.eye(4)
+    _, state = model.apply({"params": params}, x, bn_mode="batch", noise=True,
+                           rngs={"dropout": jax.random.key(3)}, mutable=["intermediates"])
+    seen = np.asarray(state["intermediates"]["preactivation_0"][0][0])
+    for value, original in zip(seen, np.asarray(x[0]), strict=True):
+        assert value == 0.0 or value == pytest.approx(kept * original)
+    assert np.any(seen != 0.0)

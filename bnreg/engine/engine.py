@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bnreg.config import validate_config
+from bnreg.config import AXES, validate_config
 from bnreg.engine import bn_statistics, evaluators
 from bnreg.engine.devices import member_devices, replicate, shard_members
 from bnreg.engine.members import Members, members_from_config
@@ -26,6 +26,7 @@ from bnreg.engine.optimizer import build_optimizer
 from bnreg.engine.run_data import RunData, load_run_data, member_subsets
 from bnreg.engine.step import (
     MEMBER_AXES,
+    MODEL_AXES,
     DataOrder,
     Network,
     Sampler,
@@ -155,14 +156,17 @@ class Engine:
         example of ``split`` (``"evaluation"``: the run's validation or test split;
         ``"train"``: the ``on_train`` examples), from the deterministic network — noise off,
         BN with ``config.evaluation.bn_statistics``' statistics or ``batch_stats``. Returns a
-        host array ``(members, examples, units)``.
+        host array ``(members, examples, units)`` (a conv layer's ``(members, examples, h, w,
+        features)``).
 
         Raises:
           ValueError: an unknown kind or split, or a layer the model does not have.
         """
-        if kind not in ("activation", "preactivation") or split not in self._arrays["scored"]:
+        scored = self._arrays["scored"]
+        if kind not in ("activation", "preactivation") or not len(scored.get(split, ((), ()))[1]):
             raise ValueError(f"kind must be 'activation' or 'preactivation' and split one of "
-                             f"{sorted(self._arrays['scored'])}, got {kind!r} and {split!r}.")
+                             f"{sorted(s for s in scored if len(scored[s][1]))} (a split with "
+                             f"examples), got {kind!r} and {split!r}.")
         model = self.config.model
         hidden = len(model.hidden_sizes) + (len(model.conv_features) if model.name == "convnet"
                                             else 0)
@@ -270,7 +274,13 @@ def _plan(config: ml_collections.ConfigDict) -> _Plan:
             f"config.batch_size ({config.batch_size}) exceeds the {num_train} training examples."
         )
     subsets = member_subsets(members, data.train.labels, config.batch_size)
-    model = build_model(config.model, data.image_shape, data.num_classes)
+    # A model axis that is not traced (every member alike, e.g. a zipped axis that repeats its
+    # value) is the model's field: the members' value, which need not be config.model's.
+    model_config = config.model.copy_and_resolve_references()
+    for axis in MODEL_AXES:
+        if axis not in members.traced_axes:
+            model_config[AXES[axis].split(".", 1)[1]] = float(members.constant(axis))
+    model = build_model(model_config, data.image_shape, data.num_classes)
     network = Network(model, build_task(config.task), build_optimizer(config.optimizer, members))
     expand = functools.partial(
         evaluators.expand,
