@@ -161,6 +161,15 @@ def figure(
     return fig, axes
 
 
+def log_scale(ax: plt.Axes, axis: Literal["x", "y"] = "y") -> None:
+    """A log scale on ``axis`` whose ticks read as plain numbers (``20``, not ``2×10¹``)."""
+    getattr(ax, f"set_{axis}scale")("log")
+    ticks = getattr(ax, f"{axis}axis")
+    plain = plt.FuncFormatter(lambda value, _: f"{value:g}")
+    ticks.set_major_formatter(plain)
+    ticks.set_minor_formatter(plain)
+
+
 def mark(ax: plt.Axes, positions: dict[str, float]) -> None:
     """Dotted vertical lines at the x ``positions``, each labelled above the panel."""
     for label, x in positions.items():

@@ -377,7 +377,7 @@ def write_results(config: ml_collections.ConfigDict, study: PStudy, workdir: Pat
 
 def plot_fig9(config: ml_collections.ConfigDict, study: PStudy, workdir: Path) -> Path:
     """Fig. 9: test and training error against p, (a) and (b) side by side, mean ± std over
-    seeds, the paper's flat range shaded."""
+    seeds on a log axis, the paper's flat range shaded."""
     from bnreg import plots
 
     figure, axes = plots.figure(1, 2, width=5, height=3.6, sharey=True)
@@ -390,7 +390,8 @@ def plot_fig9(config: ml_collections.ConfigDict, study: PStudy, workdir: Path) -
             plots.versus(ax, retains, values, label=f"{name} error", color=color, log=False)
         ax.axvspan(*PAPER_FLAT_RANGE, color="grey", alpha=0.12, lw=0,
                    label="paper's flat range")
-        ax.set(title=label, xlabel="retain probability p", ylabel="error %")
+        plots.log_scale(ax)  # the errors of small p would flatten the rest of the curve
+        ax.set(title=label, xlabel="retain probability p", ylabel="error % (log scale)")
         ax.legend(fontsize=8)
     figure.suptitle(f"The retain probability p ({config.dataset}, {config.num_steps:,} updates, "
                     f"widths × {config.study.width_scale:g}; Fig. 9)")

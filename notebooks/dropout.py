@@ -230,3 +230,16 @@ display(Markdown((study / "results.md").read_text()))
 # %%
 display(Image(filename=str(study / "features.png")))
 display(Image(filename=str(study / "sparsity.png")))
+
+# %% [markdown]
+# ## The study: the retain probability p (Fig. 9)
+#
+# Test and training error against p for (a) n fixed and (b) p·n fixed
+# (`experiments/results/dropout_p_fashion_mnist`), dropout in the paper's form so that one
+# learning rate and max-norm c serve every p as in the paper.
+
+# %%
+study = Path(experiments.__file__).parent / "results" / "dropout_p_fashion_mnist"
+display(Markdown((study / "results.md").read_text()))
+display(Image(filename=str(study / "fig9.png")))
+

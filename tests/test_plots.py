@@ -119,3 +119,15 @@ def test_image_grid_normalizes_per_tile_or_over_all_tiles(normalize, expected):
 def test_image_grid_refuses_an_unknown_normalization():
     with pytest.raises(ValueError, match="per_tile"):
         plots.image_grid(np.zeros((2, 2, 2)), normalize="none")
+
+
+def test_log_scale_ticks_read_as_plain_numbers():
+    figure, ax = plt.subplots()
+    ax.plot([1, 2, 3], [8.0, 20.0, 60.0])
+    plots.log_scale(ax)
+    figure.canvas.draw()
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
+    assert labels and all("10^" not in t and "times" not in t for t in labels)
+    assert "20" in labels
+    plt.close(figure)
