@@ -243,3 +243,13 @@ study = Path(experiments.__file__).parent / "results" / "dropout_p_fashion_mnist
 display(Markdown((study / "results.md").read_text()))
 display(Image(filename=str(study / "fig9.png")))
 
+# %% [markdown]
+# ## The study: the data-set size (Fig. 10)
+#
+# Early-stopped test error against the training-set size, with and without dropout
+# (`experiments/results/dropout_data_size_fashion_mnist`).
+
+# %%
+study = Path(experiments.__file__).parent / "results" / "dropout_data_size_fashion_mnist"
+display(Markdown((study / "results.md").read_text()))
+display(Image(filename=str(study / "fig10.png")))
