@@ -318,7 +318,8 @@ def write_results(config: ml_collections.ConfigDict, study: AutoencoderStudy,
     lines = [
         f"# Dropout's features and sparsity (Srivastava et al. 2014, Fig. 7/8) — "
         f"{config.dataset}", "",
-        f"Autoencoder {widths}, ReLU hidden units, sigmoid output, Bernoulli cross-entropy; "
+        f"Autoencoder {widths}, ReLU hidden units, sigmoid output, Bernoulli cross-entropy, "
+        f"dropout scaling '{config.model.dropout_scaling}'; "
         f"data: {summary['source']}; {summary['num_train_examples']:,} training and "
         f"{summary['num_evaluation_examples']:,} test images; {config.num_steps:,} updates of "
         f"batches of {config.batch_size}; seeds {', '.join(map(str, seeds))} (the two nets "
