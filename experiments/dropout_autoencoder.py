@@ -19,7 +19,9 @@ Commands::
 
 Outputs in ``--workdir``: ``results.md``, ``features.png`` (Fig. 7), ``sparsity.png`` (Fig. 8),
 and the engine's runs ``sweep/`` and ``final/``. Rerunning resumes. Measured:
-experiments/results/dropout_autoencoder_fashion_mnist.
+experiments/results/dropout_autoencoder_fashion_mnist, and with the paper's form of dropout
+(``--config.model.dropout_scaling=paper``: the hidden activity's scale depends on it)
+experiments/results/dropout_autoencoder_fashion_mnist_paper_scaling.
 
 Protocol:
 
