@@ -162,6 +162,7 @@ class DropConnectDense(nn.Module):
       mask_bias: mask the bias like the weights (as in Wan et al. 2013) or add it unmasked.
       gaussian_samples: 0 for mean inference (the deterministic layer), Z > 0 for Gaussian
         inference with Z samples.
+      mask_bits: random bits per mask entry, 32 or 16 (:func:`bnreg.core.dropout.bernoulli_mask`).
       kernel_init, bias_init: initialisers.
     """
 
@@ -171,6 +172,7 @@ class DropConnectDense(nn.Module):
     per_example: bool = True
     mask_bias: bool = True
     gaussian_samples: int = 0
+    mask_bits: int = 32
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros
 
@@ -216,4 +218,5 @@ class DropConnectDense(nn.Module):
             deterministic=not noise,
             per_example=self.per_example,
             mask_bias=self.mask_bias,
+            mask_bits=self.mask_bits,
         )

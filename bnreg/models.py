@@ -141,6 +141,7 @@ class MLP(_Network):
         ×p with the noise off); :func:`bnreg.core.dropout.dropout`.
       dropconnect: drop rate of each hidden weight (a concrete 0 leaves DropConnect out).
       dropconnect_per_example: a fresh weight mask per example (the paper) or one per batch.
+      dropconnect_mask_bits: random bits per DropConnect mask entry, 32 or 16.
       dropconnect_gaussian_samples: 0, or Z > 0 to evaluate the DropConnect layers by the paper's
         Gaussian moment matching with Z samples (with the noise off; needs ``norm=None``).
       kernel_init: initialiser name, see :func:`kernel_initializer`.
@@ -150,6 +151,7 @@ class MLP(_Network):
 
     dropconnect: Any = 0.0
     dropconnect_per_example: bool = True
+    dropconnect_mask_bits: int = 32
     dropconnect_gaussian_samples: int = 0
 
     @nn.compact
@@ -172,6 +174,7 @@ class MLP(_Network):
                 h = DropConnectDense(
                     width, self.dropconnect, use_bias=use_bias, kernel_init=init,
                     per_example=self.dropconnect_per_example,
+                    mask_bits=self.dropconnect_mask_bits,
                     gaussian_samples=self.dropconnect_gaussian_samples, name=f"Dense_{index}",
                 )(h, noise=noise, activation=ACTIVATIONS[self.activation])
             h = self._finish_hidden(h, index, bn_mode=bn_mode, noise=noise, activated=gaussian)
@@ -272,7 +275,8 @@ def build_model(
     )
     if model_config.name == "mlp":
         fields.update(dropconnect=model_config.dropconnect,
-                      dropconnect_per_example=model_config.dropconnect_per_example)
+                      dropconnect_per_example=model_config.dropconnect_per_example,
+                      dropconnect_mask_bits=model_config.dropconnect_mask_bits)
     elif model_config.dropconnect:
         raise ValueError("model.dropconnect is implemented for the MLP's dense layers only.")
     if model_config.name == "convnet":

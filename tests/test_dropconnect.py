@@ -369,3 +369,51 @@ def test_gaussian_inference_num_samples_below_one_raises(num_samples, jit):
 def test_chunk_size_below_one_raises():
     with pytest.raises(ValueError, match="chunk_size"):
         dropconnect_dense(jax.random.key(0), X, KERNEL, rate=RATE, chunk_size=0)
+
+
+def test_16_bit_masks_are_the_cores_16_bit_bernoulli_draws():
+    """Per batch, the mask is bernoulli_mask(key, p, shape, bits=16): (M ⊙ K) / p read off an
+    identity input equals the kernel masked by that draw."""
+    from bnreg.core.dropout import bernoulli_mask
+
+    key, keep = jax.random.key(12), 1 - RATE
+    eye = jnp.eye(8)
+    masked = dropconnect_dense(key, eye, KERNEL, rate=RATE, per_example=False, mask_bits=16)
+    expected = jnp.where(bernoulli_mask(key, jnp.float32(keep), KERNEL.shape, bits=16),
+                         KERNEL, 0.0) / keep
+    np.testing.assert_allclose(masked, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+def test_16_bit_masks_are_unbiased(per_example):
+    samples = jax.jit(jax.vmap(lambda k: dropconnect_dense(
+        k, X, KERNEL, BIAS, rate=RATE, per_example=per_example, mask_bits=16)))(KEYS)
+    _, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE)
+    error = np.abs(np.asarray(samples).mean(axis=0) - _dense(X, KERNEL, BIAS))
+    np.testing.assert_array_less(error, Z * np.sqrt(var / NUM_KEYS))
+
+
+def test_16_bit_per_example_masks_differ_across_examples_and_repeat_for_a_key():
+    repeated = jnp.tile(X[:1], (6, 1))
+    out = np.asarray(dropconnect_dense(jax.random.key(4), repeated, KERNEL, BIAS, rate=RATE,
+                                       mask_bits=16))
+    assert len({row.tobytes() for row in out}) == len(out)
+    again = dropconnect_dense(jax.random.key(4), repeated, KERNEL, BIAS, rate=RATE, mask_bits=16)
+    np.testing.assert_array_equal(out, again)
+
+
+def test_16_bit_kernel_gradient_uses_the_forward_masks():
+    key = jax.random.key(9)
+    cotangent = jax.random.normal(jax.random.key(10), (6, 5))
+
+    def inner(kernel):
+        return jnp.sum(dropconnect_dense(key, X, kernel, rate=RATE, chunk_size=4, mask_bits=16)
+                       * cotangent)
+
+    value, grad = jax.jit(jax.value_and_grad(inner))(KERNEL)
+    np.testing.assert_allclose(jnp.sum(grad * KERNEL), value, rtol=1e-5)
+
+
+def test_mask_bits_other_than_32_or_16_are_an_error():
+    with pytest.raises(ValueError, match="mask_bits"):
+        dropconnect_dense(jax.random.key(0), X, KERNEL, rate=RATE, mask_bits=8)

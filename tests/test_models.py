@@ -292,3 +292,22 @@ def test_in_training_kept_inputs_are_scaled_by_1_over_p_only_when_inverted(scali
     for value, original in zip(seen, np.asarray(x[0]), strict=True):
         assert value == 0.0 or value == pytest.approx(kept * original)
     assert np.any(seen != 0.0)
+
+
+@pytest.mark.parametrize("bits", [32, 16])
+def test_the_dropconnect_mlp_draws_its_masks_with_the_configured_bits(bits, monkeypatch):
+    """The model's DropConnect layers call the core with ``dropconnect_mask_bits``."""
+    from bnreg import layers
+
+    seen = []
+    core = layers.dropconnect_dense
+    monkeypatch.setattr(layers, "dropconnect_dense",
+                        lambda *args, **kwargs: seen.append(kwargs["mask_bits"])
+                        or core(*args, **kwargs))
+    model = MLP(hidden_sizes=(4, 3), num_outputs=2, activation="relu", dropconnect=0.5,
+                dropconnect_mask_bits=bits)
+    x = jax.random.normal(jax.random.key(1), (3, 6))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    seen.clear()
+    model.apply(variables, x, bn_mode="batch", noise=True, rngs={"dropout": jax.random.key(5)})
+    assert seen == [bits, bits]

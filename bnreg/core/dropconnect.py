@@ -29,8 +29,15 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bnreg._checks import check_key, check_positive_int, check_rate, check_static_bool, is_traced
-from bnreg.core.dropout import keep_probability
+from bnreg._checks import (
+    check_choice,
+    check_key,
+    check_positive_int,
+    check_rate,
+    check_static_bool,
+    is_traced,
+)
+from bnreg.core.dropout import MASK_BITS, bernoulli_mask, keep_probability
 
 __all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
 
@@ -90,6 +97,7 @@ def dropconnect_dense(
     per_example: bool = True,
     mask_bias: bool = True,
     chunk_size: int | None = None,
+    mask_bits: int = 32,
 ) -> jax.Array:
     r"""Pre-activations of a DropConnect dense layer (Wan et al. 2013, Sec. 2, Eq. 1).
 
@@ -130,8 +138,10 @@ def dropconnect_dense(
     ``per_example=False``                       16 MiB forward
     ========================================== ==================
 
-    Time still scales with ``batch × in × out`` (one mask entry per weight per example). The mask
-    of example ``b`` depends only on ``key`` and ``b``, so results do not depend on ``chunk_size``.
+    Time still scales with ``batch × in × out`` (one mask entry per weight per example), and on a
+    CPU the random bits are most of it: ``mask_bits=16`` (:func:`bnreg.core.dropout.
+    bernoulli_mask`: p resolved to 2⁻¹⁶) draws half of them. The mask of example ``b`` depends
+    only on ``key``, ``b`` and ``mask_bits``, so results do not depend on ``chunk_size``.
 
     A traced ``rate`` (e.g. vmapped over the members of a sweep) takes the masked path even when
     it is 0, and ``B`` per-example matvecs (or a matmul with the bias folded into the kernel)
@@ -153,6 +163,8 @@ def dropconnect_dense(
       mask_bias: mask the bias like the weights (paper) or add it unmasked.
       chunk_size: examples whose masks are alive at once in per-example mode (``None``: chosen
         from ``DEFAULT_MASK_BUDGET``).
+      mask_bits: random bits per mask entry, 32 (:func:`jax.random.bernoulli`) or 16
+        (:func:`bnreg.core.dropout.bernoulli_mask`); static.
 
     Returns:
       Pre-activations, shape ``(batch, out)``.
@@ -160,9 +172,9 @@ def dropconnect_dense(
     Raises:
       TypeError: non-scalar ``rate``; traced ``deterministic``/``per_example``/``mask_bias``;
         non-float ``x``/``kernel``; non-int ``chunk_size``.
-      ValueError: a concrete ``rate`` outside ``[0, 1)``; shapes of ``x``/``kernel``/``bias``
-        that do not match; ``chunk_size < 1``; ``key is None`` with ``deterministic=False`` and a
-        traced or non-zero ``rate``.
+      ValueError: ``mask_bits`` not 32 or 16; a concrete ``rate`` outside ``[0, 1)``; shapes of
+        ``x``/``kernel``/``bias`` that do not match; ``chunk_size < 1``; ``key is None`` with
+        ``deterministic=False`` and a traced or non-zero ``rate``.
     """
     rate = check_rate(rate)
     deterministic = check_static_bool(deterministic, "deterministic")
@@ -170,6 +182,7 @@ def dropconnect_dense(
     mask_bias = check_static_bool(mask_bias, "mask_bias")
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
+    check_choice("mask_bits", mask_bits, MASK_BITS)
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
     if deterministic or (not is_traced(rate) and rate == 0.0):
         return _add_bias(x @ kernel, bias)
@@ -182,10 +195,11 @@ def dropconnect_dense(
         if chunk_size is None:
             chunk_size = max(1, DEFAULT_MASK_BUDGET // max(1, masked_kernel.size))
         y = _per_example_masked_matmul(
-            key, masked_x, masked_kernel, keep, chunk_size=min(chunk_size, len(x))
+            key, masked_x, masked_kernel, keep, chunk_size=min(chunk_size, len(x)),
+            mask_bits=mask_bits,
         )
     else:
-        mask = jax.random.bernoulli(key, keep, masked_kernel.shape)
+        mask = bernoulli_mask(key, keep, masked_kernel.shape, bits=mask_bits)
         y = masked_x @ jnp.where(mask, masked_kernel, jnp.zeros((), masked_kernel.dtype))
         y = y / keep.astype(y.dtype)
     y = _add_bias(y, unmasked_bias)
@@ -198,15 +212,16 @@ def dropconnect_dense(
 
 # Jitted so that eager calls reuse one compilation per shape: ``keep`` is a traced argument, so
 # neither a new rate nor a traced one retraces lax.map.
-@functools.partial(jax.jit, static_argnames=("chunk_size",))
+@functools.partial(jax.jit, static_argnames=("chunk_size", "mask_bits"))
 def _per_example_masked_matmul(
-    key: jax.Array, x: jax.Array, kernel: jax.Array, keep: jax.Array, *, chunk_size: int
+    key: jax.Array, x: jax.Array, kernel: jax.Array, keep: jax.Array, *, chunk_size: int,
+    mask_bits: int,
 ) -> jax.Array:
     zero = jnp.zeros((), kernel.dtype)
 
     @jax.checkpoint
     def masked_row(example_key: jax.Array, row: jax.Array) -> jax.Array:
-        mask = jax.random.bernoulli(example_key, keep, kernel.shape)
+        mask = bernoulli_mask(example_key, keep, kernel.shape, bits=mask_bits)
         return row @ jnp.where(mask, kernel, zero)
 
     keys = jax.random.split(key, len(x))
