@@ -162,12 +162,11 @@ def choose(sweep: pd.DataFrame) -> dict[str, float]:
     """
     chosen = {}
     for net, frame in net_names(sweep).groupby("net"):
-        table = frame.groupby("learning_rate")["reconstruction_error"].agg(
-            lambda e: np.inf if e.isna().any() else e.mean())
-        if not np.isfinite(table.min()):
+        best = analysis.lowest_mean(frame, "reconstruction_error", ["learning_rate"])
+        if best is None:
             raise ValueError(f"Every learning rate of the {LABELS[net]} autoencoder diverged: "
                              "lower config.study.sweep_learning_rates.")
-        chosen[net] = float(table.idxmin())
+        chosen[net] = float(best["learning_rate"])
     return chosen
 
 

@@ -55,8 +55,7 @@ import pandas as pd
 
 from bnreg import analysis
 from bnreg.config import default_config, override
-from experiments.dropout_p import nearest_unit
-from experiments.dropout_recipe import RECIPE, schedule_overrides
+from experiments.dropout_recipe import RECIPE, nearest_unit, schedule_overrides
 
 WIDTHS = (1024, 1024, 2048)
 # The two nets: (input, hidden) drop rates — retain p = 0.8 and 0.5 with dropout.

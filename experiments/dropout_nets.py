@@ -241,13 +241,12 @@ def choose(sweep: pd.DataFrame, net: Net) -> dict[str, float]:
     Raises:
       ValueError: every setting diverged.
     """
-    axes = ["learning_rate", *([net.tuned] if net.tuned else [])]
-    table = sweep.groupby(axes)["error"].agg(lambda e: np.inf if e.isna().any() else e.mean())
-    if not np.isfinite(table.min()):
+    chosen = analysis.lowest_mean(sweep, "error", ["learning_rate",
+                                                   *([net.tuned] if net.tuned else [])])
+    if chosen is None:
         raise ValueError(f"Every setting of {net.label}'s sweep diverged: lower the learning "
                          "rates of config.study.sweep_learning_rates.")
-    best = table.idxmin()
-    return dict(zip(axes, best if isinstance(best, tuple) else (best,), strict=True))
+    return chosen
 
 
 @dataclasses.dataclass

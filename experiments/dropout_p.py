@@ -57,7 +57,6 @@ Protocol:
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ import pandas as pd
 
 from bnreg import analysis
 from bnreg.config import default_config, override
-from experiments.dropout_recipe import RECIPE, schedule_overrides
+from experiments.dropout_recipe import RECIPE, nearest_unit, schedule_overrides
 
 FIXED_N_WIDTHS = (2048, 2048, 2048)  # Fig. 9a
 KEPT_UNITS = (256, 256, 512)  # Fig. 9b: p·n per hidden layer
@@ -114,11 +113,6 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         raise ValueError(f"variant must be 'full', 'paper' or 'smoke', got {variant!r}.")
     config.lock()
     return config
-
-
-def nearest_unit(width: float) -> int:
-    """``width`` rounded to the nearest whole unit, halves up, at least 1."""
-    return max(1, math.floor(width + 0.5))
 
 
 def drop_rate(retain: float) -> float:
@@ -185,12 +179,11 @@ def choose(sweep: pd.DataFrame) -> dict[str, float]:
     Raises:
       ValueError: every setting diverged.
     """
-    axes = ["learning_rate", "max_norm"]
-    table = sweep.groupby(axes)["error"].agg(lambda e: np.inf if e.isna().any() else e.mean())
-    if not np.isfinite(table.min()):
+    chosen = analysis.lowest_mean(sweep, "error", ["learning_rate", "max_norm"])
+    if chosen is None:
         raise ValueError("Every setting of the sweep diverged: lower "
                          "config.study.sweep_learning_rates.")
-    return dict(zip(axes, map(float, table.idxmin()), strict=True))
+    return {axis: float(value) for axis, value in chosen.items()}
 
 
 @dataclasses.dataclass

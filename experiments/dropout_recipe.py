@@ -11,6 +11,7 @@ its CPU runs are far shorter (``experiments/dropout_nets.py`` says why T is 10% 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
@@ -29,3 +30,9 @@ def schedule_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     steps = config.num_steps
     return {"optimizer.decay_steps": max(1, round(config.study.decay_fraction * steps)),
             "optimizer.momentum_steps": max(1, round(config.study.momentum_fraction * steps))}
+
+
+def nearest_unit(width: float) -> int:
+    """A layer width (the paper's × a width scale, or over a retain probability) rounded to the
+    nearest whole unit, halves up, at least 1."""
+    return max(1, math.floor(width + 0.5))

@@ -442,3 +442,11 @@ def test_the_best_setting_has_the_highest_mean_and_the_tied_ones_lie_within_the_
     assert analysis.best(scores) == 2.0
     assert analysis.tied_with_best(scores) == [0.5, 1.0, 2.0]
     assert analysis.tied_with_best({0.1: (0.8, 0.0), 1.0: (0.9, 0.0)}) == [1.0]
+
+
+def test_lowest_mean_never_chooses_a_setting_with_a_diverged_seed():
+    frame = pd.DataFrame({"lr": [0.1, 0.1, 1.0, 1.0, 3.0, 3.0], "c": [1] * 6,
+                          "error": [0.3, 0.3, 0.1, np.nan, 0.2, 0.25]})
+    assert analysis.lowest_mean(frame, "error", ["lr", "c"]) == {"lr": 3.0, "c": 1}
+    assert analysis.lowest_mean(frame, "error", ["lr"]) == {"lr": 3.0}
+    assert analysis.lowest_mean(frame.assign(error=np.nan), "error", ["lr"]) is None

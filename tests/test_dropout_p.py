@@ -12,7 +12,7 @@ from conftest import assert_figure, run_smoke_study
 
 from bnreg import engine
 from bnreg.config import override
-from experiments import dropout_p
+from experiments import dropout_p, dropout_recipe
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_fixed_pn_widths_keep_p_times_n_to_the_nearest_unit(retain, expected):
 
 @pytest.mark.parametrize("width,expected", [(2.5, 3), (3.5, 4), (2.4999, 2), (0.2, 1)])
 def test_nearest_unit_rounds_halves_up_and_keeps_at_least_one(width, expected):
-    assert dropout_p.nearest_unit(width) == expected
+    assert dropout_recipe.nearest_unit(width) == expected
 
 
 @pytest.mark.parametrize("retain,rate", [(0.7, 0.3), (0.1, 0.9), (1.0, 0.0), (0.3, 0.7)])

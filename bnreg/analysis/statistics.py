@@ -86,6 +86,20 @@ def best(scores: Mapping[Any, tuple[float, float]]) -> Any:
     return max(scores, key=lambda setting: scores[setting][0])
 
 
+def lowest_mean(frame: pd.DataFrame, value: str, by: Sequence[str]) -> dict[str, Any] | None:
+    """The setting of the ``by`` columns whose rows (seeds) have the lowest mean ``value`` (the
+    first of a tie), as ``{column: value}``; a setting with a NaN row (a diverged seed) is never
+    chosen — ``None`` when every setting has one. A sweep's choice: NaN is information here,
+    not an error."""
+    by = list(by)
+    require_columns(frame, [value, *by])
+    table = frame.groupby(by)[value].agg(lambda v: np.inf if v.isna().any() else v.mean())
+    if not np.isfinite(table.min()):
+        return None
+    chosen = table.idxmin()
+    return dict(zip(by, chosen if isinstance(chosen, tuple) else (chosen,), strict=True))
+
+
 def tied_with_best(scores: Mapping[Any, tuple[float, float]]) -> list[Any]:
     """The settings whose mean is within the seeds' std of the best one's — the larger of the
     two stds —, the best included, sorted: those a sweep cannot tell from the best."""
