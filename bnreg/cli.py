@@ -12,7 +12,8 @@ On a CPU the command gives XLA one device per core (``jax_num_cpu_devices``), so
 group train at the same time, one device each, and a run's members spread over the devices
 (``bnreg.engine.devices``): for networks this small that beats XLA's intra-op threading
 (benchmarks/README.md). An ``XLA_FLAGS`` that sets ``--xla_force_host_platform_device_count``
-itself is left as it is; accelerators are not affected.
+itself is left as it is; accelerators are not affected. ``--config.mesh.*`` lays a run out over
+the devices and ``--config.distributed.*`` starts several processes (README "Scaling out").
 """
 
 from __future__ import annotations
@@ -108,10 +109,17 @@ def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
         # Orbax logs every checkpoint step at INFO; the progress bars already show progress.
         logging.set_verbosity(logging.WARNING)
         use_cpu_cores()
+        # Several processes meet before any of them touches a device (config.distributed).
+        from bnreg.engine.devices import initialize_processes, is_main_process, wait_for_processes
+
+        initialize_processes(flags.FLAGS.config.distributed)
         if flags.FLAGS.overwrite:
-            overwrite(Path(flags.FLAGS.workdir))
+            if is_main_process():
+                overwrite(Path(flags.FLAGS.workdir))
+            wait_for_processes("overwrite")
         results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
-        print(results.read_text())
-        print("Figures: " + ", ".join(str(path) for path in figures))
+        if is_main_process():
+            print(results.read_text())
+            print("Figures: " + ", ".join(str(path) for path in figures))
 
     app.run(run)

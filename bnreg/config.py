@@ -58,6 +58,7 @@ MOMENTUM_SCHEDULES = ("constant", "linear", "exponential")
 STANDARDIZE = ("none", "global", "per_pixel")
 DROPOUT_NOISE = ("bernoulli", "gaussian")
 MASK_BITS = (32, 16)
+CPU_COLLECTIVES = ("gloo", "mpi")
 DROPOUT_SCALINGS = ("inverted", "paper")
 BN_STATISTICS = ("ema", "population")
 NONFINITE = ("stop", "record")
@@ -119,6 +120,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.bn_momentum = 0.99
     config.model.bn_epsilon = 1e-5
     config.model.bn_backward = "autodiff"
+    # 0: BN's moments over the member's whole batch (across the data axis of a mesh: global-
+    # batch semantics); G: ghost BN, moments over each consecutive G examples of the batch (G
+    # must divide each device's share of the batch; bnreg.core.ghost_batch_norm).
+    config.model.bn_ghost_size = 0
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
@@ -191,6 +196,20 @@ def default_config() -> ml_collections.ConfigDict:
     # Activation histograms per hidden layer (Srivastava et al. 2014, Fig. 8); 0: none.
     config.probe.histogram_bins = 50
     config.probe.histogram_range = (0.0, 1.0)
+
+    # The device mesh (bnreg.engine.devices): `data` devices split each member's batch, `members`
+    # devices share the members (0: all the devices left when they divide the member count).
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.members = 0
+    config.mesh.data = 1
+    # Several processes (jax.distributed, bnreg.engine.devices.initialize_processes): 1 process;
+    # N > 1 with the coordinator's host:port and this process's id (unset: the environment's
+    # JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID); 0: JAX's cluster detection (SLURM, MPI, TPU).
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.num_processes = 1
+    config.distributed.coordinator_address = config_dict.placeholder(str)
+    config.distributed.process_id = -1
+    config.distributed.cpu_collectives = "gloo"
 
     config.progress = True
     # TensorBoard events of the metrics in <workdir>/tensorboard (bnreg.engine.writers).
@@ -310,6 +329,7 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
         ("standardize", config.standardize, STANDARDIZE),
         ("evaluation.bn_statistics", config.evaluation.bn_statistics, BN_STATISTICS),
         ("nonfinite", config.nonfinite, NONFINITE),
+        ("distributed.cpu_collectives", config.distributed.cpu_collectives, CPU_COLLECTIVES),
     ):
         check_choice(f"config.{name}", value, choices)
     for section in ("during", "final"):
@@ -434,6 +454,24 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
         )
     if config.model.norm == "batch" and config.batch_size < 2:
         raise ValueError("Batch Normalization needs config.batch_size ≥ 2 in training.")
+    _check_mesh(config)
+
+
+def _check_mesh(config: ml_collections.ConfigDict) -> None:
+    """The mesh, ghost BN and process counts on their own (against the devices: the engine)."""
+    mesh, ghost = config.mesh, config.model.bn_ghost_size
+    if mesh.data < 1 or mesh.members < 0:
+        raise ValueError(f"config.mesh.data must be ≥ 1 and config.mesh.members ≥ 0 (0: as many "
+                         f"as fit), got {mesh.data} and {mesh.members}.")
+    if ghost < 0 or (ghost and config.model.norm != "batch"):
+        raise ValueError(f"config.model.bn_ghost_size ({ghost}) must be ≥ 0, and > 0 only with "
+                         "BN (model.norm 'batch').")
+    if ghost and (config.batch_size % ghost or ghost < 2):
+        raise ValueError(f"config.model.bn_ghost_size ({ghost}) must be ≥ 2 and divide "
+                         f"config.batch_size ({config.batch_size}).")
+    if config.distributed.num_processes < 0:
+        raise ValueError("config.distributed.num_processes must be ≥ 0 (0: from the cluster's "
+                         f"environment), got {config.distributed.num_processes}.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

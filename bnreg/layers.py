@@ -45,6 +45,7 @@ from bnreg.core.batch_norm import (
 )
 from bnreg.core.dropconnect import dropconnect_dense, dropconnect_gaussian_inference
 from bnreg.core.dropout import dropout, gaussian_dropout
+from bnreg.core.ghost_batch_norm import ghost_batch_norm
 
 Initializer = Callable[..., jax.Array]
 BN_MODES = ("batch", "inference")
@@ -67,12 +68,16 @@ class BatchNorm(nn.Module):
       epsilon: added to the variance for numerical stability.
       axis_name: mapped axis over which batch moments are averaged (synchronised BN).
       backward: ``"autodiff"`` or ``"paper"`` (the paper's Sec. 3 backward formulas).
+      ghost_size: 0, or ``G``: in training, ghost BN over each ``G`` consecutive examples
+        (:func:`bnreg.core.ghost_batch_norm.ghost_batch_norm`; not with ``axis_name``). Alg. 2's
+        accumulator still takes the whole batch's moments.
     """
 
     momentum: Any = 0.99
     epsilon: float = 1e-5
     axis_name: str | None = None
     backward: str = "autodiff"
+    ghost_size: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, bn_mode: str) -> jax.Array:
@@ -83,16 +88,20 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (num_features,), jnp.float32)
         mean = self.variable("batch_stats", "mean", jnp.zeros, (num_features,), jnp.float32)
         var = self.variable("batch_stats", "var", jnp.ones, (num_features,), jnp.float32)
-        y, new_state = batch_norm(
-            x,
-            BatchNormParams(scale, bias),
-            BatchNormState(mean.value, var.value),
-            train=batch,
-            momentum=self.momentum,
-            epsilon=self.epsilon,
-            axis_name=self.axis_name,
-            backward=self.backward,
-        )
+        params, state = BatchNormParams(scale, bias), BatchNormState(mean.value, var.value)
+        if self.ghost_size:
+            if self.axis_name is not None:
+                raise ValueError("BatchNorm takes ghost_size or axis_name, not both: ghosts are "
+                                 "groups of one shard's examples.")
+            y, new_state = ghost_batch_norm(
+                x, params, state, ghost_size=self.ghost_size, train=batch,
+                momentum=self.momentum, epsilon=self.epsilon, backward=self.backward,
+            )
+        else:
+            y, new_state = batch_norm(
+                x, params, state, train=batch, momentum=self.momentum, epsilon=self.epsilon,
+                axis_name=self.axis_name, backward=self.backward,
+            )
         if batch and not self.is_initializing():
             mean.value, var.value = new_state.mean, new_state.var
         if self.is_mutable_collection("population_stats") and not self.is_initializing():

@@ -89,6 +89,7 @@ class _Network(nn.Module):
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
     bn_backward: str = "autodiff"
+    bn_ghost_size: int = 0
 
     def _check(self) -> None:
         check_choice("activation", self.activation, list(ACTIVATIONS))
@@ -111,6 +112,7 @@ class _Network(nn.Module):
                 epsilon=self.bn_epsilon,
                 axis_name=self.bn_axis_name,
                 backward=self.bn_backward,
+                ghost_size=self.bn_ghost_size,
                 name=f"BatchNorm_{index}",
             )(h, bn_mode=bn_mode)
         if not activated:
@@ -146,7 +148,8 @@ class MLP(_Network):
         Gaussian moment matching with Z samples (with the noise off; needs ``norm=None``).
       kernel_init: initialiser name, see :func:`kernel_initializer`.
       init_stddev: standard deviation for ``kernel_init="normal"``.
-      bn_momentum, bn_epsilon, bn_axis_name, bn_backward: passed to :class:`bnreg.layers.BatchNorm`.
+      bn_momentum, bn_epsilon, bn_axis_name, bn_backward, bn_ghost_size: passed to
+        :class:`bnreg.layers.BatchNorm` (its ``ghost_size``: ghost BN in training).
     """
 
     dropconnect: Any = 0.0
@@ -272,6 +275,7 @@ def build_model(
         bn_momentum=model_config.bn_momentum,
         bn_epsilon=model_config.bn_epsilon,
         bn_backward=model_config.bn_backward,
+        bn_ghost_size=model_config.bn_ghost_size,
     )
     if model_config.name == "mlp":
         fields.update(dropconnect=model_config.dropconnect,

@@ -469,29 +469,37 @@ def test_concurrent_runs_on_two_devices_equal_runs_made_alone_and_raise_errors(t
 
 
 RUN_SCRIPT = """
-    import sys
+    import json, sys
     from conftest import tiny_config
     from bnreg import engine
     config = tiny_config(num_steps=3000, eval_every=50, checkpoint_every=100, tensorboard=True,
-                         **{"sweep.seed": (0, 1)})
+                         **{"sweep.seed": (0, 1), **json.loads(sys.argv[2])})
     engine.train_and_evaluate(config, sys.argv[1])
 """
 
 
-def start_run(workdir: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUN_SCRIPT), str(workdir)],
-                            env=env)
+def start_run(workdir: Path, overrides: dict | None = None, devices: int = 1) -> subprocess.Popen:
+    """The run of RUN_SCRIPT (with ``overrides``) in ``workdir``, on ``devices`` CPU devices."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUN_SCRIPT), str(workdir),
+                             json.dumps(overrides or {})], env=env)
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    assert_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path)
+
+
+def assert_resume_after_sigkill_equals_an_uninterrupted_run(
+    tmp_path: Path, overrides: dict | None = None, devices: int = 1
+) -> None:
     from test_tensorboard_events import read_events
 
     uninterrupted = tmp_path / "uninterrupted"
-    assert start_run(uninterrupted).wait(timeout=300) == 0
+    assert start_run(uninterrupted, overrides, devices).wait(timeout=300) == 0
     killed = tmp_path / "killed"
-    process = start_run(killed)
+    process = start_run(killed, overrides, devices)
     checkpoints = killed / engine.CHECKPOINT_DIR
     deadline = time.monotonic() + 120
     while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -503,7 +511,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / engine.SUMMARY_FILE).exists()
-    assert start_run(killed).wait(timeout=300) == 0
+    assert start_run(killed, overrides, devices).wait(timeout=300) == 0
     for name in (engine.METRICS_FILE, engine.SUMMARY_FILE):
         assert (killed / name).read_text() == (uninterrupted / name).read_text()
     tensorboard = engine.writers.TENSORBOARD_DIR

@@ -3,6 +3,7 @@ functions.
 
 * :mod:`bnreg.core.batch_norm` — Batch Normalization (Ioffe & Szegedy 2015): Alg. 1, the EMA and
   exact Alg. 2 population statistics, the paper's backward pass, folding into a linear layer.
+* :mod:`bnreg.core.ghost_batch_norm` — ghost BN: Alg. 1 on groups of a batch (Hoffer et al. 2017).
 * :mod:`bnreg.core.dropout` — Bernoulli and Gaussian dropout, Monte-Carlo model averaging
   (Srivastava et al. 2014).
 * :mod:`bnreg.core.dropconnect` — the DropConnect dense layer and its moment-matching inference
@@ -32,6 +33,7 @@ from bnreg.core.dropconnect import (
     dropconnect_moments,
 )
 from bnreg.core.dropout import dropout, gaussian_dropout, monte_carlo_average
+from bnreg.core.ghost_batch_norm import ghost_batch_norm
 from bnreg.core.max_norm import is_kernel, max_norm, project_max_norm
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "dropout",
     "fold_batch_norm",
     "gaussian_dropout",
+    "ghost_batch_norm",
     "init_batch_norm",
     "is_kernel",
     "max_norm",

@@ -6,7 +6,9 @@ training-subset size (:mod:`bnreg.engine.members`) — as one compiled program: 
 function is written for one member and ``jax.vmap``-ed over a leading member axis, so a grid
 costs one compilation and one pass of Python per chunk of steps, not one per member. Settings
 that change shapes or structure are a *group* of runs (:func:`train_group`), trained at the same
-time on shares of the devices.
+time on shares of the devices. A run may also split each member's batch over devices: a mesh
+of a ``members`` and a ``data`` axis (``config.mesh``, :mod:`bnreg.engine.devices`), over one
+process or several (``config.distributed``).
 
 Speed comes from fusing whole chunks of steps with ``lax.scan`` (no Python per step): the
 training split lives on the device, each step's batch is drawn inside the compiled loop, and
@@ -21,7 +23,8 @@ nets; DropConnect's Gaussian inference — chosen by name in ``config.evaluation
 
 Modules: ``members`` (axes, sweeps, key streams), ``run_data`` (data and subsets),
 ``optimizer`` (schedules, the per-member optimizer), ``tasks`` (losses and metrics), ``step``
-(state, train step, compiled chunk, sampling), ``devices``, ``bn_statistics``, ``evaluators``,
+(state, train step, compiled chunk, sampling), ``devices`` (the members × data mesh, data
+parallelism, several processes), ``bn_statistics``, ``evaluators``,
 ``engine`` (:class:`Engine`: build, init, train k steps, evaluate), ``rundir`` (config check,
 checkpoints, metrics files), ``writers`` (TensorBoard, progress bar), ``run`` (the run loop and
 groups).
@@ -33,6 +36,7 @@ from bnreg.engine.bn_statistics import (
     population_statistics,
     settled_ema_statistics,
 )
+from bnreg.engine.devices import Layout, initialize_processes, layout
 from bnreg.engine.engine import Engine, build, check
 from bnreg.engine.evaluators import Evaluator, ProbeSpec, evaluate
 from bnreg.engine.members import Members, Stream, members_from_config, stream_key
@@ -66,6 +70,7 @@ __all__ = [
     "DataOrder",
     "Engine",
     "Evaluator",
+    "Layout",
     "Members",
     "Network",
     "NonFiniteLossError",
@@ -83,6 +88,8 @@ __all__ = [
     "ema_settling_batches",
     "evaluate",
     "init_members",
+    "initialize_processes",
+    "layout",
     "load_run_data",
     "make_train_chunk",
     "member_records",

@@ -20,7 +20,15 @@ import numpy as np
 
 from bnreg.config import AXES, validate_config
 from bnreg.engine import bn_statistics, evaluators
-from bnreg.engine.devices import member_devices, replicate, shard_members
+from bnreg.engine.devices import (
+    Layout,
+    check_mesh,
+    initialize_processes,
+    layout,
+    replicate,
+    shard_members,
+    to_host,
+)
 from bnreg.engine.members import Members, members_from_config
 from bnreg.engine.optimizer import build_optimizer
 from bnreg.engine.run_data import RunData, load_run_data, member_subsets
@@ -50,7 +58,8 @@ class Engine:
       data: the run's data (host arrays).
       network: model, task and optimizer factory.
       sampler: how the members draw their batches.
-      devices: the devices the members live on (:func:`bnreg.engine.devices.member_devices`).
+      layout: the mesh the members and their batches live on
+        (:func:`bnreg.engine.devices.layout`).
       during: the evaluators of every evaluation; the first is the primary.
       final: the evaluators of the end (``during``'s, then ``config.evaluation.final``'s).
       has_bn: whether the network has BN layers.
@@ -61,7 +70,7 @@ class Engine:
     data: RunData
     network: Network
     sampler: Sampler
-    devices: tuple[jax.Device, ...]
+    layout: Layout
     during: tuple[evaluators.Evaluator, ...]
     final: tuple[evaluators.Evaluator, ...]
     has_bn: bool
@@ -81,6 +90,11 @@ class Engine:
             else None
 
     @property
+    def devices(self) -> tuple[jax.Device, ...]:
+        """The devices of the run's mesh."""
+        return self.layout.devices
+
+    @property
     def primary(self) -> evaluators.Evaluator:
         return self.during[0]
 
@@ -91,17 +105,17 @@ class Engine:
 
     def init(self) -> TrainState:
         """The members' initial states, on the run's devices."""
-        state = init_members(self.network, self.members, self._arrays["train_images"][:1])
-        return shard_members(state, self.devices)
+        state = init_members(self.network, self.members, self.data.train.images[:1])
+        return shard_members(state, self.layout)
 
     def adopt(self, state: TrainState) -> TrainState:
         """A copy of ``state`` (e.g. another run's final state of the same members) on this
         engine's devices; a copy, because :meth:`train` donates the state it is given."""
-        return shard_members(jax.tree.map(jnp.copy, state), self.devices)
+        return shard_members(jax.tree.map(jnp.copy, state), self.layout)
 
     def empty_order(self) -> DataOrder:
         """A data order that the first :meth:`train` call replaces."""
-        return shard_members(self.sampler.empty_order(len(self.members)), self.devices)
+        return shard_members(self.sampler.empty_order(len(self.members)), self.layout)
 
     def train(
         self, state: TrainState, order: DataOrder, num_steps: int
@@ -144,7 +158,7 @@ class Engine:
             elif kind not in cache:
                 cache[kind] = self._statistics(state, kind) if kind else state.batch_stats
             found = self._evaluate[evaluator.name](state, cache[kind], images, labels)
-            results.update(jax.device_get(found))
+            results.update(to_host(found))
         return results
 
     def hidden_values(
@@ -185,7 +199,7 @@ class Engine:
                 batch_size=self.config.eval_batch_size,
             ), in_axes=(MEMBER_AXES, 0, None)))
             self._hidden_values[(layer, kind)] = function
-        return np.asarray(jax.device_get(function(state, batch_stats, images)))
+        return np.asarray(to_host(function(state, batch_stats, images)))
 
     def evaluator(self, name: str) -> evaluators.Evaluator:
         """The run's evaluator of that name (its column suffix, e.g. ``"population"``, or its
@@ -242,6 +256,14 @@ def _check_probes(config: ml_collections.ConfigDict) -> None:
                          f"layer (the narrowest has {narrowest}).")
 
 
+def _on_members(draw: Callable[[int], jax.Array], mesh: Layout) -> Callable[[int], jax.Array]:
+    """``draw``, its ``(members, ...)`` result placed as the members' state is."""
+    if len(mesh.devices) == 1:
+        return draw
+    return lambda num_batches: jax.device_put(jax.device_get(draw(num_batches)),
+                                              mesh.sharding("members"))
+
+
 def _vmapped(function: Callable[..., Any]) -> Callable[..., Any]:
     """A one-member ``function(state, images, batch_indices)`` over all members, jitted."""
     return jax.jit(jax.vmap(function, in_axes=(MEMBER_AXES, None, 0)))
@@ -261,8 +283,10 @@ class _Plan(NamedTuple):
 
 def _plan(config: ml_collections.ConfigDict) -> _Plan:
     validate_config(config)
+    initialize_processes(config.distributed)  # before anything asks for a device
     members = members_from_config(config)
     _check_structure(config, members)
+    check_mesh(config, len(members))
     _check_probes(config)
     data = load_run_data(config)
     num_train = len(data.train.labels)
@@ -315,12 +339,14 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Engine:
-    """The engine of the run ``config`` describes, on ``devices`` (default: the local ones).
+    """The engine of the run ``config`` describes, on a mesh (``config.mesh``) of ``devices``
+    (default: every device of every process).
 
     Every check on bad input (:func:`check`) comes first, before anything is compiled.
 
     Raises:
-      ValueError: an invalid config (:func:`bnreg.config.validate_config`), a batch larger than
+      ValueError: an invalid config (:func:`bnreg.config.validate_config`), a mesh the devices,
+        members or batch cannot fill (:func:`bnreg.engine.devices.layout`), a batch larger than
         the training split, a subset larger than the split or smaller than a batch, a sweep the
         model cannot take (DropConnect outside the MLP, a BN momentum without BN), an
         evaluator the net cannot have, probes of layers or units the model does not have.
@@ -328,7 +354,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     plan = _plan(config)
     members, data, subsets, network = plan.members, plan.data, plan.subsets, plan.network
     num_train = len(data.train.labels)
-    devices = tuple(member_devices(len(members), devices))
+    mesh = layout(len(members), config.batch_size, config.mesh, devices)
     sampler = Sampler(num_train, config.batch_size,
                       None if subsets is None else tuple(len(s) for s in subsets))
     evaluate = {
@@ -346,18 +372,21 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
             **({"test": (data.test.images, data.test.labels)} if data.test else {}),
         },
         "subsets": None if subsets is None else tuple(subsets),
-    }, devices)
+    }, mesh)
     statistics = bn_statistics.make_inference_statistics(
         network,
         arrays["train_images"],
-        bn_statistics.member_batch_indices(members.keys(), num_train, config.batch_size, subsets),
+        _on_members(bn_statistics.member_batch_indices(members.keys(), num_train,
+                                                       config.batch_size, subsets), mesh),
         population_batches=config.evaluation.population_batches,
         settling_momentum=float(members.values["bn_momentum"].max()),
         vmapped=_vmapped,
     )
     return Engine(
         config=config, members=members, data=data, network=network, sampler=sampler,
-        devices=devices, during=plan.during, final=plan.final,
+        layout=mesh, during=plan.during, final=plan.final,
         has_bn=config.model.norm == "batch", _arrays=arrays,
-        _chunk=make_train_chunk(network, sampler), _evaluate=evaluate, _statistics=statistics,
+        _chunk=make_train_chunk(network, sampler,
+                                mesh.batch_sharding if mesh.data_size > 1 else None),
+        _evaluate=evaluate, _statistics=statistics,
     )

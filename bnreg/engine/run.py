@@ -16,6 +16,7 @@ import numpy as np
 
 from bnreg.config import override
 from bnreg.engine import rundir
+from bnreg.engine.devices import is_main_process, to_host, wait_for_processes
 from bnreg.engine.engine import Engine, Results, build, check
 from bnreg.engine.members import Members
 from bnreg.engine.step import TrainState
@@ -149,7 +150,7 @@ def _train_interval(engine: Engine, state: TrainState, order, until: int, steps_
     while step < until:
         num_steps = min(steps_per_call, until - step)
         state, order, chunk_losses = engine.train(state, order, num_steps)
-        chunk_losses = np.asarray(chunk_losses)
+        chunk_losses = np.asarray(to_host(chunk_losses))
         _check_losses(chunk_losses, step, engine, note())
         losses.append(chunk_losses)
         step += num_steps
@@ -166,8 +167,10 @@ def train_and_evaluate(
 ) -> RunResult:
     """Trains every member of the run described by ``config`` and evaluates it.
 
-    The run uses :func:`bnreg.engine.devices.member_devices` of ``devices`` (default: all local
-    devices); ``progress_position`` is the line of its progress bar.
+    The run uses a mesh of ``devices`` (default: every device of every process;
+    ``config.mesh``, :func:`bnreg.engine.devices.layout`); ``progress_position`` is the line of
+    its progress bar. With several processes (``config.distributed``) every process calls this
+    with the same config and work dir (a file system they share); process 0 writes the files.
 
     Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (one record per evaluation and
     member, every ``config.eval_every`` steps and at step 0, :func:`member_records`); orbax
@@ -192,19 +195,23 @@ def train_and_evaluate(
     """
     engine = build(config, devices)
     workdir = Path(workdir)
+    # With several processes, every one checks the work dir and process 0 writes it.
+    writes = is_main_process()
     workdir.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(workdir, config)
-    events = _tensorboard(engine, workdir)  # refuses stale events before training
+    rundir.write_config(workdir, config, write=writes)
+    events = _tensorboard(engine, workdir) if writes else None  # refuses stale events first
     checkpoints = rundir.Checkpoints(workdir, config.checkpoint_every)
     state = checkpoints.restore_latest(engine.init())
     order = engine.empty_order()
     step = int(state.step)
     metrics_path = workdir / rundir.METRICS_FILE
     history = rundir.read_history(metrics_path, step) if step else []
-    # Whole or not at all: a kill here must not leave a cut file that no resume could verify.
-    rundir.write_atomically(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    wait_for_processes("resumed")  # every process has read the records before they are cut
+    if writes:
+        # Whole or not at all: a kill here must not leave a cut file no resume could verify.
+        rundir.write_atomically(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
     progress = Progress(
-        total=config.num_steps, initial=step, enabled=config.progress,
+        total=config.num_steps, initial=step, enabled=config.progress and writes,
         # The part, phase and net of a study's run (its directory's last three parts).
         description=f"{'/'.join(workdir.absolute().parts[-3:])}: {config.dataset} × "
                     f"{len(engine.members)} members",
@@ -214,7 +221,8 @@ def train_and_evaluate(
 
     def log(records):
         history.extend(records)
-        rundir.write_jsonl(metrics_path, records, "a")
+        if writes:
+            rundir.write_jsonl(metrics_path, records, "a")
         if events:
             events.write(records)
         progress.evaluated(records)
@@ -244,7 +252,8 @@ def train_and_evaluate(
                 events.flush()
         final = member_records(engine, step, engine.evaluate(state, engine.final), None)
         summary = _summary(engine, state, final)
-        rundir.write_atomically(workdir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2))
+        if writes:
+            rundir.write_atomically(workdir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2))
         if events:
             events.write_summary(summary)
     return RunResult(history=history, summary=summary, state=state, members=engine.members)
@@ -256,8 +265,9 @@ def train_concurrently(
     """:func:`train_and_evaluate` of every ``(config, workdir)`` in ``runs``, at the same time
     when there are several local devices: each run on its own share of them, all shares of one
     size (``devices // runs``, at least one; runs share devices when there are fewer devices than
-    runs), from its own thread. With one device the runs are made one after another. Every run
-    is checked (:func:`bnreg.engine.check`) before any trains.
+    runs), from its own thread. With one device, several processes, or runs that ask for a mesh
+    of their own (``config.mesh`` other than its defaults), the runs are made one after another,
+    each on every device. Every run is checked (:func:`bnreg.engine.check`) before any trains.
 
     Each run's results equal those of the same run made alone on the same devices.
 
@@ -270,7 +280,8 @@ def train_concurrently(
     for config, _ in runs:  # every run's bad input is an error before any run trains
         check(config)
     devices = jax.local_devices()
-    if len(runs) < 2 or len(devices) < 2:
+    own_mesh = any(config.mesh.data > 1 or config.mesh.members for config, _ in runs)
+    if len(runs) < 2 or len(devices) < 2 or own_mesh or jax.process_count() > 1:
         return [train_and_evaluate(config, workdir) for config, workdir in runs]
     outcomes: list[tuple[RunResult | None, BaseException | None]] = [(None, None)] * len(runs)
     # Shares of one size, so that runs of as many members lay them out alike (and round alike).

@@ -30,6 +30,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bnreg.engine.devices import is_main_process, to_host, wait_for_processes
+
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -38,13 +40,16 @@ DIGESTS_FILE = "checkpoint_digests.json"
 CORRUPT_DIR = "corrupt_checkpoints"
 # Settings that do not change results, which may differ between attempts of one run (a
 # study's own keys never reach the engine's arithmetic; `nonfinite` only decides whether a run
-# that diverged stops).
-RESUMABLE_CHANGES = ("progress", "steps_per_call", "tensorboard", "study", "nonfinite")
+# that diverged stops; the mesh and the processes change where the arithmetic runs, and so its
+# rounding, as another device count does, never the function computed).
+RESUMABLE_CHANGES = ("progress", "steps_per_call", "tensorboard", "study", "nonfinite", "mesh",
+                     "distributed")
 
 
-def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Writes ``config.json``, refusing a directory that holds a run of another config (one
-    that differs in more than :data:`RESUMABLE_CHANGES`).
+def write_config(workdir: Path, config: ml_collections.ConfigDict, *, write: bool = True) -> None:
+    """Writes ``config.json`` (unless ``write`` is False: only the check), refusing a
+    directory that holds a run of another config (one that differs in more than
+    :data:`RESUMABLE_CHANGES`).
 
     Raises:
       ValueError: the directory holds a run with a different configuration.
@@ -73,7 +78,8 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
                 f"{workdir} holds a run with a different configuration ({path}). Resume with "
                 "the same configuration, or pass a new --workdir (or delete that one)."
             )
-    write_atomically(path, text)
+    if write:
+        write_atomically(path, text)
 
 
 def _default_config_json() -> str:
@@ -119,6 +125,7 @@ def state_digest(state: Any) -> str:
     """SHA-256 of every leaf of ``state`` (its path, dtype, shape and bytes; PRNG keys by their
     data), in the tree's order."""
     digest = hashlib.sha256()
+    state = to_host(state)  # every process's digest is of the whole state
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
@@ -155,7 +162,8 @@ class Checkpoints:
                     max_to_keep=2, enable_async_checkpointing=False
                 ),
             )
-            if not self._manager.all_steps() and not (workdir / DIGESTS_FILE).exists():
+            if (is_main_process() and not self._manager.all_steps()
+                    and not (workdir / DIGESTS_FILE).exists()):
                 # From now on a checkpoint without a digest is one cut while it was saved.
                 write_atomically(workdir / DIGESTS_FILE, "{}")
 
@@ -196,10 +204,12 @@ class Checkpoints:
         while target.exists():  # keep what an earlier attempt set aside
             attempt += 1
             target = self.workdir / CORRUPT_DIR / f"{step}-{attempt}"
-        target.parent.mkdir(exist_ok=True)
-        shutil.move(source, target)
-        warnings.warn(f"The checkpoint of step {step} in {self.workdir} failed verification "
-                      f"({problem}); it was moved to {target}.", stacklevel=3)
+        if is_main_process():
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(source, target)
+            warnings.warn(f"The checkpoint of step {step} in {self.workdir} failed "
+                          f"verification ({problem}); it was moved to {target}.", stacklevel=3)
+        wait_for_processes(f"set aside {step}")
         self._manager.reload()
 
     def restore_latest(self, state: Any) -> Any:
@@ -266,7 +276,8 @@ class Checkpoints:
         digests = {k: v for k, v in (self._digests() or {}).items() if k in kept}
         digests[str(step)] = {"state": state_digest(state),
                               "metrics": _file_digest(self.workdir / METRICS_FILE)}
-        write_atomically(self.workdir / DIGESTS_FILE, json.dumps(digests, indent=1))
+        if is_main_process():
+            write_atomically(self.workdir / DIGESTS_FILE, json.dumps(digests, indent=1))
         return True
 
     def note(self, workdir: Path) -> str:

@@ -249,7 +249,8 @@ class Sampler:
 ChunkFn = Callable[..., tuple[TrainState, DataOrder, jax.Array]]
 
 
-def make_train_chunk(network: Network, sampler: Sampler) -> ChunkFn:
+def make_train_chunk(network: Network, sampler: Sampler,
+                     batch_sharding: Callable[[bool], Any] | None = None) -> ChunkFn:
     """A jitted ``chunk(state, data_order, images, labels, subsets, num_steps) -> (state,
     data_order, losses)`` that advances all members by ``num_steps`` steps in one ``lax.scan``.
 
@@ -257,6 +258,11 @@ def make_train_chunk(network: Network, sampler: Sampler) -> ChunkFn:
     ``(num_steps, members)``; ``state`` and ``data_order`` are donated. A single member runs
     without ``vmap``: XLA:CPU's batched matmuls with a batch of one are measurably slower than
     plain ones (benchmarks/README.md).
+
+    ``batch_sharding(member_axis)``, when given, is the sharding each step's batch is
+    constrained to (``(members, B, ...)``, or ``(B, ...)`` for a single member): data
+    parallelism, whose collectives XLA's partitioner derives from it
+    (:mod:`bnreg.engine.devices`).
     """
     single_step = functools.partial(train_step, network)
     vmapped_step = jax.vmap(single_step, in_axes=(MEMBER_AXES, 0, 0), out_axes=(MEMBER_AXES, 0))
@@ -271,7 +277,12 @@ def make_train_chunk(network: Network, sampler: Sampler) -> ChunkFn:
                 data_order, state.step, data_keys, images, labels, subsets
             )
             if single:
-                state, loss = single_step(state, batch_images[0], batch_labels[0])
+                batch_images, batch_labels = batch_images[0], batch_labels[0]
+            if batch_sharding is not None:
+                batch_images, batch_labels = lax.with_sharding_constraint(
+                    (batch_images, batch_labels), batch_sharding(not single))
+            if single:
+                state, loss = single_step(state, batch_images, batch_labels)
                 return (state, data_order), loss[None]
             state, loss = vmapped_step(state, batch_images, batch_labels)
             return (state, data_order), loss
