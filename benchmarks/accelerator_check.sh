@@ -33,8 +33,11 @@ mkdir -p "$out"
 log="$out/log.txt"
 : > "$log"
 say() { echo "$@" | tee -a "$log"; }
-python=.venv/bin/python
-[[ -x $python ]] || { bash experiments/setup.sh >> "$log" 2>&1; }
+# The project's venv where it exists, else $PYTHON or python3 (a lent machine's image holds jax,
+# flax, optax and orbax but not ml_collections or tensorflow-datasets: carry those as wheels,
+# .library/device/README.md, and install them before running this script).
+python=${PYTHON:-.venv/bin/python}
+[[ -x $python ]] || python=python3
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 started=$(date +%s)
 failures=0
@@ -42,7 +45,8 @@ failures=0
 step() {  # step NAME LIMIT_SECONDS COMMAND...
   local name=$1 limit=$2
   shift 2
-  say "== $name (limit ${limit}s): $*"
+  local command="$*"
+  say "== $name (limit ${limit}s): ${command:0:160}"
   local begin=$(date +%s)
   timeout "$limit" "$@" >> "$log" 2>&1
   local status=$?
@@ -50,7 +54,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   (( status == 0 )) || failures=$((failures + 1))
 }
 
-step devices 120 $python -c "
+step devices 60 $python -c "
 import json, sys, jax
 devices = jax.devices()
 info = {'backend': jax.default_backend(), 'devices': [str(d) for d in devices],
@@ -86,7 +90,7 @@ else
   study=(--steps 50000 --seeds 0,1,2)
   dropout=(--steps 500 --repeats 3)
   parallel=(--steps 200 --repeats 3 --data "$data_sizes")
-  limits=(240 120 90)
+  limits=(200 120 80)  # with the devices' 60 s, at most 7 min 40 s
 fi
 
 if [[ $dataset != none ]]; then

@@ -55,6 +55,7 @@ def main() -> None:
     from benchmarks import dropout_throughput as dropout
     from bnreg.config import override
 
+    machine = common.machine_load()  # the load before the run
     data = dropout.synthetic_run_data() if args.synthetic else None
     sizes = [int(size) for size in args.data.split(",")]
     chunk = min(dropout.CHUNK_STEPS, args.steps)
@@ -73,7 +74,7 @@ def main() -> None:
         "devices": [str(device) for device in jax.devices()],
         "backend": jax.default_backend(),
         "data": "synthetic" if args.synthetic else dropout.DATASET,
-        "machine": common.machine_load(),
+        "machine": machine,
         "rows": {name: dropout.summarize(name, row, args.steps) for name, row in turns.items()},
         "per_round_speedup": {name: dropout.per_round_ratio(turns, name, "data=1")
                               for name in turns if name != "data=1"},

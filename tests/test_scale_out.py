@@ -88,6 +88,15 @@ MESH_SCRIPT = """
         output["histories"][name] = result.history
         kernel = result.state.params["Dense_0"]["kernel"]
         output["devices"][name] = len(kernel.sharding.device_set)
+    # A run cut after its step-40 checkpoint, resumed on another mesh.
+    import shutil
+    longer = {**seeds, "num_steps": 60, "checkpoint_every": 20}
+    config = tiny_config(**longer, **layouts["data2"][0])
+    cut = engine.train_and_evaluate(config, f"{workdir}/moved").history
+    shutil.rmtree(f"{workdir}/moved/{engine.CHECKPOINT_DIR}/60")
+    moved = tiny_config(**longer, **layouts["members2"][0])
+    output["moved"] = {"uninterrupted": cut,
+                       "resumed": engine.train_and_evaluate(moved, f"{workdir}/moved").history}
     bad = {
         "more_devices": {"mesh.data": 8},
         "members_and_data": {"mesh.members": 4, "mesh.data": 2},
@@ -164,6 +173,13 @@ def test_each_device_computes_its_share_of_the_batch(meshes, layout, per_device)
     rows = set(meshes["dot_batches"][layout])
     assert per_device in rows
     assert not rows & {share for share in (32, 16, 8) if share > per_device}
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_mesh(meshes):
+    resumed, uninterrupted = meshes["moved"]["resumed"], meshes["moved"]["uninterrupted"]
+    assert resumed[:-2] == uninterrupted[:-2]  # the records up to step 40, kept as read
+    assert_histories_agree(resumed, uninterrupted)
 
 
 @pytest.mark.slow
@@ -283,3 +299,9 @@ def test_a_study_runs_unchanged_with_a_data_axis(tmp_path):
     assert (tmp_path / "results.md").read_text() in stdout
     configs = [json.loads(path.read_text()) for path in tmp_path.rglob("config.json")]
     assert configs and all(config["mesh"]["data"] == 2 for config in configs)
+
+
+def test_the_accelerator_check_is_a_valid_bash_script():
+    script = REPO / "benchmarks" / "accelerator_check.sh"
+    completed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
