@@ -72,9 +72,10 @@ def unknown_overrides(study_file: str, argv: Sequence[str]) -> list[str]:
     return unknown
 
 
-def overwrite(workdir: Path) -> None:
-    """Deletes a study's work dir (``--overwrite``); a directory that holds no study's outputs
-    (no ``results.md``, no run's ``config.json`` within three levels) is refused."""
+def overwrite(workdir: Path, *, delete: bool = True) -> None:
+    """Deletes a study's work dir (``--overwrite``; with ``delete`` False only the check, as
+    every process but the first makes it); a directory that holds no study's outputs (no
+    ``results.md``, no run's ``config.json`` within three levels) is refused."""
     if not workdir.exists():
         return
     outputs = [workdir / "results.md", *(p for pattern in ("config.json", "*/config.json",
@@ -83,7 +84,8 @@ def overwrite(workdir: Path) -> None:
     if not any(path.is_file() for path in outputs):
         sys.exit(f"--overwrite refuses to delete {workdir}: it holds no study's results "
                  "(results.md or a run's config.json). Pass the study's work dir.")
-    shutil.rmtree(workdir)
+    if delete:
+        shutil.rmtree(workdir)
 
 
 def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
@@ -114,8 +116,7 @@ def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
 
         initialize_processes(flags.FLAGS.config.distributed)
         if flags.FLAGS.overwrite:
-            if is_main_process():
-                overwrite(Path(flags.FLAGS.workdir))
+            overwrite(Path(flags.FLAGS.workdir), delete=is_main_process())
             wait_for_processes("overwrite")
         results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
         if is_main_process():

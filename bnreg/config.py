@@ -467,7 +467,8 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.bn_ghost_size ({ghost}) must be ≥ 0, and > 0 only with "
                          "BN (model.norm 'batch').")
     if ghost and (config.batch_size % ghost or ghost < 2):
-        raise ValueError(f"config.model.bn_ghost_size ({ghost}) must be ≥ 2 and divide "
+        raise ValueError(f"config.model.bn_ghost_size ({ghost}) must be ≥ 2 (a ghost of one "
+                         "example has no variance in a dense layer) and divide "
                          f"config.batch_size ({config.batch_size}).")
     if config.distributed.num_processes < 0:
         raise ValueError("config.distributed.num_processes must be ≥ 0 (0: from the cluster's "

@@ -223,6 +223,7 @@ def analyse(config: ml_collections.ConfigDict, chosen: dict[str, float], run,
     members' test metrics, the measures of their hidden activations on the test set, the
     activation histograms and seed 0's features."""
     from bnreg import engine
+    from bnreg.engine.devices import to_host
 
     run_engine = engine.build(override(config, final_overrides(config, chosen)))
     activations = run_engine.hidden_values(run_engine.adopt(run.state), layer=0)
@@ -231,7 +232,7 @@ def analyse(config: ml_collections.ConfigDict, chosen: dict[str, float], run,
     measures = pd.DataFrame([activity_measures(a) for a in activations], index=members.index)
     final = pd.concat([members, measures], axis=1)
     edges = np.linspace(0.0, float(activations.max()) or 1.0, config.study.histogram_bins + 1)
-    kernels = np.asarray(run.state.params["Dense_0"]["kernel"])
+    kernels = np.asarray(to_host(run.state.params["Dense_0"]["kernel"]))
     first_seed = min(final["seed"])
     by_net = {net: final.index[final["net"] == net].to_numpy() for net in NETS}
     return AutoencoderStudy(

@@ -56,12 +56,10 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_smoke_study(study: str, workdir: Path, *arguments: str,
-                    env: dict[str, str] | None = None) -> str:
+def run_smoke_study(study: str, workdir: Path, *arguments: str) -> str:
     """``python -m experiments.<study>`` in its smoke variant (no progress bar) in ``workdir``,
-    as a user runs it (``env``: more environment variables); returns its standard output, or
-    fails the test with its error's tail."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    as a user runs it; returns its standard output, or fails the test with its error's tail."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     completed = subprocess.run(
         [sys.executable, "-m", f"experiments.{study}", f"--workdir={workdir}",
          f"--config=experiments/{study}.py:smoke", "--config.progress=False", *arguments],

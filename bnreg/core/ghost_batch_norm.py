@@ -16,15 +16,19 @@ and the EMA takes one step with the ghosts' mean moments:
 .. math::
 
     \text{mean}' = \rho\,\text{mean} + (1-\rho)\,\frac{1}{K}\sum_k \mu_k, \qquad
-    \text{var}' = \rho\,\text{var} + (1-\rho)\,\frac{1}{K}\sum_k \frac{G}{G-1}\sigma^2_k,
+    \text{var}' = \rho\,\text{var} + (1-\rho)\,\frac{1}{K}\sum_k \frac{m}{m-1}\sigma^2_k,
 
 with :math:`\gamma` = ``params.scale``, :math:`\beta` = ``params.bias``, :math:`\rho` =
-``momentum`` (flax convention, as :func:`~bnreg.core.batch_norm.batch_norm`).
+``momentum`` (flax convention, as :func:`~bnreg.core.batch_norm.batch_norm`) and ``m`` the
+values per feature in one ghost (``G`` dense, ``G·H·W`` conv).
 
-Conventions: the EMA tracks the mean of the ghosts' *unbiased* variances — the within-ghost
-variance the ghosts normalise with, Bessel-corrected for ``G`` — not the variance of the whole
-batch (which adds the spread of the ghosts' means); the mean is the batch's either way. One EMA
-step per batch, not one per ghost, so ``momentum`` means what it means without ghosts.
+Conventions: the EMA tracks the mean of the ghosts' *unbiased* variances, each Bessel-corrected
+for its ``m``; the mean is the batch's either way. For examples drawn independently each ghost's
+unbiased variance estimates the same ``Var[x]`` as the whole batch's unbiased variance does (the
+whole batch's adds the spread of the ghosts' means, which its larger ``m`` corrects for), so the
+EMA and Alg. 2's statistics — which :class:`bnreg.layers.BatchNorm` accumulates over the whole
+batch — estimate the same population moments; they differ batch to batch only. One EMA step
+per batch, not one per ghost, so ``momentum`` means what it means without ghosts.
 Inference (``train=False``) is :func:`~bnreg.core.batch_norm.batch_norm`'s affine map: ghosts
 only exist in training. ``G = N`` is plain Alg. 1.
 

@@ -101,6 +101,11 @@ def layout(num_members: int, batch_size: int, mesh_config: ml_collections.Config
     elif num_members % members:
         raise ValueError(f"The run's {num_members} members must divide evenly over the "
                          f"config.mesh.members={members} devices of the members axis.")
+    if jax.process_count() > 1 and members * data != len(devices):
+        raise ValueError(
+            f"With {jax.process_count()} processes the mesh must hold all {len(devices)} "
+            f"devices (every process takes part in every step), but config.mesh gives "
+            f"{members} × {data}: set config.mesh.members × config.mesh.data = {len(devices)}.")
     grid = np.asarray(devices[:members * data], dtype=object).reshape(members, data)
     return Layout(jax.sharding.Mesh(grid, MESH_AXES))
 
@@ -155,9 +160,12 @@ def replicate(tree: Any, layout: Layout) -> Any:
 def to_host(tree: Any) -> Any:
     """``tree``'s arrays as NumPy arrays, whole, in every process (an array sharded over other
     processes' devices is gathered)."""
-    if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(tree)):
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+    def whole(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return multihost_utils.process_allgather(leaf, tiled=True)  # every process calls
+        return jax.device_get(leaf)
+
+    return jax.tree.map(whole, tree)
 
 
 def wait_for_processes(name: str) -> None:
@@ -188,19 +196,21 @@ def initialize_processes(distributed: ml_collections.ConfigDict) -> None:
     """
     if distributed.num_processes == 1 or jax.distributed.is_initialized():
         return
-    jax.config.update("jax_cpu_collectives_implementation", distributed.cpu_collectives)
     if distributed.num_processes == 0:
+        jax.config.update("jax_cpu_collectives_implementation", distributed.cpu_collectives)
         jax.distributed.initialize(coordinator_address=distributed.coordinator_address)
         return
     address = distributed.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     process_id = distributed.process_id
     if process_id < 0 and "JAX_PROCESS_ID" in os.environ:
         process_id = int(os.environ["JAX_PROCESS_ID"])
-    if not address or process_id < 0:
+    if not address or not 0 <= process_id < distributed.num_processes:
         raise ValueError(
             f"config.distributed.num_processes is {distributed.num_processes}: each process "
             "needs config.distributed.coordinator_address (host:port of process 0) and its "
             "config.distributed.process_id, or JAX_COORDINATOR_ADDRESS and JAX_PROCESS_ID in "
-            "its environment; num_processes 0 lets JAX detect a cluster (SLURM, MPI, TPU).")
+            f"its environment (a process id in [0, {distributed.num_processes})); "
+            "num_processes 0 lets JAX detect a cluster (SLURM, MPI, TPU).")
+    jax.config.update("jax_cpu_collectives_implementation", distributed.cpu_collectives)
     jax.distributed.initialize(coordinator_address=address,
                                num_processes=distributed.num_processes, process_id=process_id)

@@ -127,9 +127,13 @@ def _check_evaluation(records: list[dict], engine: Engine, note: str) -> None:
             )
 
 
-def _tensorboard(engine: Engine, workdir: Path) -> TensorBoardEvents | None:
+def _tensorboard(engine: Engine, workdir: Path, *, write: bool) -> TensorBoardEvents | None:
+    """The run's event writer (``None`` off, or when this process does not ``write``); stale
+    events of an earlier attempt are an error in every process."""
     directory = workdir / TENSORBOARD_DIR
     if engine.config.tensorboard:
+        if not write:
+            return None
         names = [member_run_name(m, engine.members.swept) for m in engine.members]
         return TensorBoardEvents(directory, names, engine.config.probe)
     if directory.exists():
@@ -199,7 +203,7 @@ def train_and_evaluate(
     writes = is_main_process()
     workdir.mkdir(parents=True, exist_ok=True)
     rundir.write_config(workdir, config, write=writes)
-    events = _tensorboard(engine, workdir) if writes else None  # refuses stale events first
+    events = _tensorboard(engine, workdir, write=writes)  # refuses stale events first
     checkpoints = rundir.Checkpoints(workdir, config.checkpoint_every)
     state = checkpoints.restore_latest(engine.init())
     order = engine.empty_order()

@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from bnreg.engine.devices import is_main_process, to_host, wait_for_processes
 
@@ -142,9 +143,19 @@ def _file_digest(path: Path) -> dict[str, Any]:
 
 def write_atomically(path: Path, text: str) -> None:
     """Writes ``path`` whole or not at all (a kill or a full disk leaves the old file)."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    # A name of this process's own: processes that write the same file do not race on one.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def _agreed(problem: str | None, elsewhere: str) -> str | None:
+    """``problem``, or ``elsewhere`` when only another process found one (one process:
+    ``problem``)."""
+    if jax.process_count() == 1:
+        return problem
+    found = multihost_utils.process_allgather(np.int32(problem is not None))
+    return problem or (elsewhere if np.any(found) else None)
 
 
 class Checkpoints:
@@ -225,12 +236,14 @@ class Checkpoints:
             return state
         digests, failed, metrics_problems = self._digests(), [], []
         for step in sorted(self._manager.all_steps(), reverse=True):
+            restored, problem = state, None
             try:
                 restored = self._manager.restore(step, args=ocp.args.StandardRestore(state))
             except Exception as error:  # orbax and tensorstore raise many kinds for a damaged file
                 problem = f"it cannot be read: {type(error).__name__}: {str(error)[:200]}"
-            else:
-                problem = self._problem(step, restored, digests)
+            # Every process must take the same branch: the digest below is a collective.
+            problem = _agreed(problem, "another process cannot read it")
+            problem = problem or self._problem(step, restored, digests)
             if problem is None:
                 if self._metrics_match(step, digests):
                     return restored
