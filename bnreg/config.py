@@ -47,7 +47,7 @@ INTEGER_AXES = ("seed", "train_subset")
 
 TASKS = ("classification", "reconstruction")
 RECONSTRUCTION_LOSSES = ("squared_error", "bernoulli")
-MODELS = ("mlp", "convnet", "autoencoder")
+MODELS = ("mlp", "convnet", "inception", "autoencoder")
 # bnreg.models' activations, initialisers and norms (named here: the config imports no flax).
 ACTIVATIONS = ("sigmoid", "relu", "tanh")
 KERNEL_INITS = ("fan_in_normal", "glorot_uniform", "he_normal", "lecun_normal", "normal")
@@ -95,6 +95,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.name = "mlp"
     config.model.hidden_sizes = (100, 100, 100)
     config.model.conv_features = (32, 64)
+    # The inception net (bnreg.models.Inception): its stem's channels, its modules' branch
+    # channels (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) and the modules a 2×2 pool follows.
+    config.model.inception_stem = 32
+    config.model.inception_modules = ((16, 16, 24, 8, 12, 8), (32, 24, 48, 12, 24, 16))
+    config.model.inception_pool_after = (0,)
     config.model.activation = "sigmoid"
     config.model.norm = config_dict.placeholder(str)  # None or "batch".
     config.model.input_dropout = 0.0  # drop rates; the papers' retain probability is 1 - rate
@@ -162,6 +167,10 @@ def default_config() -> ml_collections.ConfigDict:
     # evaluation); 0: eval_every. Smaller values update the progress bar and catch a non-finite
     # loss sooner, at one host round trip per call.
     config.steps_per_call = 0
+    # True: a call's steps are unrolled into straight-line code instead of a lax.scan loop, for
+    # convnets on a CPU (XLA:CPU runs convolutions ~4× slower inside a loop); the compile time
+    # grows with the steps per call, so pair it with a small steps_per_call (e.g. 1–5).
+    config.unroll_steps = False
     config.eval_batch_size = 2_000
     config.checkpoint_every = 5_000  # 0: no checkpoints; else a multiple of eval_every
     # "stop": a NaN/inf loss ends the run with an error; "record": a member that diverges goes on
@@ -229,8 +238,8 @@ def axis_value(config: ml_collections.ConfigDict, axis: str) -> Any:
 _STRUCTURAL = {
     "hidden_sizes", "conv_features", "activation", "norm", "model", "name", "task", "dataset",
     "batch_size", "kernel_init", "init_stddev", "dropout_noise", "dropout_mask_bits",
-    "dropout_scaling", "dropconnect_mask_bits",
-    "num_steps",
+    "dropout_scaling", "dropconnect_mask_bits", "bn_ghost_size", "inception_stem",
+    "inception_modules", "inception_pool_after", "num_steps",
 }
 
 
@@ -387,6 +396,18 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
         widths = tuple(model[name])
         if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"config.model.{name} must hold whole numbers ≥ 1, got {widths}.")
+    modules = [tuple(module) for module in model.inception_modules]
+    if (isinstance(model.inception_stem, bool) or not isinstance(model.inception_stem, int)
+            or model.inception_stem < 1 or not modules
+            or any(len(m) != 6 or any(not isinstance(c, int) or c < 1 for c in m)
+                   for m in modules)):
+        raise ValueError(
+            "config.model.inception_stem must be a whole number ≥ 1 and inception_modules a "
+            "non-empty tuple of (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) channel counts "
+            f"≥ 1, got {model.inception_stem!r} and {tuple(modules)}.")
+    if not set(model.inception_pool_after) <= set(range(len(modules))):
+        raise ValueError(f"config.model.inception_pool_after {tuple(model.inception_pool_after)} "
+                         f"must index the {len(modules)} inception modules.")
     for name in ("init_stddev", "bn_epsilon"):
         if not (math.isfinite(model[name]) and model[name] > 0):
             raise ValueError(f"config.model.{name} must be finite and > 0, got {model[name]}.")

@@ -1,4 +1,5 @@
-"""The studies' networks and their registry: an MLP, a small ConvNet and an autoencoder.
+"""The studies' networks and their registry: an MLP, a small ConvNet, a small Inception-style
+net and an autoencoder.
 
 Placement follows Ioffe & Szegedy 2015, Sec. 3.2: ``z = g(BN(W u))`` — BN goes between the linear
 map and the nonlinearity, and the linear map then has no bias, since BN's ``β`` replaces it.
@@ -226,6 +227,71 @@ class ConvNet(_Network):
         return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
 
 
+class Inception(_Network):
+    """A small Inception-style classifier (Szegedy et al. 2015), with the BN paper's change of
+    each 5×5 convolution into two 3×3 (Ioffe & Szegedy 2015, Sec. 4.2): ``stem conv3×3 →
+    inception modules (a 2×2 max-pool after those in pool_after) → global average pool →
+    [dropout] → dense``.
+
+    An inception module concatenates four branches on the feature axis: ``1×1``; ``1×1 → 3×3``;
+    ``1×1 → 3×3 → 3×3`` (the 5×5); ``3×3 max-pool (stride 1) → 1×1``. Every convolution is
+    ``conv → [BN] → act`` (BN over batch and positions, Sec. 3.2; the convolution then has no
+    bias). Dropout (``hidden_dropout``) acts only before the classifier, where the Inception net
+    has it. Any image size works (the pool is global): 28×28×1 or CIFAR-10's 32×32×3.
+
+    Attributes:
+      stem_features: channels of the stem's 3×3 convolution.
+      modules: per module ``(b1, b3_reduce, b3, b5_reduce, b5, pool_proj)``, the channels of
+        its 1×1 branch, of its 3×3 branch's 1×1 reduction and 3×3, of its 5×5 branch's
+        reduction and two 3×3, and of the pooling branch's projection.
+      pool_after: indices of the modules followed by a 2×2 max-pool (stride 2).
+      The others: as in :class:`MLP` (``hidden_sizes`` unused).
+    """
+
+    stem_features: int = 32
+    modules: Sequence[Sequence[int]] = ((16, 16, 24, 8, 12, 8), (32, 24, 48, 12, 24, 16))
+    pool_after: Sequence[int] = (0,)
+    hidden_sizes: Sequence[int] = ()
+    activation: str = "relu"
+    kernel_init: str = "he_normal"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
+        self._check()
+        if x.ndim != 4:
+            raise ValueError(f"Inception expects images (N, H, W, C), got shape {x.shape}.")
+        init = kernel_initializer(self.kernel_init, self.init_stddev)
+        convs = iter(range(10**6))
+
+        def conv(h, features, size):
+            index = next(convs)
+            h = nn.Conv(features, (size, size), use_bias=self.norm is None, kernel_init=init,
+                        name=f"Conv_{index}")(h)
+            if self.norm == "batch":
+                h = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                              axis_name=self.bn_axis_name, backward=self.bn_backward,
+                              ghost_size=self.bn_ghost_size, name=f"BatchNorm_{index}",
+                              )(h, bn_mode=bn_mode)
+            return ACTIVATIONS[self.activation](h)
+
+        h = conv(self._input(x, noise), self.stem_features, 3)
+        for index, (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) in enumerate(self.modules):
+            pooled = nn.max_pool(h, (3, 3), strides=(1, 1), padding="SAME")
+            h = jnp.concatenate([
+                conv(h, b1, 1),
+                conv(conv(h, b3_reduce, 1), b3, 3),
+                conv(conv(conv(h, b5_reduce, 1), b5, 3), b5, 3),
+                conv(pooled, pool_proj, 1),
+            ], axis=-1)
+            if index in self.pool_after:
+                h = nn.max_pool(h, (2, 2), strides=(2, 2))
+        h = jnp.mean(h, axis=(1, 2))
+        h = Dropout(self.hidden_dropout, kind=self.dropout_noise,
+                    mask_bits=self.dropout_mask_bits, scaling=self.dropout_scaling,
+                    name="Dropout_classifier")(h, noise=noise)
+        return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
+
+
 class Autoencoder(_Network):
     """A fully connected autoencoder (Srivastava et al. 2014, Fig. 7/8: one hidden layer of 256
     ReLU units): ``flatten → [dropout] → (dense → [BN] → act → [dropout]) × L → dense``, the
@@ -251,7 +317,9 @@ class Autoencoder(_Network):
         return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
 
 
-MODELS: Mapping[str, type[_Network]] = {"mlp": MLP, "convnet": ConvNet, "autoencoder": Autoencoder}
+MODELS: Mapping[str, type[_Network]] = {
+    "mlp": MLP, "convnet": ConvNet, "inception": Inception, "autoencoder": Autoencoder,
+}
 
 
 def build_model(
@@ -285,4 +353,8 @@ def build_model(
         raise ValueError("model.dropconnect is implemented for the MLP's dense layers only.")
     if model_config.name == "convnet":
         fields["conv_features"] = tuple(model_config.conv_features)
+    if model_config.name == "inception":
+        fields.update(stem_features=model_config.inception_stem,
+                      modules=tuple(tuple(m) for m in model_config.inception_modules),
+                      pool_after=tuple(model_config.inception_pool_after))
     return MODELS[model_config.name](**fields)

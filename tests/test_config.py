@@ -207,3 +207,14 @@ def test_the_configs_model_choices_are_the_models():
         models.kernel_initializer(name)
     with pytest.raises(ValueError, match="must be one of"):
         models.kernel_initializer("orthogonal")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"model.inception_modules": ((16, 16, 24, 8, 12),)}, "inception_modules a non-empty tuple"),
+    ({"model.inception_modules": ()}, "inception_modules a non-empty tuple"),
+    ({"model.inception_stem": 0}, "inception_stem must be a whole number ≥ 1"),
+    ({"model.inception_pool_after": (2,)}, r"must index the 2 inception modules"),
+])
+def test_a_bad_inception_net_is_an_error_naming_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        override(default_config(), overrides)

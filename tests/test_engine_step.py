@@ -206,6 +206,25 @@ def test_splitting_a_chunk_changes_nothing_whether_or_not_the_data_order_is_carr
     assert_trees_equal(state.params, whole.params)
 
 
+@pytest.mark.parametrize("members", [{}, {"sweep.seed": (0, 1)}])
+def test_unrolled_steps_train_as_the_scanned_loop_does(members):
+    # Straight-line code is compiled apart from the loop, so it may round differently.
+    config = model_config(**members)
+    images, labels = random_batch(n=40)
+    network, population = program(config)
+    sampler = engine.Sampler(40, 8)
+    results = []
+    for unroll in (False, True):
+        chunk = engine.make_train_chunk(network, sampler, unroll=unroll)
+        state = engine.init_members(network, population, images[:1])
+        state, _, losses = chunk(state, sampler.empty_order(len(population)), images, labels,
+                                 None, 6)
+        results.append((np.asarray(losses), jax.device_get(state.params)))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results[1][1]), jax.tree.leaves(results[0][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def member_alone(config, member: dict) -> ml_collections.ConfigDict:
     """``config`` without its sweep, every axis at ``member``'s value."""
     alone = ml_collections.ConfigDict(config.to_dict())

@@ -16,6 +16,7 @@ from bnreg.models import (
     OUTPUT_LAYER,
     Autoencoder,
     ConvNet,
+    Inception,
     build_model,
     is_hidden_kernel,
     kernel_initializer,
@@ -147,7 +148,8 @@ def test_build_model_gives_the_registry_entry_of_the_config(name):
     assert type(model) is MODELS[name]
 
 
-@pytest.mark.parametrize("name,num_outputs", [("mlp", 10), ("convnet", 10), ("autoencoder", 64)])
+@pytest.mark.parametrize("name,num_outputs", [("mlp", 10), ("convnet", 10), ("inception", 10),
+                                              ("autoencoder", 64)])
 def test_build_model_outputs_the_classes_or_for_an_autoencoder_the_pixels(name, num_outputs):
     model = build_model(model_config(name), (8, 8, 1), num_classes=10)
     x = jnp.ones((2, 8, 8, 1))
@@ -160,7 +162,7 @@ def test_build_model_of_an_unknown_name_is_an_error_that_lists_the_models():
         build_model(model_config("resnet"), (8, 8, 1), num_classes=10)
 
 
-@pytest.mark.parametrize("name", ["convnet", "autoencoder"])
+@pytest.mark.parametrize("name", ["convnet", "inception", "autoencoder"])
 def test_build_model_refuses_dropconnect_outside_the_mlp(name):
     with pytest.raises(ValueError, match="dropconnect"):
         build_model(model_config(name, dropconnect=0.5), (8, 8, 1), num_classes=10)
@@ -311,3 +313,83 @@ def test_the_dropconnect_mlp_draws_its_masks_with_the_configured_bits(bits, monk
     seen.clear()
     model.apply(variables, x, bn_mode="batch", noise=True, rngs={"dropout": jax.random.key(5)})
     assert seen == [bits, bits]
+
+
+SMALL_INCEPTION = dict(stem_features=4, modules=((2, 2, 3, 2, 2, 2), (3, 2, 4, 2, 3, 2)),
+                       pool_after=(0,), num_outputs=5)
+
+
+def test_inception_bn_normalises_every_convolutions_maps_over_batch_and_positions():
+    model = Inception(**SMALL_INCEPTION, norm="batch")
+    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    _, state = model.apply(variables, x, bn_mode="batch", noise=True,
+                           mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+    captured = state["intermediates"]
+    convolutions = [name for name in variables["params"] if name.startswith("Conv_")]
+    assert len(convolutions) == 1 + 7 * 2  # the stem; per module 1 + 2 + 3 + 1
+    for name in convolutions:
+        z = np.asarray(captured[name]["__call__"][0], np.float64)
+        normalised = captured[name.replace("Conv", "BatchNorm")]["__call__"][0]
+        expected = (z - z.mean((0, 1, 2))) / np.sqrt(z.var((0, 1, 2)) + 1e-5)  # γ 1, β 0
+        np.testing.assert_allclose(normalised, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_inception_convolutions_have_a_bias_only_without_bn(norm):
+    model = Inception(**SMALL_INCEPTION, norm=norm)
+    params = model.init(jax.random.key(0), jnp.ones((2, 8, 8, 1)), **INFERENCE)["params"]
+    for name, layer in params.items():
+        if name.startswith("Conv_"):
+            assert ("bias" in layer) == (norm is None)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_inception_takes_mnist_and_cifar_sized_images(shape):
+    model = Inception(**SMALL_INCEPTION)
+    x = jnp.ones((2, *shape))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    assert model.apply(variables, x, **INFERENCE).shape == (2, 5)
+    # The module's four branches concatenated: b1 + b3 + b5 + pool_proj channels.
+    kernel = variables["params"][OUTPUT_LAYER]["kernel"]
+    assert kernel.shape == (3 + 4 + 3 + 2, 5)
+
+
+def test_inception_dropout_acts_before_the_classifier_only():
+    model = Inception(**SMALL_INCEPTION, hidden_dropout=0.5)
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    _, state = model.apply(variables, x, bn_mode="batch", noise=True,
+                           rngs={"dropout": jax.random.key(3)}, mutable=["intermediates"],
+                           capture_intermediates=True)
+    dropped = [name for name in state["intermediates"] if name.startswith("Dropout")]
+    assert dropped == ["Dropout_input", "Dropout_classifier"]  # the input's is off (rate 0)
+    features = state["intermediates"]["Dropout_classifier"]["__call__"][0]
+    assert features.shape == (3, 12) and float(jnp.mean(features == 0)) > 0.2
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_an_inception_net_trains_a_step_in_the_engine(activation):
+    from conftest import tiny_config
+
+    from bnreg import engine
+
+    run = engine.build(tiny_config(**{
+        "model.name": "inception", "model.activation": activation, "model.inception_stem": 4,
+        "model.inception_modules": ((2, 2, 3, 2, 2, 2),), "probe.layers": (),
+        "model.kernel_init": "he_normal"}))
+    state, order = run.init(), run.empty_order()
+    before = jax.device_get(state.params)
+    state, _, losses = run.train(state, order, 2)
+    assert np.isfinite(np.asarray(losses)).all()
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(before),
+                                               jax.tree.leaves(state.params), strict=True))
+
+
+def test_an_inception_net_refuses_probes():
+    from conftest import tiny_config
+
+    from bnreg import engine
+
+    with pytest.raises(ValueError, match="inception net records no probes"):
+        engine.check(tiny_config(**{"model.name": "inception"}))

@@ -149,9 +149,14 @@ def assert_histories_agree(one, other):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["data2", "data4"])
-def test_synchronised_bn_equals_one_device_in_the_forward_and_the_gradients(meshes, layout):
-    one, split = meshes["first_batch"]["one_device"], meshes["first_batch"][layout]
+@pytest.mark.parametrize(("layout", "reference"), [
+    ("data2", "one_device"), ("data4", "one_device"),
+    # Ghosts of 8 on 4 devices: each device's share is one ghost, normalised by itself.
+    ("ghost_data4", "ghost_one_device"),
+])
+def test_a_batch_split_over_devices_gives_one_devices_forward_and_gradients(meshes, layout,
+                                                                            reference):
+    one, split = meshes["first_batch"][reference], meshes["first_batch"][layout]
     np.testing.assert_allclose(split["loss"], one["loss"], rtol=GRADIENT_RTOL)
     for name in ("gradients", "batch_stats"):
         for a, b in zip(split[name], one[name], strict=True):
@@ -161,10 +166,17 @@ def test_synchronised_bn_equals_one_device_in_the_forward_and_the_gradients(mesh
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["data2", "data4"])
-def test_synchronised_bn_trains_as_one_device_with_the_same_global_batch(meshes, layout):
-    assert meshes["devices"][layout] == int(layout[-1])
-    assert_histories_agree(meshes["histories"][layout], meshes["histories"]["one_device"])
+@pytest.mark.parametrize(("layout", "reference", "devices"), [
+    # Synchronised BN: as one device with the same global batch.
+    ("data2", "one_device", 2), ("data4", "one_device", 4),
+    # Ghost BN: the same function on any mesh.
+    ("ghost_data4", "ghost_one_device", 4),
+    # A members × data mesh: the members of the members-only layout.
+    ("members2_data2", "members2", 4),
+])
+def test_a_run_on_a_mesh_trains_as_on_its_reference_layout(meshes, layout, reference, devices):
+    assert meshes["devices"][layout] == devices
+    assert_histories_agree(meshes["histories"][layout], meshes["histories"][reference])
 
 
 @pytest.mark.slow
@@ -191,35 +203,11 @@ def test_every_layout_compiles_its_training_chunk_once(meshes):
 
 
 @pytest.mark.slow
-def test_ghost_bn_on_a_mesh_equals_ghost_bn_on_one_device(meshes):
-    assert meshes["devices"]["ghost_data4"] == 4
-    assert_histories_agree(meshes["histories"]["ghost_data4"],
-                           meshes["histories"]["ghost_one_device"])
-
-
-@pytest.mark.slow
-def test_ghost_bn_of_each_devices_share_equals_ghost_bn_on_one_device(meshes):
-    # Ghosts of 8 on 4 devices: each device's share is one ghost, normalised by itself.
-    one, split = meshes["first_batch"]["ghost_one_device"], meshes["first_batch"]["ghost_data4"]
-    np.testing.assert_allclose(split["loss"], one["loss"], rtol=GRADIENT_RTOL)
-    for name in ("gradients", "batch_stats"):
-        for a, b in zip(split[name], one[name], strict=True):
-            assert np.abs(np.subtract(a, b)).max() <= GRADIENT_RTOL * np.abs(b).max()
-
-
-@pytest.mark.slow
 def test_ghost_bn_statistics_need_no_communication(meshes):
     # Synchronised BN reduces its moments across the data axis; ghosts of one device's share
     # do not, which leaves fewer all-reduces (the gradients', fused).
     assert meshes["all_reduces"]["one_device"] == 0
     assert meshes["all_reduces"]["ghost_data4"] < meshes["all_reduces"]["data4"]
-
-
-@pytest.mark.slow
-def test_a_members_by_data_mesh_trains_the_members_of_the_members_only_layout(meshes):
-    assert meshes["devices"]["members2_data2"] == 4
-    assert_histories_agree(meshes["histories"]["members2_data2"],
-                           meshes["histories"]["members2"])
 
 
 @pytest.mark.slow

@@ -182,8 +182,8 @@ class Engine:
                              f"{sorted(s for s in scored if len(scored[s][1]))} (a split with "
                              f"examples), got {kind!r} and {split!r}.")
         model = self.config.model
-        hidden = len(model.hidden_sizes) + (len(model.conv_features) if model.name == "convnet"
-                                            else 0)
+        hidden = 0 if model.name == "inception" else len(model.hidden_sizes) + (
+            len(model.conv_features) if model.name == "convnet" else 0)
         if not -hidden <= layer < hidden:
             raise ValueError(f"layer {layer} is not one of the model's {hidden} hidden layers "
                              "(negative indices count from the last).")
@@ -242,6 +242,9 @@ def _check_probes(config: ml_collections.ConfigDict) -> None:
     layers = list(probe.layers)
     if not layers:
         return
+    if model.name == "inception":
+        raise ValueError("The inception net records no probes (its layers are modules of "
+                         "branches): set config.probe.layers = ().")
     if not all(-len(widths) <= layer < len(widths) for layer in layers):
         raise ValueError(
             f"config.probe.layers {layers} must index the model's {len(widths)} hidden layers "
@@ -387,6 +390,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
         layout=mesh, during=plan.during, final=plan.final,
         has_bn=config.model.norm == "batch", _arrays=arrays,
         _chunk=make_train_chunk(network, sampler,
-                                mesh.batch_sharding if mesh.data_size > 1 else None),
+                                mesh.batch_sharding if mesh.data_size > 1 else None,
+                                unroll=config.unroll_steps),
         _evaluate=evaluate, _statistics=statistics,
     )

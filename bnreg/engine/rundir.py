@@ -41,10 +41,11 @@ DIGESTS_FILE = "checkpoint_digests.json"
 CORRUPT_DIR = "corrupt_checkpoints"
 # Settings that do not change results, which may differ between attempts of one run (a
 # study's own keys never reach the engine's arithmetic; `nonfinite` only decides whether a run
-# that diverged stops; the mesh and the processes change where the arithmetic runs, and so its
-# rounding, as another device count does, never the function computed).
+# that diverged stops; the mesh, the processes and unrolled steps change where or how the
+# arithmetic is compiled, and so its rounding, as another device count does, never the function
+# computed).
 RESUMABLE_CHANGES = ("progress", "steps_per_call", "tensorboard", "study", "nonfinite", "mesh",
-                     "distributed")
+                     "distributed", "unroll_steps")
 
 
 def write_config(workdir: Path, config: ml_collections.ConfigDict, *, write: bool = True) -> None:
