@@ -10,6 +10,7 @@ passes its own (the study benchmark passes the BN study's), ε = 1e-5.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import itertools
 import json
@@ -152,6 +153,20 @@ def thread_affinities() -> list[list[int]]:
         except OSError:
             continue
     return [list(s) for s in sorted(sets)]
+
+
+def round_robin_arguments(description: str, *, steps: int, torch: bool) -> argparse.ArgumentParser:
+    """A parser with the round-robin benchmarks' shared flags: ``--steps`` per turn,
+    ``--repeats`` rounds, ``--synthetic`` data, ``--out`` (default ``benchmarks/results``) and,
+    with ``torch``, ``--torch-path`` (where PyTorch is, when the environment has none)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=steps, help="steps per timed turn")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (turns per row)")
+    parser.add_argument("--synthetic", action="store_true", help="without Fashion-MNIST")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    if torch:
+        parser.add_argument("--torch-path", default="/tmp/torch_site")
+    return parser
 
 
 def write_results(

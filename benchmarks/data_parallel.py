@@ -25,10 +25,8 @@ Results: ``<out>/data_parallel.json`` (every turn) and ``.md``, ``--out`` defaul
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
 from benchmarks import common
@@ -38,14 +36,11 @@ BATCH_SIZE = 200
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per timed turn")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds (turns per row)")
+    parser = common.round_robin_arguments(__doc__.split("\n\n")[0], steps=200,
+                                          torch=False)
     parser.add_argument("--batch", type=int, default=BATCH_SIZE, help="the member's batch")
     parser.add_argument("--data", default="1,2", help="data-axis sizes to time, e.g. 1,2,4")
     parser.add_argument("--devices", type=int, default=2, help="host devices on a CPU")
-    parser.add_argument("--synthetic", action="store_true", help="without Fashion-MNIST")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
 
     import jax

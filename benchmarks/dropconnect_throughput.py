@@ -36,10 +36,8 @@ Results: ``<out>/dropconnect_throughput.json`` (every turn) and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import resource
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,12 +132,8 @@ def torch_runner(torch: Any, images: np.ndarray, labels: np.ndarray):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed turn")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds (turns per row)")
-    parser.add_argument("--synthetic", action="store_true", help="without Fashion-MNIST")
-    parser.add_argument("--torch-path", default="/tmp/torch_site")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser = common.round_robin_arguments(__doc__.split("\n\n")[0], steps=20,
+                                          torch=True)
     args = parser.parse_args()
 
     from benchmarks import dropout_throughput as dropout

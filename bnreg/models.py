@@ -18,6 +18,7 @@ Every model records, via ``self.sow("intermediates", ...)``, each hidden layer's
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -103,19 +104,29 @@ class _Network(nn.Module):
                        mask_bits=self.dropout_mask_bits, scaling=self.dropout_scaling,
                        name="Dropout_input")(x, noise=noise)
 
+    def _images(self, x: jax.Array) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"{type(self).__name__} expects images (N, H, W, C), got shape "
+                             f"{x.shape}.")
+
+    def _norm(self, h: jax.Array, index: int, *, bn_mode: str) -> jax.Array:
+        """BN of layer ``index``'s linear map (``BatchNorm_{index}``) when the net has BN."""
+        if self.norm != "batch":
+            return h
+        return BatchNorm(
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            axis_name=self.bn_axis_name,
+            backward=self.bn_backward,
+            ghost_size=self.bn_ghost_size,
+            name=f"BatchNorm_{index}",
+        )(h, bn_mode=bn_mode)
+
     def _finish_hidden(self, h: jax.Array, index: int, *, bn_mode: str, noise: bool,
                        activated: bool = False) -> jax.Array:
         """Hidden layer ``index`` after its linear map: BN, probes, nonlinearity, dropout
         (``activated``: the linear map already applied the nonlinearity)."""
-        if self.norm == "batch":
-            h = BatchNorm(
-                momentum=self.bn_momentum,
-                epsilon=self.bn_epsilon,
-                axis_name=self.bn_axis_name,
-                backward=self.bn_backward,
-                ghost_size=self.bn_ghost_size,
-                name=f"BatchNorm_{index}",
-            )(h, bn_mode=bn_mode)
+        h = self._norm(h, index, bn_mode=bn_mode)
         if not activated:
             self.sow("intermediates", f"preactivation_{index}", h)
             h = ACTIVATIONS[self.activation](h)
@@ -206,8 +217,7 @@ class ConvNet(_Network):
     @nn.compact
     def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
         self._check()
-        if x.ndim != 4:
-            raise ValueError(f"ConvNet expects images (N, H, W, C), got shape {x.shape}.")
+        self._images(x)
         init = kernel_initializer(self.kernel_init, self.init_stddev)
         use_bias = self.norm is None
         h = self._input(x, noise)
@@ -258,21 +268,15 @@ class Inception(_Network):
     @nn.compact
     def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
         self._check()
-        if x.ndim != 4:
-            raise ValueError(f"Inception expects images (N, H, W, C), got shape {x.shape}.")
+        self._images(x)
         init = kernel_initializer(self.kernel_init, self.init_stddev)
-        convs = iter(range(10**6))
+        convs = itertools.count()  # Conv_i and BatchNorm_i, in the order they are built
 
         def conv(h, features, size):
             index = next(convs)
             h = nn.Conv(features, (size, size), use_bias=self.norm is None, kernel_init=init,
                         name=f"Conv_{index}")(h)
-            if self.norm == "batch":
-                h = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                              axis_name=self.bn_axis_name, backward=self.bn_backward,
-                              ghost_size=self.bn_ghost_size, name=f"BatchNorm_{index}",
-                              )(h, bn_mode=bn_mode)
-            return ACTIVATIONS[self.activation](h)
+            return ACTIVATIONS[self.activation](self._norm(h, index, bn_mode=bn_mode))
 
         h = conv(self._input(x, noise), self.stem_features, 3)
         for index, (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) in enumerate(self.modules):

@@ -259,12 +259,13 @@ def _check_probes(config: ml_collections.ConfigDict) -> None:
                          f"layer (the narrowest has {narrowest}).")
 
 
-def _on_members(draw: Callable[[int], jax.Array], mesh: Layout) -> Callable[[int], jax.Array]:
+def _on_members(draw: Callable[[int], jax.Array],
+                run_layout: Layout) -> Callable[[int], jax.Array]:
     """``draw``, its ``(members, ...)`` result placed as the members' state is."""
-    if len(mesh.devices) == 1:
+    if len(run_layout.devices) == 1:
         return draw
     return lambda num_batches: jax.device_put(jax.device_get(draw(num_batches)),
-                                              mesh.sharding("members"))
+                                              run_layout.sharding("members"))
 
 
 def _vmapped(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -357,7 +358,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     plan = _plan(config)
     members, data, subsets, network = plan.members, plan.data, plan.subsets, plan.network
     num_train = len(data.train.labels)
-    mesh = layout(len(members), config.batch_size, config.mesh, devices)
+    run_layout = layout(len(members), config.batch_size, config.mesh, devices)
     sampler = Sampler(num_train, config.batch_size,
                       None if subsets is None else tuple(len(s) for s in subsets))
     evaluate = {
@@ -375,22 +376,22 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
             **({"test": (data.test.images, data.test.labels)} if data.test else {}),
         },
         "subsets": None if subsets is None else tuple(subsets),
-    }, mesh)
+    }, run_layout)
     statistics = bn_statistics.make_inference_statistics(
         network,
         arrays["train_images"],
         _on_members(bn_statistics.member_batch_indices(members.keys(), num_train,
-                                                       config.batch_size, subsets), mesh),
+                                                       config.batch_size, subsets), run_layout),
         population_batches=config.evaluation.population_batches,
         settling_momentum=float(members.values["bn_momentum"].max()),
         vmapped=_vmapped,
     )
     return Engine(
         config=config, members=members, data=data, network=network, sampler=sampler,
-        layout=mesh, during=plan.during, final=plan.final,
+        layout=run_layout, during=plan.during, final=plan.final,
         has_bn=config.model.norm == "batch", _arrays=arrays,
         _chunk=make_train_chunk(network, sampler,
-                                mesh.batch_sharding if mesh.data_size > 1 else None,
+                                run_layout.batch_sharding if run_layout.data_size > 1 else None,
                                 unroll=config.unroll_steps),
         _evaluate=evaluate, _statistics=statistics,
     )
