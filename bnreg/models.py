@@ -138,7 +138,46 @@ class _Network(nn.Module):
         )(h, noise=noise)
 
 
-class MLP(_Network):
+class _DropConnectNetwork(_Network):
+    """A network whose dense hidden layers may be DropConnect layers; see :class:`MLP` for the
+    fields."""
+
+    dropconnect: Any = 0.0
+    dropconnect_per_example: bool = True
+    dropconnect_mask_bits: int = 32
+    dropconnect_gaussian_samples: int = 0
+
+    def _gaussian(self, noise: bool) -> bool:
+        """Whether the DropConnect layers are evaluated by Gaussian moment matching."""
+        check_rate(self.dropconnect, "dropconnect")  # a negative or NaN rate is an error
+        gaussian = bool(self.dropconnect_gaussian_samples) and not noise
+        if gaussian and (self.norm is not None or is_off(self.dropconnect)):
+            raise ValueError(
+                "Gaussian DropConnect inference needs DropConnect layers without BN "
+                "(dropconnect > 0, norm=None)."
+            )
+        return gaussian
+
+    def _dense_hidden(self, h: jax.Array, index: int, width: int, *, bn_mode: str,
+                      noise: bool) -> jax.Array:
+        """Hidden dense layer ``index`` (``Dense_{index}``, a DropConnect layer when the net has
+        DropConnect), then :meth:`_finish_hidden`."""
+        gaussian = self._gaussian(noise)
+        init = kernel_initializer(self.kernel_init, self.init_stddev)
+        use_bias = self.norm is None
+        if is_off(self.dropconnect):
+            h = nn.Dense(width, use_bias=use_bias, kernel_init=init, name=f"Dense_{index}")(h)
+        else:
+            h = DropConnectDense(
+                width, self.dropconnect, use_bias=use_bias, kernel_init=init,
+                per_example=self.dropconnect_per_example,
+                mask_bits=self.dropconnect_mask_bits,
+                gaussian_samples=self.dropconnect_gaussian_samples, name=f"Dense_{index}",
+            )(h, noise=noise, activation=ACTIVATIONS[self.activation])
+        return self._finish_hidden(h, index, bn_mode=bn_mode, noise=noise, activated=gaussian)
+
+
+class MLP(_DropConnectNetwork):
     """A fully connected classifier: ``[dropout] → (dense → [BN] → act → [dropout]) × L → dense``.
 
     Attributes:
@@ -164,39 +203,17 @@ class MLP(_Network):
         :class:`bnreg.layers.BatchNorm` (its ``ghost_size``: ghost BN in training).
     """
 
-    dropconnect: Any = 0.0
-    dropconnect_per_example: bool = True
-    dropconnect_mask_bits: int = 32
-    dropconnect_gaussian_samples: int = 0
-
     @nn.compact
     def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
         self._check()
-        check_rate(self.dropconnect, "dropconnect")  # a negative or NaN rate is an error
-        gaussian = bool(self.dropconnect_gaussian_samples) and not noise
-        if gaussian and (self.norm is not None or is_off(self.dropconnect)):
-            raise ValueError(
-                "Gaussian DropConnect inference needs DropConnect layers without BN "
-                "(dropconnect > 0, norm=None)."
-            )
-        init = kernel_initializer(self.kernel_init, self.init_stddev)
-        use_bias = self.norm is None
         h = self._input(x.reshape((x.shape[0], -1)), noise)
         for index, width in enumerate(self.hidden_sizes):
-            if is_off(self.dropconnect):
-                h = nn.Dense(width, use_bias=use_bias, kernel_init=init, name=f"Dense_{index}")(h)
-            else:
-                h = DropConnectDense(
-                    width, self.dropconnect, use_bias=use_bias, kernel_init=init,
-                    per_example=self.dropconnect_per_example,
-                    mask_bits=self.dropconnect_mask_bits,
-                    gaussian_samples=self.dropconnect_gaussian_samples, name=f"Dense_{index}",
-                )(h, noise=noise, activation=ACTIVATIONS[self.activation])
-            h = self._finish_hidden(h, index, bn_mode=bn_mode, noise=noise, activated=gaussian)
+            h = self._dense_hidden(h, index, width, bn_mode=bn_mode, noise=noise)
+        init = kernel_initializer(self.kernel_init, self.init_stddev)
         return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
 
 
-class ConvNet(_Network):
+class ConvNet(_DropConnectNetwork):
     """A small convolutional classifier: ``(conv3×3 → [BN] → act → [dropout] → maxpool2) × C →
     (dense → [BN] → act → [dropout]) × L → dense``.
 
@@ -231,8 +248,7 @@ class ConvNet(_Network):
             layer += 1
         h = h.reshape((h.shape[0], -1))
         for width in self.hidden_sizes:
-            h = nn.Dense(width, use_bias=use_bias, kernel_init=init, name=f"Dense_{layer}")(h)
-            h = self._finish_hidden(h, layer, bn_mode=bn_mode, noise=noise)
+            h = self._dense_hidden(h, layer, width, bn_mode=bn_mode, noise=noise)
             layer += 1
         return nn.Dense(self.num_outputs, kernel_init=init, name=OUTPUT_LAYER)(h)
 
@@ -349,12 +365,13 @@ def build_model(
         bn_backward=model_config.bn_backward,
         bn_ghost_size=model_config.bn_ghost_size,
     )
-    if model_config.name == "mlp":
+    if model_config.name in ("mlp", "convnet"):
         fields.update(dropconnect=model_config.dropconnect,
                       dropconnect_per_example=model_config.dropconnect_per_example,
                       dropconnect_mask_bits=model_config.dropconnect_mask_bits)
     elif model_config.dropconnect:
-        raise ValueError("model.dropconnect is implemented for the MLP's dense layers only.")
+        raise ValueError("model.dropconnect is implemented for the dense hidden layers of the "
+                         "mlp and the convnet only.")
     if model_config.name == "convnet":
         fields["conv_features"] = tuple(model_config.conv_features)
     if model_config.name == "inception":

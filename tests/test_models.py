@@ -162,10 +162,24 @@ def test_build_model_of_an_unknown_name_is_an_error_that_lists_the_models():
         build_model(model_config("resnet"), (8, 8, 1), num_classes=10)
 
 
-@pytest.mark.parametrize("name", ["convnet", "inception", "autoencoder"])
-def test_build_model_refuses_dropconnect_outside_the_mlp(name):
+@pytest.mark.parametrize("name", ["inception", "autoencoder"])
+def test_build_model_refuses_dropconnect_outside_the_mlp_and_the_convnet(name):
     with pytest.raises(ValueError, match="dropconnect"):
         build_model(model_config(name, dropconnect=0.5), (8, 8, 1), num_classes=10)
+
+
+def test_a_convnets_dense_head_is_a_dropconnect_layer_that_is_plain_without_noise():
+    x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
+    config = model_config("convnet", dropconnect=0.5, hidden_sizes=(6,), conv_features=(3,))
+    model = build_model(config, (8, 8, 1), num_classes=10)
+    plain = build_model(model_config("convnet", hidden_sizes=(6,), conv_features=(3,)),
+                        (8, 8, 1), num_classes=10)
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    noisy = [model.apply(variables, x, bn_mode="inference", noise=True,
+                         rngs={"dropout": jax.random.key(k)}) for k in (0, 1)]
+    assert not np.allclose(noisy[0], noisy[1])  # masks drawn from the key
+    np.testing.assert_allclose(model.apply(variables, x, **INFERENCE),
+                               plain.apply(variables, x, **INFERENCE), rtol=1e-6)
 
 
 @pytest.mark.parametrize("field", ["input_dropout", "hidden_dropout", "dropconnect"])

@@ -216,9 +216,11 @@ def _check_structure(config: ml_collections.ConfigDict, members: Members) -> Non
     """Checks that need the members: values the model cannot take, evaluators it cannot have."""
     evaluation, has_bn = config.evaluation, config.model.norm == "batch"
     requested = (*evaluation.during, *evaluation.final)
-    if config.model.name != "mlp" and members.uses("dropconnect"):
-        raise ValueError("dropconnect is implemented for the MLP's dense layers only "
-                         f"(config.model.name is {config.model.name!r}).")
+    if members.uses("dropconnect") and (config.model.name not in ("mlp", "convnet")
+                                        or not config.model.hidden_sizes):
+        raise ValueError("dropconnect masks the dense hidden layers of the mlp or the convnet "
+                         f"(config.model.name is {config.model.name!r}, model.hidden_sizes "
+                         f"{tuple(config.model.hidden_sizes)}).")
     if "gaussian" in requested and (not members.uses("dropconnect") or has_bn):
         raise ValueError("The gaussian evaluator (DropConnect's moment matching) needs a net "
                          "with DropConnect (dropconnect > 0) and without BN (model.norm None).")
