@@ -179,17 +179,45 @@ def test_gaussian_inference_variance_matches_variance_of_real_masks(real_samples
     np.testing.assert_array_less(error, Z * standard_error)
 
 
-def test_gaussian_inference_relu_matches_closed_form_expectation():
-    relu_mean = np.asarray(_gaussian(jax.random.key(7), jax.nn.relu), np.float64)
+def _relu_closed_form():
+    """E[relu u] and its sampling std for u ~ N(mean, var) of X's DropConnect moments: with
+    t = μ/σ, E[relu u] = μΦ(t) + σφ(t) and E[relu² u] = (μ² + σ²)Φ(t) + μσφ(t)."""
     mean, var = (np.asarray(a, np.float64) for a in dropconnect_moments(X, KERNEL, BIAS, rate=RATE))
     std = np.sqrt(var)
-    # For u ~ N(μ, σ²) and t = μ/σ: E[relu u] = μΦ(t) + σφ(t); E[relu² u] = (μ² + σ²)Φ(t) + μσφ(t).
     t = mean / std
     cdf, pdf = norm.cdf(t), norm.pdf(t)
     expected = mean * cdf + std * pdf
     second_moment = (mean**2 + var) * cdf + mean * std * pdf
-    standard_error = np.sqrt((second_moment - expected**2) / NUM_KEYS)
-    np.testing.assert_array_less(np.abs(relu_mean - expected), Z * standard_error)
+    return expected, np.sqrt(second_moment - expected**2)
+
+
+def test_gaussian_inference_relu_matches_closed_form_expectation():
+    relu_mean = np.asarray(_gaussian(jax.random.key(7), jax.nn.relu), np.float64)
+    expected, spread = _relu_closed_form()
+    np.testing.assert_array_less(np.abs(relu_mean - expected), Z * spread / np.sqrt(NUM_KEYS))
+
+
+def test_the_z_sample_estimate_converges_as_z_grows():
+    expected, spread = _relu_closed_form()
+    errors = []
+    for num_samples in (16, 256, 4096):
+        estimate = np.asarray(_gaussian(jax.random.key(8), jax.nn.relu, num_samples), np.float64)
+        error = np.abs(estimate - expected)
+        np.testing.assert_array_less(error, Z * spread / np.sqrt(num_samples))  # like 1/√Z
+        errors.append(error.mean())
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_mean_inference_is_the_papers_mean_network_p_times_wv(real_samples):
+    # The paper's layer has no 1/p: its masked sum (M ⊙ W)v is p × this module's, and its mean
+    # network is p·Wv, p times the deterministic (inverted) layer.
+    keep = 1 - RATE
+    deterministic = dropconnect_dense(None, X, KERNEL, BIAS, rate=RATE, deterministic=True)
+    _, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE)
+    standard_error = keep * np.sqrt(var / NUM_KEYS)
+    error = np.abs((keep * real_samples).mean(axis=0) - keep * np.asarray(deterministic))
+    np.testing.assert_array_less(error, Z * standard_error)
+    np.testing.assert_allclose(deterministic, _dense(X, KERNEL, BIAS), rtol=1e-6)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4])
