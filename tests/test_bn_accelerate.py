@@ -4,45 +4,30 @@ constructed curves."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import assert_figure, run_smoke_study
 
 from bnreg import engine
 from bnreg.config import override
 from bnreg.engine.optimizer import learning_rate_factor
 from experiments import bn_accelerate
 
-REPO = Path(__file__).resolve().parents[1]
 ON_DIGITS = {"dataset": "digits", "evaluation.train_examples": 300}  # engine.check loads data
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bn_accelerate_smoke")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    completed = subprocess.run(
-        [sys.executable, "-m", "experiments.bn_accelerate", f"--workdir={workdir}",
-         "--config=experiments/bn_accelerate.py:smoke", "--config.progress=False"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return workdir, completed.stdout
+    return workdir, run_smoke_study("bn_accelerate", workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", bn_accelerate.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
-    with Image.open(workdir / name) as image:
-        image.verify()
-        assert image.format == "PNG" and image.size[0] > 400
-    assert str(workdir / name) in stdout
+    assert_figure(workdir / name, stdout)
 
 
 @pytest.mark.slow

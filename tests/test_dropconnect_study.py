@@ -3,43 +3,27 @@ the lr0 choice on validation, and its readings of constructed tables."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import assert_figure, run_smoke_study
 
 from bnreg import engine
 from bnreg.config import override
 from experiments import dropconnect
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dropconnect_smoke")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    completed = subprocess.run(
-        [sys.executable, "-m", "experiments.dropconnect", f"--workdir={workdir}",
-         "--config=experiments/dropconnect.py:smoke", "--config.progress=False"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return workdir, completed.stdout
+    return workdir, run_smoke_study("dropconnect", workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", dropconnect.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
-    with Image.open(workdir / name) as image:
-        image.verify()
-        assert image.format == "PNG" and image.size[0] > 400
-    assert str(workdir / name) in stdout
+    assert_figure(workdir / name, stdout)
 
 
 @pytest.mark.slow

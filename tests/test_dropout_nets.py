@@ -3,45 +3,26 @@ configs, the choice on validation, the verdicts and Fig. 11's reading."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import assert_figure, run_smoke_study
 
 from bnreg.config import override
 from experiments import dropout_nets
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "experiments.dropout_nets", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dropout_smoke")
-    completed = run_cli(f"--workdir={workdir}", "--config=experiments/dropout_nets.py:smoke",
-                        "--config.progress=False")
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return workdir, completed.stdout
+    return workdir, run_smoke_study("dropout_nets", workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", dropout_nets.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
-    with Image.open(workdir / name) as image:
-        image.verify()
-        assert image.format == "PNG" and image.size[0] > 400
-    assert str(workdir / name) in stdout
+    assert_figure(workdir / name, stdout)
 
 
 @pytest.mark.slow
