@@ -1,4 +1,4 @@
-"""DropConnect against Dropout and no drop — Wan et al. 2013, Sec. 6.1 and Fig. 2.
+"""DropConnect against Dropout and no drop — Wan et al. 2013, the MNIST nets and Fig. 2.
 
 **The comparison** (part ``table``): 2-hidden-layer fully connected nets (the paper's MNIST
 784-800-800-10, widths × ``study.width_scale``) × {relu, sigmoid, tanh} × {no drop, dropout,
@@ -53,6 +53,11 @@ DropConnect masks the dense hidden layers (bias included, as the paper); the cla
 plain. With the ``cifar10`` variant's conv feature extractor the dropout net drops after every
 layer, conv blocks included (:class:`bnreg.models.ConvNet`), while DropConnect masks the dense
 head only.
+
+One module for the comparison, the inference comparison and Fig. 2b/2c, longer than a study of
+one figure: they share the cells, the sweep-then-final protocol and the final runs (Fig. 2c and
+the inference table read the comparison's runs, Fig. 2b its choices); the generic pieces
+(verdicts, tables, plots) live in ``bnreg.analysis`` and ``bnreg.plots``.
 """
 
 from __future__ import annotations
@@ -84,11 +89,11 @@ FIGURES = ("inference.png", "rates.png", "convergence.png")
 # The paper's words on MNIST (Sec. 6.1, Fig. 2), beside each measured claim.
 PAPER = {
     "ordering": "which of DropConnect and dropout wins depends on the activation; margins "
-                "are small (Sec. 6.1)",
+                "are small",
     "regularizes": "both beat no drop on MNIST as the layers grow (Fig. 2a)",
-    "per_batch": "one mask per mini-batch \"does not regularize the model enough\" (Sec. 4)",
-    "gaussian": "sampling from the Gaussian approximates the mixture of nets better than the "
-                "mean network does (Sec. 3), a small gain",
+    "per_batch": "one mask per mini-batch \"does not regularize the model enough\"",
+    "gaussian": "sampling from the matched Gaussian approximates the average over masks, "
+                "which the mean network a(pWv) approximates more crudely (Sec. 3)",
 }
 
 
@@ -389,13 +394,14 @@ def _comparison_lines(config: ml_collections.ConfigDict, table: TableResult) -> 
     return [analysis.markdown_table(["activation", *(METHODS[m][0] for m in methods)], rows), ""]
 
 
-def _train_lines(table: TableResult) -> list[str]:
+def _train_lines(config: ml_collections.ConfigDict, table: TableResult) -> list[str]:
+    examples = config.evaluation.train_examples
     rows = [[activation, METHODS[method][0],
              analysis.cell(final_errors(table.final, name, "error_on_train").to_numpy()),
              analysis.cell(final_errors(table.final, name).to_numpy())]
             for name, (activation, method) in table.cells.items()]
-    return ["Training error (first 10,000 training images, mean inference) beside test error, "
-            "%:", "", analysis.markdown_table(["activation", "method", "train error %",
+    return [f"Training error (the first {examples:,} training images, mean inference) beside "
+            "test error, %:", "", analysis.markdown_table(["activation", "method", "train error %",
                                                "test error %"], rows), ""]
 
 
@@ -486,15 +492,16 @@ def write_results(config: ml_collections.ConfigDict, table: TableResult | None,
             "## Verdicts", "",
             *claims(table, config.evaluation.gaussian_samples), "",
             "Paper (MNIST): " + "; ".join(PAPER.values()) + ".", "",
-            *_inference_lines(config, table), *_train_lines(table), *_sweep_lines(config, table),
+            *_inference_lines(config, table), *_train_lines(config, table),
+            *_sweep_lines(config, table),
         ]
     if rates is not None:
         arch = "-".join(map(str, _scaled(config, study.rates_widths)))
         lines += ["## Test error against the drop rate (Fig. 2b, `rates.png`)", "",
                   f"relu {arch} net, the relu cells' chosen lr0, seeds "
-                  f"{list(study.rates_seeds)}; test error %, mean inference. Paper (MNIST "
-                  "400-400): both curves flat and low over a wide range of rates, DropConnect "
-                  "at or below dropout, and both above no drop only at the extremes.", "",
+                  f"{list(study.rates_seeds)}; test error %, mean inference; rate 0 is the net "
+                  "without drop. The paper's Fig. 2b plots the same on MNIST's 400-400 net.",
+                  "",
                   analysis.markdown_table(["drop rate", "dropout", "DropConnect"],
                                           rates_rows(rates)), ""]
     lines += ["Figures: `inference.png` (test error against Z, mean inference as a line), "
