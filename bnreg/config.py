@@ -95,9 +95,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.name = "mlp"
     config.model.hidden_sizes = (100, 100, 100)
     config.model.conv_features = (32, 64)
-    # The inception net (bnreg.models.Inception): its stem's channels, its modules' branch
-    # channels (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) and the modules a 2×2 pool follows.
+    # The inception net (bnreg.models.Inception): its stem's channels, a 2×2 pool after the stem,
+    # its modules' branch channels (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) and the modules
+    # a 2×2 pool follows.
     config.model.inception_stem = 32
+    config.model.inception_stem_pool = False
     config.model.inception_modules = ((16, 16, 24, 8, 12, 8), (32, 24, 48, 12, 24, 16))
     config.model.inception_pool_after = (0,)
     config.model.activation = "sigmoid"
@@ -239,7 +241,7 @@ _STRUCTURAL = {
     "hidden_sizes", "conv_features", "activation", "norm", "model", "name", "task", "dataset",
     "batch_size", "kernel_init", "init_stddev", "dropout_noise", "dropout_mask_bits",
     "dropout_scaling", "dropconnect_mask_bits", "bn_ghost_size", "inception_stem",
-    "inception_modules", "inception_pool_after", "num_steps",
+    "inception_stem_pool", "inception_modules", "inception_pool_after", "num_steps",
 }
 
 

@@ -256,8 +256,9 @@ class ConvNet(_DropConnectNetwork):
 class Inception(_Network):
     """A small Inception-style classifier (Szegedy et al. 2015), with the BN paper's change of
     each 5×5 convolution into two 3×3 (Ioffe & Szegedy 2015, Sec. 4.2): ``stem conv3×3 →
-    inception modules (a 2×2 max-pool after those in pool_after) → global average pool →
-    [dropout] → dense``.
+    [2×2 max-pool] → inception modules (a 2×2 max-pool after those in pool_after) → global
+    average pool → [dropout] → dense``. GoogLeNet's stem pools twice before its first module
+    (224 → 28 pixels); ``stem_pool`` is that pooling at this scale (28 → 14).
 
     An inception module concatenates four branches on the feature axis: ``1×1``; ``1×1 → 3×3``;
     ``1×1 → 3×3 → 3×3`` (the 5×5); ``3×3 max-pool (stride 1) → 1×1``. Every convolution is
@@ -267,6 +268,7 @@ class Inception(_Network):
 
     Attributes:
       stem_features: channels of the stem's 3×3 convolution.
+      stem_pool: a 2×2 max-pool (stride 2) after the stem.
       modules: per module ``(b1, b3_reduce, b3, b5_reduce, b5, pool_proj)``, the channels of
         its 1×1 branch, of its 3×3 branch's 1×1 reduction and 3×3, of its 5×5 branch's
         reduction and two 3×3, and of the pooling branch's projection.
@@ -275,6 +277,7 @@ class Inception(_Network):
     """
 
     stem_features: int = 32
+    stem_pool: bool = False
     modules: Sequence[Sequence[int]] = ((16, 16, 24, 8, 12, 8), (32, 24, 48, 12, 24, 16))
     pool_after: Sequence[int] = (0,)
     hidden_sizes: Sequence[int] = ()
@@ -295,6 +298,8 @@ class Inception(_Network):
             return ACTIVATIONS[self.activation](self._norm(h, index, bn_mode=bn_mode))
 
         h = conv(self._input(x, noise), self.stem_features, 3)
+        if self.stem_pool:
+            h = nn.max_pool(h, (2, 2), strides=(2, 2))
         for index, (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) in enumerate(self.modules):
             pooled = nn.max_pool(h, (3, 3), strides=(1, 1), padding="SAME")
             h = jnp.concatenate([
@@ -376,6 +381,7 @@ def build_model(
         fields["conv_features"] = tuple(model_config.conv_features)
     if model_config.name == "inception":
         fields.update(stem_features=model_config.inception_stem,
+                      stem_pool=model_config.inception_stem_pool,
                       modules=tuple(tuple(m) for m in model_config.inception_modules),
                       pool_after=tuple(model_config.inception_pool_after))
     return MODELS[model_config.name](**fields)

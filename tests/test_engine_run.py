@@ -371,6 +371,31 @@ def test_a_groups_progress_bars_name_each_run(tmp_path, monkeypatch):
         "sweep/bn: digits × 1 members", "sweep/plain: digits × 1 members"]
 
 
+def test_more_runs_than_devices_take_turns_on_each_share(tmp_path, monkeypatch):
+    import threading
+
+    from bnreg.engine import run as run_module
+
+    running, most = {}, {}
+    lock = threading.Lock()
+
+    def fake_run(config, workdir, *, devices, progress_position):
+        (device,) = devices
+        with lock:
+            running[device] = running.get(device, 0) + 1
+            most[device] = max(most.get(device, 0), running[device])
+        time.sleep(0.05)
+        with lock:
+            running[device] -= 1
+        return progress_position
+
+    monkeypatch.setattr(run_module.jax, "local_devices", lambda: ["cpu0", "cpu1"])
+    monkeypatch.setattr(run_module, "train_and_evaluate", fake_run)
+    results = engine.train_concurrently([(tiny_config(), tmp_path / str(i)) for i in range(6)])
+    assert results == list(range(6))
+    assert most == {"cpu0": 1, "cpu1": 1}
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [({"model.nrom": None}, "has no key 'nrom'"),

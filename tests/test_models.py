@@ -349,6 +349,18 @@ def test_inception_bn_normalises_every_convolutions_maps_over_batch_and_position
         np.testing.assert_allclose(normalised, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("stem_pool, module_pixels", [(False, 8), (True, 4)])
+def test_inception_stem_pool_halves_the_maps_the_first_module_sees(stem_pool, module_pixels):
+    model = Inception(**SMALL_INCEPTION, stem_pool=stem_pool)
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x, **INFERENCE)
+    _, state = model.apply(variables, x, **INFERENCE, mutable=["intermediates"],
+                           capture_intermediates=True)
+    stem, first_module = (state["intermediates"][f"Conv_{i}"]["__call__"][0] for i in (0, 1))
+    assert stem.shape[1:3] == (8, 8)
+    assert first_module.shape[1:3] == (module_pixels, module_pixels)
+
+
 @pytest.mark.parametrize("norm", [None, "batch"])
 def test_inception_convolutions_have_a_bias_only_without_bn(norm):
     model = Inception(**SMALL_INCEPTION, norm=norm)

@@ -268,8 +268,10 @@ def train_concurrently(
 ) -> list[RunResult]:
     """:func:`train_and_evaluate` of every ``(config, workdir)`` in ``runs``, at the same time
     when there are several local devices: each run on its own share of them, all shares of one
-    size (``devices // runs``, at least one; runs share devices when there are fewer devices than
-    runs), from its own thread. With one device, several processes, or runs that ask for a mesh
+    size (``devices // runs``, at least one), from its own thread. When there are more runs than
+    devices, the runs of one share take turns: one at a time, so that memory holds one run's
+    compilation and data per share, not every run's (12 runs compiling at once on 2 devices
+    peaked at 23 GB). With one device, several processes, or runs that ask for a mesh
     of their own (``config.mesh`` other than its defaults), the runs are made one after another,
     each on every device. Every run is checked (:func:`bnreg.engine.check`) before any trains.
 
@@ -290,12 +292,15 @@ def train_concurrently(
     outcomes: list[tuple[RunResult | None, BaseException | None]] = [(None, None)] * len(runs)
     # Shares of one size, so that runs of as many members lay them out alike (and round alike).
     size = max(1, len(devices) // len(runs))
+    turns = {start: threading.Lock() for start in range(0, len(devices), size)}
 
     def run(index: int, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
         start = index * size % len(devices)
         share = devices[start:start + size]
         try:
-            result = train_and_evaluate(config, workdir, devices=share, progress_position=index)
+            with turns[start]:
+                result = train_and_evaluate(config, workdir, devices=share,
+                                            progress_position=index)
             outcomes[index] = (result, None)
         except BaseException as error:  # handed to the calling thread below
             outcomes[index] = (None, error)
