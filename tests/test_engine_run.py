@@ -371,12 +371,12 @@ def test_a_groups_progress_bars_name_each_run(tmp_path, monkeypatch):
         "sweep/bn: digits × 1 members", "sweep/plain: digits × 1 members"]
 
 
-def test_more_runs_than_devices_take_turns_on_each_share(tmp_path, monkeypatch):
+def test_more_runs_than_devices_make_one_run_at_a_time_per_share(tmp_path, monkeypatch):
     import threading
 
     from bnreg.engine import run as run_module
 
-    running, most = {}, {}
+    running, most, made = {}, {}, {}
     lock = threading.Lock()
 
     def fake_run(config, workdir, *, devices, progress_position):
@@ -384,9 +384,10 @@ def test_more_runs_than_devices_take_turns_on_each_share(tmp_path, monkeypatch):
         with lock:
             running[device] = running.get(device, 0) + 1
             most[device] = max(most.get(device, 0), running[device])
-        time.sleep(0.05)
+        time.sleep(0.2 if progress_position == 0 else 0.02)  # one long run, five short
         with lock:
             running[device] -= 1
+            made[progress_position] = device
         return progress_position
 
     monkeypatch.setattr(run_module.jax, "local_devices", lambda: ["cpu0", "cpu1"])
@@ -394,6 +395,8 @@ def test_more_runs_than_devices_take_turns_on_each_share(tmp_path, monkeypatch):
     results = engine.train_concurrently([(tiny_config(), tmp_path / str(i)) for i in range(6)])
     assert results == list(range(6))
     assert most == {"cpu0": 1, "cpu1": 1}
+    # The short runs all went to the share the long run did not hold.
+    assert made == {0: "cpu0", **{index: "cpu1" for index in range(1, 6)}}
 
 
 @pytest.mark.parametrize(

@@ -268,10 +268,12 @@ def train_concurrently(
 ) -> list[RunResult]:
     """:func:`train_and_evaluate` of every ``(config, workdir)`` in ``runs``, at the same time
     when there are several local devices: each run on its own share of them, all shares of one
-    size (``devices // runs``, at least one), from its own thread. When there are more runs than
-    devices, the runs of one share take turns: one at a time, so that memory holds one run's
-    compilation and data per share, not every run's (12 runs compiling at once on 2 devices
-    peaked at 23 GB). With one device, several processes, or runs that ask for a mesh
+    size (``devices // runs``, at least one), from a thread per share. When there are more runs
+    than shares, each share makes one run at a time and then the next run not yet started, so
+    that memory holds one run's compilation and data per share, not every run's (12 runs
+    compiling at once on 2 devices peaked at 23 GB), and no share idles while runs wait. Which
+    share makes which run then depends on how long runs take; their results do not, on devices
+    of one kind. With one device, several processes, or runs that ask for a mesh
     of their own (``config.mesh`` other than its defaults), the runs are made one after another,
     each on every device. Every run is checked (:func:`bnreg.engine.check`) before any trains.
 
@@ -292,23 +294,27 @@ def train_concurrently(
     outcomes: list[tuple[RunResult | None, BaseException | None]] = [(None, None)] * len(runs)
     # Shares of one size, so that runs of as many members lay them out alike (and round alike).
     size = max(1, len(devices) // len(runs))
-    turns = {start: threading.Lock() for start in range(0, len(devices), size)}
+    shares = [devices[start:start + size] for start in range(0, len(devices) - size + 1, size)]
+    workers = min(len(shares), len(runs))
+    # Worker w makes run w, then whichever run is next: a share never idles while runs wait.
+    waiting = iter(range(workers, len(runs)))
+    next_run = threading.Lock()
 
-    def run(index: int, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
-        start = index * size % len(devices)
-        share = devices[start:start + size]
-        try:
-            with turns[start]:
-                result = train_and_evaluate(config, workdir, devices=share,
+    def work(worker: int) -> None:
+        index: int | None = worker
+        while index is not None:
+            config, workdir = runs[index]
+            try:
+                result = train_and_evaluate(config, workdir, devices=shares[worker],
                                             progress_position=index)
-            outcomes[index] = (result, None)
-        except BaseException as error:  # handed to the calling thread below
-            outcomes[index] = (None, error)
+                outcomes[index] = (result, None)
+            except BaseException as error:  # handed to the calling thread below
+                outcomes[index] = (None, error)
+            with next_run:
+                index = next(waiting, None)
 
-    threads = [
-        threading.Thread(target=run, args=(index, config, workdir), daemon=True)
-        for index, (config, workdir) in enumerate(runs)
-    ]
+    threads = [threading.Thread(target=work, args=(worker,), daemon=True)
+               for worker in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
