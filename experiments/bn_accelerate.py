@@ -117,7 +117,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         "nets": tuple(NETS),
         "dropout": 0.4,  # before the classifier, Inception's rate
         "weight_decay": 1e-4,
-        "sweep_learning_rates": (0.01, 0.03, 0.1), "sweep_seeds": (0,),
+        "sweep_learning_rates": (0.03, 0.1, 0.3), "sweep_seeds": (0,),
         "validation_fraction": 1 / 6,  # 10,000 of the 60,000 training images
     })
     if variant == "cifar10":

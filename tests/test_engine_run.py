@@ -371,6 +371,19 @@ def test_a_groups_progress_bars_name_each_run(tmp_path, monkeypatch):
         "sweep/bn: digits × 1 members", "sweep/plain: digits × 1 members"]
 
 
+def test_a_run_that_had_ended_returns_its_summary_without_evaluating_again(tmp_path,
+                                                                          monkeypatch):
+    config = tiny_config(checkpoint_every=20)
+    first = engine.train_and_evaluate(config, tmp_path)
+    evaluated = []
+    original = engine.Engine.evaluate
+    monkeypatch.setattr(engine.Engine, "evaluate",
+                        lambda self, *args: evaluated.append(args) or original(self, *args))
+    again = engine.train_and_evaluate(config, tmp_path)
+    assert again.summary == first.summary and again.history == first.history
+    assert len(evaluated) == 0
+
+
 def test_more_runs_than_devices_make_one_run_at_a_time_per_share(tmp_path, monkeypatch):
     import threading
 

@@ -52,6 +52,7 @@ FILES = {
     # Damage past the records of step 40 leaves that checkpoint's records intact.
     "metrics.jsonl": (lambda run: run / rundir.METRICS_FILE, "either"),
     "summary.json": (lambda run: run / rundir.SUMMARY_FILE, "resume"),
+    "summary digest": (lambda run: run / rundir.SUMMARY_DIGEST_FILE, "resume"),
     "config.json": (lambda run: run / rundir.CONFIG_FILE, "either"),
     "checkpoint digests": (lambda run: run / rundir.DIGESTS_FILE, "either"),
 }

@@ -179,10 +179,12 @@ def train_and_evaluate(
     Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (one record per evaluation and
     member, every ``config.eval_every`` steps and at step 0, :func:`member_records`); orbax
     checkpoints every ``config.checkpoint_every`` steps and at the end; ``summary.json`` (the
-    final evaluation with every final evaluator); with ``config.tensorboard``, the same
-    metrics as TensorBoard events (:mod:`bnreg.engine.writers`). Rerunning with the same
-    ``workdir`` and config (``progress``, ``steps_per_call``, ``tensorboard`` may differ)
-    resumes from the latest checkpoint; the result equals an uninterrupted run bit for bit.
+    final evaluation with every final evaluator) and its SHA-256 ``summary.sha256`` (a run that
+    had ended returns its summary unevaluated when the two agree); with
+    ``config.tensorboard``, the same metrics as TensorBoard events
+    (:mod:`bnreg.engine.writers`). Rerunning with the same ``workdir`` and config
+    (``progress``, ``steps_per_call``, ``tensorboard`` may differ) resumes from the latest
+    checkpoint; the result equals an uninterrupted run bit for bit.
 
     Reproducibility: the same config on the same devices gives bit-identical results. Another
     layout of the members (another number of members in the run, or of devices) changes how
@@ -232,6 +234,8 @@ def train_and_evaluate(
         progress.evaluated(records)
 
     steps_per_call = config.steps_per_call or config.eval_every
+    # A run that had ended keeps its summary: its final evaluation can cost minutes (Z samples).
+    ended = rundir.read_summary(workdir) if step == config.num_steps else None
     with contextlib.closing(progress), contextlib.closing(checkpoints), (
         contextlib.closing(events) if events else contextlib.nullcontext()
     ):
@@ -254,10 +258,12 @@ def train_and_evaluate(
             log(records)
             if checkpoints.save_if_due(step, state, last=step == config.num_steps) and events:
                 events.flush()
-        final = member_records(engine, step, engine.evaluate(state, engine.final), None)
-        summary = _summary(engine, state, final)
-        if writes:
-            rundir.write_atomically(workdir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2))
+        summary = ended
+        if summary is None:
+            final = member_records(engine, step, engine.evaluate(state, engine.final), None)
+            summary = _summary(engine, state, final)
+            if writes:
+                rundir.write_summary(workdir, summary)
         if events:
             events.write_summary(summary)
     return RunResult(history=history, summary=summary, state=state, members=engine.members)

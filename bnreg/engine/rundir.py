@@ -36,6 +36,7 @@ from bnreg.engine.devices import is_main_process, to_host, wait_for_processes
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+SUMMARY_DIGEST_FILE = "summary.sha256"
 CHECKPOINT_DIR = "checkpoints"
 DIGESTS_FILE = "checkpoint_digests.json"
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -148,6 +149,28 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def write_summary(workdir: Path, summary: dict) -> None:
+    """Writes ``summary.json`` and then the SHA-256 of its text (``summary.sha256``), each whole
+    or not at all: a kill between the two leaves a summary :func:`read_summary` does not
+    trust."""
+    text = json.dumps(summary, indent=2)
+    write_atomically(workdir / SUMMARY_FILE, text)
+    write_atomically(workdir / SUMMARY_DIGEST_FILE, hashlib.sha256(text.encode()).hexdigest())
+
+
+def read_summary(workdir: Path) -> dict | None:
+    """The summary :func:`write_summary` wrote, or None when it or its digest is missing, or
+    the text differs from the digest (cut, changed, a flipped bit). With several processes
+    always None: every process then evaluates again, as the evaluation's collectives need."""
+    summary, digest = workdir / SUMMARY_FILE, workdir / SUMMARY_DIGEST_FILE
+    if jax.process_count() > 1 or not (summary.is_file() and digest.is_file()):
+        return None
+    text = summary.read_bytes()
+    if hashlib.sha256(text).hexdigest() != digest.read_text().strip():
+        return None
+    return json.loads(text)
 
 
 def _agreed(problem: str | None, elsewhere: str) -> str | None:
