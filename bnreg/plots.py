@@ -14,6 +14,7 @@ from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FixedLocator, NullFormatter
 
 from bnreg.analysis import seed_mean_std
 
@@ -61,7 +62,8 @@ def versus(
 ) -> None:
     """Plots a metric against a hyperparameter: ``values`` ``(len(x), seeds)``, the mean over
     seeds at each ``x`` (markers joined in increasing ``x``) with a shaded ±1 std band; a log x
-    axis when ``log`` (``x`` must then be positive)."""
+    axis when ``log`` (``x`` must then be positive), ticked at the ``x`` of every ``versus``
+    line on ``ax`` (a sweep's few values; matplotlib's minor log labels would overlap)."""
     x = np.asarray(x, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] != x.size:
@@ -76,7 +78,12 @@ def versus(
     (line,) = ax.plot(x[order], mean, label=label, color=color, marker=marker)
     ax.fill_between(x[order], mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     if log:
+        locator = ax.xaxis.get_major_locator()  # before set_xscale, which replaces it
+        earlier = locator.locs if isinstance(locator, FixedLocator) else []  # fixed: ours
+        ticks = np.unique(np.concatenate([earlier, x]))
         ax.set_xscale("log")
+        ax.set_xticks(ticks, labels=[f"{tick:g}" for tick in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def tiles_from_kernel(kernel: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:

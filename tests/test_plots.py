@@ -46,6 +46,14 @@ def test_versus_draws_the_mean_over_seeds_on_a_log_x_axis_when_asked(ax, log, sc
     np.testing.assert_allclose(mean, [0.86, 0.65, 0.85])
 
 
+def test_versus_ticks_a_log_axis_at_the_x_of_every_versus_line(ax):
+    ax.axhline(0.5)  # a reference line's x (axes coordinates) is no tick
+    plots.versus(ax, [0.03, 0.1, 0.3], np.ones((3, 2)), label="inception")
+    plots.versus(ax, [0.1, 1.0], np.ones((2, 2)), label="bn")
+    np.testing.assert_allclose(ax.get_xticks(), [0.03, 0.1, 0.3, 1.0])
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["0.03", "0.1", "0.3", "1"]
+
+
 @pytest.mark.parametrize("x, values", [([1.0, 2.0], np.ones(2)), ([0.0, 1.0], np.ones((2, 3)))])
 def test_versus_refuses_values_of_another_shape_and_nonpositive_x_on_a_log_axis(ax, x, values):
     with pytest.raises(ValueError):
