@@ -2,12 +2,15 @@
 default modules of ``config.model.inception_*``) on 28×28 images: bnreg against PyTorch eager,
 side by side, with GFLOP/s against the convolutions' FLOPs.
 
-The net: a 3×3 stem of 32 channels, two inception modules ((16, 16, 24, 8, 12, 8) and
-(32, 24, 48, 12, 24, 16): 1×1; 1×1 → 3×3; 1×1 → 3×3 → 3×3; 3×3 max-pool → 1×1), a 2×2 max-pool
-after the first, global average pooling, a dense softmax layer; BN before every ReLU (the
-convolutions without bias), SGD with momentum 0.9 at lr 0.01, batches of 32 (the BN paper's
+The net (``--net default``): a 3×3 stem of 32 channels, two inception modules ((16, 16, 24, 8,
+12, 8) and (32, 24, 48, 12, 24, 16): 1×1; 1×1 → 3×3; 1×1 → 3×3 → 3×3; 3×3 max-pool → 1×1), a 2×2
+max-pool after the first, global average pooling, a dense softmax layer; BN before every ReLU
+(the convolutions without bias), SGD with momentum 0.9 at lr 0.01, batches of 32 (the BN paper's
 Inception batch) from shuffled epochs of Fashion-MNIST (``--synthetic``: a stand-in of the same
-shape). Rows:
+shape). ``--net study``: the BN-acceleration study's net instead
+(``experiments.bn_accelerate``'s full config: a stem of 16 channels and a 2×2 max-pool after it,
+modules (8, 8, 12, 4, 6, 4) and (16, 12, 24, 6, 12, 8)), results in
+``convnet_throughput_study``. Rows:
 
 (a) bnreg's engine: ``bnreg.engine.build`` with ``model.name="inception"``, ``Engine.train`` in
     chunks of ``--steps`` (one ``lax.scan``);
@@ -26,10 +29,11 @@ and the element-wise work are not counted. The rows take turns, round robin
 Commands (from the repository root)::
 
   .venv/bin/python -m benchmarks.convnet_throughput              # 3 rounds of 100 steps
+  .venv/bin/python -m benchmarks.convnet_throughput --net study  # the study's net
   .venv/bin/python -m benchmarks.convnet_throughput --steps 10 --repeats 1 --synthetic \\
       --out /tmp/convnet
 
-Results: ``<out>/convnet_throughput.json`` (every turn) and ``.md``.
+Results: ``<out>/convnet_throughput[_study].json`` (every turn) and ``.md``.
 """
 
 from __future__ import annotations
@@ -50,39 +54,49 @@ UNROLLED_STEPS = 5  # steps per call of row (a′)
 IMAGE = (28, 28, 1)
 
 
-def modules() -> tuple[int, tuple[tuple[int, ...], ...], tuple[int, ...]]:
-    """The default net's stem channels, modules and pooled modules (``bnreg.config``)."""
+NETS = ("default", "study")
+
+
+def net_model(net: str) -> Any:
+    """The model config of ``net``: ``"default"`` (``bnreg.config``) or ``"study"``
+    (``experiments.bn_accelerate``'s full config)."""
+    if net == "study":
+        from experiments import bn_accelerate
+
+        return bn_accelerate.get_config().model
     from bnreg.config import default_config
 
-    model = default_config().model
-    return (model.inception_stem, tuple(tuple(m) for m in model.inception_modules),
-            tuple(model.inception_pool_after))
+    return default_config().model
 
 
-def forward_macs() -> int:
+def forward_macs(model: Any) -> int:
     """Multiply-adds of one image's forward pass through the convolutions and the dense layer."""
-    stem, specs, pool_after = modules()
+    stem = model.inception_stem
     side, channels = IMAGE[0], IMAGE[2]
     macs = side * side * 9 * channels * stem
     channels = stem
-    for index, (b1, b3r, b3, b5r, b5, proj) in enumerate(specs):
+    if model.inception_stem_pool:
+        side //= 2
+    for index, (b1, b3r, b3, b5r, b5, proj) in enumerate(model.inception_modules):
         pixels = side * side
         macs += pixels * (channels * (b1 + b3r + b5r + proj) + 9 * b3r * b3 + 9 * b5r * b5
                           + 9 * b5 * b5)
         channels = b1 + b3 + b5 + proj
-        if index in pool_after:
+        if index in model.inception_pool_after:
             side //= 2
     return macs + channels * 10
 
 
-def step_flops() -> int:
-    return 3 * 2 * forward_macs() * BATCH_SIZE
+def step_flops(model: Any) -> int:
+    return 3 * 2 * forward_macs(model) * BATCH_SIZE
 
 
-def engine_config(num_steps: int, dataset: str, *, unroll: bool = False) -> Any:
+def engine_config(model: Any, num_steps: int, dataset: str, *, unroll: bool = False) -> Any:
     from bnreg.config import default_config, override
 
     return override(default_config(), {
+        **{f"model.{key}": model[key] for key in ("inception_stem", "inception_stem_pool",
+                                                  "inception_modules", "inception_pool_after")},
         "unroll_steps": unroll, "steps_per_call": UNROLLED_STEPS if unroll else 0,
         "dataset": dataset, "model.name": "inception", "model.norm": "batch",
         "model.activation": "relu", "model.kernel_init": "he_normal",
@@ -92,10 +106,10 @@ def engine_config(num_steps: int, dataset: str, *, unroll: bool = False) -> Any:
     })
 
 
-def torch_net(torch: Any) -> Any:
-    """The net in ``torch.nn`` (NCHW)."""
+def torch_net(torch: Any, model: Any) -> Any:
+    """The net of ``model`` (a model config) in ``torch.nn`` (NCHW)."""
     nn = torch.nn
-    stem, specs, pool_after = modules()
+    stem = model.inception_stem
 
     def conv(cin, cout, size):
         return nn.Sequential(nn.Conv2d(cin, cout, size, padding=size // 2, bias=False),
@@ -113,18 +127,20 @@ def torch_net(torch: Any) -> Any:
             return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.pool(x)], dim=1)
 
     layers, channels = [conv(IMAGE[2], stem, 3)], stem
-    for index, spec in enumerate(specs):
+    if model.inception_stem_pool:
+        layers.append(nn.MaxPool2d(2, 2))
+    for index, spec in enumerate(model.inception_modules):
         layers.append(Module(channels, *spec))
         channels = spec[0] + spec[2] + spec[4] + spec[5]
-        if index in pool_after:
+        if index in model.inception_pool_after:
             layers.append(nn.MaxPool2d(2, 2))
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
     return nn.Sequential(*layers)
 
 
-def torch_runner(torch: Any, images: np.ndarray, labels: np.ndarray):
+def torch_runner(torch: Any, net_config: Any, images: np.ndarray, labels: np.ndarray):
     torch.manual_seed(0)
-    model = torch_net(torch).train()
+    model = torch_net(torch, net_config).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     torch_images = torch.from_numpy(np.ascontiguousarray(
         images.reshape(-1, *IMAGE).transpose(0, 3, 1, 2)))
@@ -147,34 +163,38 @@ def torch_runner(torch: Any, images: np.ndarray, labels: np.ndarray):
 def main() -> None:
     parser = common.round_robin_arguments(__doc__.split("\n\n")[0], steps=100,
                                           torch=True)
+    parser.add_argument("--net", choices=NETS, default="default",
+                        help="the default modules, or the BN-acceleration study's net")
     args = parser.parse_args()
+    model = net_model(args.net)
 
     from benchmarks import dropout_throughput as dropout
 
     machine = common.machine_load()
     torch, torch_where = dropout.import_torch(args.torch_path)
     data = dropout.synthetic_run_data() if args.synthetic else None
-    bnreg_row = dropout.engine_runner(engine_config(args.steps, dropout.DATASET), data,
+    bnreg_row = dropout.engine_runner(engine_config(model, args.steps, dropout.DATASET), data,
                                       args.steps)
-    unrolled = dropout.engine_runner(engine_config(args.steps, dropout.DATASET, unroll=True),
-                                     data, UNROLLED_STEPS)
+    unrolled = dropout.engine_runner(
+        engine_config(model, args.steps, dropout.DATASET, unroll=True), data, UNROLLED_STEPS)
     runners = {"bnreg": bnreg_row.run, "bnreg_unrolled": unrolled.run}
     if torch is not None:
         train = bnreg_row.engine.data.train
-        runners["torch"] = torch_runner(torch, train.images, train.labels)
+        runners["torch"] = torch_runner(torch, model, train.images, train.labels)
     for run in runners.values():  # compile and warm up
         run(args.steps)
     turns = dropout.round_robin(runners, args.steps, args.repeats)
     result = {
         "steps_per_turn": args.steps, "repeats": args.repeats, "batch_size": BATCH_SIZE,
-        "step_gflop": step_flops() / 1e9, "machine": machine,
+        "net": args.net, "step_gflop": step_flops(model) / 1e9, "machine": machine,
         "torch": torch.__version__ if torch else torch_where,
         "data": "synthetic" if args.synthetic else dropout.DATASET,
         "rows": {name: dropout.summarize(name, row, args.steps) for name, row in turns.items()},
         "per_round_vs_torch": {name: dropout.per_round_ratio(turns, name, "torch")
                                for name in ("bnreg", "bnreg_unrolled")},
     }
-    common.write_results(args.out / RESULTS_NAME, result, report)
+    name = RESULTS_NAME + ("_study" if args.net == "study" else "")
+    common.write_results(args.out / name, result, report)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -183,7 +203,8 @@ def report(result: dict[str, Any]) -> str:
               f"{row['rate'] * result['step_gflop']:.1f}", f"{row['cores_used']:.2f}"]
              for name, row in rows.items()]
     lines = [
-        "# The Inception-style BN convnet, batch 32, 28×28: training steps/s", "",
+        f"# The Inception-style BN convnet ({result.get('net', 'default')} net), batch 32, "
+        "28×28: training steps/s", "",
         f"data: {result['data']}; torch: {result['torch']}; {result['repeats']} rounds of "
         f"{result['steps_per_turn']} steps per row; {result['step_gflop']:.3f} GFLOP per step "
         f"(convolutions and the dense layer, forward + backward); load before/after "
