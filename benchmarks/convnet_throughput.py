@@ -1,6 +1,6 @@
-"""Training throughput of the small Inception-style BN convnet (``bnreg.models.Inception``, the
-default modules of ``config.model.inception_*``) on 28×28 images: bnreg against PyTorch eager,
-side by side, with GFLOP/s against the convolutions' FLOPs.
+"""Training throughput of the small Inception-style BN convnet (``bnreg.models.Inception``) on
+28×28 images: bnreg against PyTorch eager, side by side, with GFLOP/s against the convolutions'
+FLOPs.
 
 The net (``--net default``): a 3×3 stem of 32 channels, two inception modules ((16, 16, 24, 8,
 12, 8) and (32, 24, 48, 12, 24, 16): 1×1; 1×1 → 3×3; 1×1 → 3×3 → 3×3; 3×3 max-pool → 1×1), a 2×2
@@ -203,7 +203,7 @@ def report(result: dict[str, Any]) -> str:
               f"{row['rate'] * result['step_gflop']:.1f}", f"{row['cores_used']:.2f}"]
              for name, row in rows.items()]
     lines = [
-        f"# The Inception-style BN convnet ({result.get('net', 'default')} net), batch 32, "
+        f"# The Inception-style BN convnet ({result['net']} net), batch 32, "
         "28×28: training steps/s", "",
         f"data: {result['data']}; torch: {result['torch']}; {result['repeats']} rounds of "
         f"{result['steps_per_turn']} steps per row; {result['step_gflop']:.3f} GFLOP per step "
