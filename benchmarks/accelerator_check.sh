@@ -101,7 +101,7 @@ fi
 
 if [[ $dataset != none ]]; then
   step bn_study_main_phase "${limits[0]}" $python -m benchmarks.bn_mnist_study "${study[@]}" \
-    --variants engine --torch-threads '' --output "$out/bn_mnist_study"
+    --variants engine --torch-threads '' --out "$out"
 fi
 step dropout_throughput "${limits[1]}" $python -m benchmarks.dropout_throughput "${dropout[@]}" \
   "${synthetic[@]}" --out "$out"

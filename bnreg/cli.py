@@ -1,12 +1,16 @@
 """The command line every study shares: ``python -m experiments.<study> --workdir --config``.
 
-A study module ends with ``if __name__ == "__main__": cli.main(__file__, run_study,
-workdir="runs/<study>")``. Its command takes ``--workdir`` (where results, figures and the
-engine's run directories go; rerunning with the same one resumes where the study stopped),
-``--config`` (the study module itself, ``--config=experiments/<study>.py:smoke`` for a variant),
-``--config.<key>=<value>`` overrides, which must name existing keys (an unknown one is an error
-that names it, before anything runs), and ``--overwrite``, which deletes the work dir first:
-without it, a work dir is resumed and never overwritten by another config.
+A study module ends with ``if __name__ == "__main__": cli.main(__file__, STUDY,
+workdir="runs/<study>")`` (its :class:`bnreg.study.Study`, or a ``run_study(config, workdir)``
+function for a study not yet on the study layer). Its command takes ``--workdir`` (where results,
+figures, records and the engine's run directories go; rerunning with the same one resumes where
+the study stopped), ``--config`` (the study module itself, ``--config=experiments/<study>.py:smoke``
+for a variant), ``--config.<key>=<value>`` overrides, which must name existing keys (an unknown
+one is an error that names it, before anything runs), ``--overwrite``, which deletes the work dir
+first (without it, a work dir is resumed and never overwritten by another config), and
+``--analyze``, which rewrites ``results.md`` and the figures in ``--workdir`` from the records in
+``--workdir/records`` alone — no training, no run directories (e.g. a committed
+``experiments/results/<study>_<dataset>``).
 
 On a CPU the command gives XLA one device per core (``jax_num_cpu_devices``), so the runs of a
 group train at the same time, one device each, and a run's members spread over the devices
@@ -24,10 +28,13 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ml_collections
 
 RunStudy = Callable[[ml_collections.ConfigDict, Path], Sequence[Path]]
+if TYPE_CHECKING:
+    from bnreg.study import Study
 
 
 def use_cpu_cores() -> None:
@@ -88,19 +95,32 @@ def overwrite(workdir: Path, *, delete: bool = True) -> None:
         shutil.rmtree(workdir)
 
 
-def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
-    """Parses the flags, runs ``run_study(config, workdir)`` and prints its first output
+def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
+    """Parses the flags, runs the study (:func:`bnreg.study.run`, or ``study(config, workdir)``)
+    or, with ``--analyze``, :func:`bnreg.study.analyze`, and prints its first output
     (``results.md``) and the paths of the others (the figures)."""
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    unknown = unknown_overrides(study_file, sys.argv[1:])
+    from bnreg import study as study_lib
+
+    arguments = sys.argv[1:]
+    if "--analyze" in arguments or "--analyze=true" in arguments:
+        if not isinstance(study, study_lib.Study):
+            sys.exit("--analyze needs a study on the study layer (bnreg.study); this one writes "
+                     "its results.md only as it trains.")
+        if any(a.startswith("--config") for a in arguments):
+            sys.exit("--analyze takes the config from the records (records/study.json): leave "
+                     "out --config and its overrides.")
+    unknown = unknown_overrides(study_file, arguments)
     if unknown:
         sys.exit(f"Unknown config keys {unknown}: every --config.<key> must name a key of the "
                  "study's config (bnreg.config.default_config() and the study's config.study); "
                  "check the spelling.")
     flags.DEFINE_string("workdir", workdir, "Where results, figures and checkpoints go.")
     flags.DEFINE_bool("overwrite", False, "Delete --workdir first, with every result in it.")
+    flags.DEFINE_bool("analyze", False, "Rewrite results.md and the figures in --workdir from "
+                      "the records in --workdir/records alone, without training.")
     config_flags.DEFINE_config_file(
         "config", study_file, "The study's config file (the module; ':smoke' for smoke size)."
     )
@@ -108,6 +128,16 @@ def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
     def run(argv: Sequence[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        if flags.FLAGS.analyze:
+            directory = Path(flags.FLAGS.workdir)
+            try:
+                results, *figures = study_lib.analyze(
+                    study, directory / study_lib.RECORDS_DIR, directory)
+            except (FileNotFoundError, ValueError) as error:
+                sys.exit(str(error))
+            print(results.read_text())
+            print("Figures: " + ", ".join(str(path) for path in figures))
+            return
         # Orbax logs every checkpoint step at INFO; the progress bars already show progress.
         logging.set_verbosity(logging.WARNING)
         use_cpu_cores()
@@ -118,6 +148,8 @@ def main(study_file: str, run_study: RunStudy, *, workdir: str) -> None:
         if flags.FLAGS.overwrite:
             overwrite(Path(flags.FLAGS.workdir), delete=is_main_process())
             wait_for_processes("overwrite")
+        run_study = (study if not isinstance(study, study_lib.Study)
+                     else lambda config, directory: study_lib.run(study, config, directory))
         results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
         if is_main_process():
             print(results.read_text())

@@ -52,6 +52,7 @@ MODELS = ("mlp", "convnet", "inception", "autoencoder")
 ACTIVATIONS = ("sigmoid", "relu", "tanh")
 KERNEL_INITS = ("fan_in_normal", "glorot_uniform", "he_normal", "lecun_normal", "normal")
 NORMS = (None, "batch")
+BRANCH_POOLS = ("max", "avg")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "exponential", "step", "inverse_time")
 MOMENTUM_SCHEDULES = ("constant", "linear", "exponential")
@@ -102,6 +103,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.inception_stem_pool = False
     config.model.inception_modules = ((16, 16, 24, 8, 12, 8), (32, 24, 48, 12, 24, 16))
     config.model.inception_pool_after = (0,)
+    # The pooling branch's 3×3 pool: "max" (GoogLeNet) or "avg" (most of BN-Inception's modules).
+    config.model.inception_branch_pool = "max"
     config.model.activation = "sigmoid"
     config.model.norm = config_dict.placeholder(str)  # None or "batch".
     config.model.input_dropout = 0.0  # drop rates; the papers' retain probability is 1 - rate
@@ -191,8 +194,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.evaluation.monte_carlo_samples = (50,)  # k thinned nets averaged, one result per k
     config.evaluation.gaussian_samples = (100,)  # DropConnect's Z samples, one result per Z
     # >0: the primary (deterministic) evaluator also scores the first N examples of the training
-    # split at every evaluation (columns `<metric>_on_train`: the overfitting curves); 0: not.
+    # split (of each member's train_subset, when it has one) at every evaluation (columns
+    # `<metric>_on_train`: the overfitting curves); 0: not.
     config.evaluation.train_examples = 0
+    # >0: the evaluations during training score a fixed class-stratified subset of N examples of
+    # the evaluation split (cheaper curves); the final evaluation (summary.json) scores all of
+    # it, and so does the primary evaluator at the steps of full_steps (columns `<metric>_full`).
+    config.evaluation.subset = 0
+    config.evaluation.full_steps = ()
     # True (with a validation split): the primary evaluator also scores the test split at every
     # evaluation (columns `<metric>_on_test`), so a study can stop early on validation error
     # and read the test error at that step.
@@ -241,7 +250,8 @@ _STRUCTURAL = {
     "hidden_sizes", "conv_features", "activation", "norm", "model", "name", "task", "dataset",
     "batch_size", "kernel_init", "init_stddev", "dropout_noise", "dropout_mask_bits",
     "dropout_scaling", "dropconnect_mask_bits", "bn_ghost_size", "inception_stem",
-    "inception_stem_pool", "inception_modules", "inception_pool_after", "num_steps",
+    "inception_stem_pool", "inception_modules", "inception_pool_after",
+    "inception_branch_pool", "num_steps",
 }
 
 
@@ -332,6 +342,7 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
         ("model.dropout_scaling", config.model.dropout_scaling, DROPOUT_SCALINGS),
         ("model.dropconnect_mask_bits", config.model.dropconnect_mask_bits, MASK_BITS),
         ("model.activation", config.model.activation, ACTIVATIONS),
+        ("model.inception_branch_pool", config.model.inception_branch_pool, BRANCH_POOLS),
         ("model.kernel_init", config.model.kernel_init, KERNEL_INITS),
         ("model.norm", config.model.norm, NORMS),
         ("optimizer.name", config.optimizer.name, OPTIMIZERS),
@@ -459,6 +470,17 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.evaluation.train_examples scores the training split with the "
                          "primary evaluator, which must then be 'deterministic' (the first of "
                          f"config.evaluation.during), not {evaluation.during[0]!r}.")
+    if evaluation.subset < 0:
+        raise ValueError(f"config.evaluation.subset must be ≥ 0 (0: the whole evaluation split), "
+                         f"got {evaluation.subset}.")
+    full_steps = tuple(evaluation.full_steps)
+    if full_steps and (not evaluation.subset or any(
+            not isinstance(s, int) or s < 1 or s > config.num_steps or s % config.eval_every
+            for s in full_steps)):
+        raise ValueError(
+            f"config.evaluation.full_steps {full_steps} must be evaluation steps (multiples of "
+            f"config.eval_every {config.eval_every}, at most num_steps {config.num_steps}) of a "
+            "run that scores a subset (config.evaluation.subset > 0).")
     if evaluation.test_too and not config.validation_fraction:
         raise ValueError("config.evaluation.test_too scores the test split beside a validation "
                          "split; without one (config.validation_fraction 0) every evaluation "

@@ -38,6 +38,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
 }
 NORMS = (None, "batch")
+BRANCH_POOLS = ("max", "avg")
 # The name of every model's output layer; all other weight layers are hidden.
 OUTPUT_LAYER = "Dense_out"
 
@@ -261,10 +262,12 @@ class Inception(_Network):
     (224 → 28 pixels); ``stem_pool`` is that pooling at this scale (28 → 14).
 
     An inception module concatenates four branches on the feature axis: ``1×1``; ``1×1 → 3×3``;
-    ``1×1 → 3×3 → 3×3`` (the 5×5); ``3×3 max-pool (stride 1) → 1×1``. Every convolution is
-    ``conv → [BN] → act`` (BN over batch and positions, Sec. 3.2; the convolution then has no
-    bias). Dropout (``hidden_dropout``) acts only before the classifier, where the Inception net
-    has it. Any image size works (the pool is global): 28×28×1 or CIFAR-10's 32×32×3.
+    ``1×1 → 3×3 → 3×3`` (the 5×5); ``3×3 pool (stride 1) → 1×1`` — a max-pool as GoogLeNet's,
+    or an average pool, as most of BN-Inception's modules have (Ioffe & Szegedy 2015, Fig. 5).
+    Every convolution is ``conv → [BN] → act`` (BN over batch and positions, Sec. 3.2; the
+    convolution then has no bias). Dropout (``hidden_dropout``) acts only before the classifier,
+    where the Inception net has it. Any image size works (the pool is global): 28×28×1 or
+    CIFAR-10's 32×32×3.
 
     Attributes:
       stem_features: channels of the stem's 3×3 convolution.
@@ -273,6 +276,8 @@ class Inception(_Network):
         its 1×1 branch, of its 3×3 branch's 1×1 reduction and 3×3, of its 5×5 branch's
         reduction and two 3×3, and of the pooling branch's projection.
       pool_after: indices of the modules followed by a 2×2 max-pool (stride 2).
+      branch_pool: the pooling branch's 3×3 pool, ``"max"`` or ``"avg"`` (padded positions
+        not counted in the average).
       The others: as in :class:`MLP` (``hidden_sizes`` unused).
     """
 
@@ -280,6 +285,7 @@ class Inception(_Network):
     stem_pool: bool = False
     modules: Sequence[Sequence[int]] = ((16, 16, 24, 8, 12, 8), (32, 24, 48, 12, 24, 16))
     pool_after: Sequence[int] = (0,)
+    branch_pool: str = "max"
     hidden_sizes: Sequence[int] = ()
     activation: str = "relu"
     kernel_init: str = "he_normal"
@@ -287,6 +293,7 @@ class Inception(_Network):
     @nn.compact
     def __call__(self, x: jax.Array, *, bn_mode: str, noise: bool) -> jax.Array:
         self._check()
+        check_choice("branch_pool", self.branch_pool, BRANCH_POOLS)
         self._images(x)
         init = kernel_initializer(self.kernel_init, self.init_stddev)
         convs = itertools.count()  # Conv_i and BatchNorm_i, in the order they are built
@@ -301,7 +308,11 @@ class Inception(_Network):
         if self.stem_pool:
             h = nn.max_pool(h, (2, 2), strides=(2, 2))
         for index, (b1, b3_reduce, b3, b5_reduce, b5, pool_proj) in enumerate(self.modules):
-            pooled = nn.max_pool(h, (3, 3), strides=(1, 1), padding="SAME")
+            if self.branch_pool == "max":
+                pooled = nn.max_pool(h, (3, 3), strides=(1, 1), padding="SAME")
+            else:
+                pooled = nn.avg_pool(h, (3, 3), strides=(1, 1), padding="SAME",
+                                     count_include_pad=False)
             h = jnp.concatenate([
                 conv(h, b1, 1),
                 conv(conv(h, b3_reduce, 1), b3, 3),
@@ -383,5 +394,6 @@ def build_model(
         fields.update(stem_features=model_config.inception_stem,
                       stem_pool=model_config.inception_stem_pool,
                       modules=tuple(tuple(m) for m in model_config.inception_modules),
-                      pool_after=tuple(model_config.inception_pool_after))
+                      pool_after=tuple(model_config.inception_pool_after),
+                      branch_pool=model_config.inception_branch_pool)
     return MODELS[model_config.name](**fields)

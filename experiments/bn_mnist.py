@@ -13,41 +13,29 @@ Commands::
   python -m experiments.bn_mnist --workdir=runs/bn_mnist
   # the same on Fashion-MNIST, which Debian's dataset-fashion-mnist package provides offline
   python -m experiments.bn_mnist --workdir=runs/bn_fashion_mnist --config.dataset=fashion_mnist
+  # results.md and the figures again from the committed records alone, without training
+  python -m experiments.bn_mnist --analyze --workdir=experiments/results/bn_fashion_mnist
   # smoke size: scikit-learn's digits, seconds
   python -m experiments.bn_mnist --workdir=/tmp/bn_smoke --config=experiments/bn_mnist.py:smoke
 
-Outputs in ``--workdir``: ``results.md`` (tables, the paper's claims beside the measurements),
-``fig1a.png``, ``fig1bc.png``, ``sweep.png``, and the engine's run directories ``sweep/<net>``
-and ``study/<net>``. Rerunning resumes. Measured: experiments/results/bn_fashion_mnist.
+Protocol (:mod:`bnreg.study`) — the paper states neither optimizer nor learning rate: plain SGD
+for both nets, paired by seed (same initial weights, same batches). Both nets are tuned over a log
+grid of learning rates on a validation split; the rates of the final runs come from the
+*baseline's* choice only — (i) its best rate, (ii) ``high_lr_factor`` × it (BN's claim that it
+tolerates higher rates, the paper's "BN-x5"), (iii) ``low_lr_factor`` × it, a small rate at which
+the baseline is still climbing at 50k steps, as in the paper's Fig. 1a — so nothing is tuned in
+BN's favour. The BN net is evaluated with Alg. 2's population statistics (the paper's inference
+network); the EMA (momentum 0.9, PyTorch's default, chosen in ``experiments/bn_ema_momentum.py``;
+it never enters training), as tracked and settled on the final weights, is reported beside it.
 
-Protocol — the paper states neither optimizer nor learning rate, so the comparison is made fair
-and shown:
-
-1. Plain SGD (no momentum, no decay), the same for both nets. Both nets start from the same
-   weights (same seed, same layer names) and see the same batches in the same order.
-2. A learning-rate sweep on a log grid (``study.sweep_learning_rates``, 0.01 … 5.0) for *both*
-   nets, ``study.sweep_steps`` (10,000) steps each, 2 seeds, scored on a validation split of
-   1/12 of the training set (5,000 of MNIST's 60,000; the test set chooses nothing). A net's
-   grid and seeds are the members of one compiled program. ``results.md`` warns when the best
-   rate sits at the edge of the grid and names the rates the sweep cannot tell from it.
-3. The full study at (i) the no-BN net's best learning rate — the baseline's best shot —,
-   (ii) ``study.high_lr_factor`` (5) times it, BN's claim being that it tolerates higher rates
-   (the paper's "BN-x5"), and (iii) ``study.low_lr_factor`` (0.05) times it, a small rate at
-   which the baseline is still far from converged after 50k steps, as in the paper's Fig. 1a.
-   The claims are judged at (i); (ii) and (iii) are reported beside it.
-4. The BN net is evaluated — curves, probes, the sweep's score — with Alg. 2's population
-   statistics, the paper's inference network. The final accuracy with the EMA statistics is
-   reported beside it, and with the EMA *settled* on the final weights, which tells the EMA's
-   lag behind moving weights from a difference between the estimators. The EMA's momentum is
-   0.9 (PyTorch's default), chosen by ``experiments/bn_ema_momentum.py`` on other seeds and a
-   validation split; the EMA never enters training, so it changes no other number here.
-
-Nothing is tuned in BN's favour: the rates are chosen by the baseline's sweep only.
+The input drift of Fig. 1b,c is measured from ``study.drift_from`` on: the first evaluations are
+the nets' climb from their initial weights, the same transient with and without BN, and a
+max − min range over the whole run would measure it rather than the drift during training. With
+BN the sigmoid's input is γ·x̂ + β, so its percentiles move with the learned γ and β, drawn beside.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import ml_collections
@@ -55,13 +43,37 @@ import numpy as np
 import pandas as pd
 
 from bnreg import analysis
-from bnreg.config import default_config, override
+from bnreg.config import default_config
+from bnreg.study import (
+    PROTOCOL_KEYS,
+    Arm,
+    Chosen,
+    Claim,
+    Measure,
+    Results,
+    Study,
+    Verdict,
+    configure,
+    final,
+    plateaued,
+    steps_to_final,
+)
 
-NETS = {"no_bn": {"model.norm": None}, "bn": {"model.norm": "batch"}}
-NET_LABELS = {"no_bn": "without BN", "bn": "with BN"}
+NETS = {"no_bn": ("without BN", None), "bn": ("with BN", "batch")}
+SETTINGS = ("i", "ii", "iii")
 FIGURES = ("fig1a.png", "fig1bc.png", "sweep.png")
-# The tolerance within which the EMA's and Alg. 2's inference networks should agree (issue #5).
+# Within this many points the EMA's and Alg. 2's inference networks "agree".
 EMA_AGREEMENT_POINTS = 0.3
+
+VARIANTS = {
+    "smoke": {
+        "dataset": "digits", "num_steps": 400, "eval_every": 20, "checkpoint_every": 200,
+        "evaluation.population_batches": 10, "study.learning_rates": (0.1, 1.0),
+        "study.tune_steps": 100, "study.tune_eval_every": 50, "study.tune_seeds": (0,),
+        "study.validation_fraction": 0.2, "study.milestones": (100, 200, 400),
+        "study.drift_from": 100, "sweep.seed": (0, 1),
+    },
+}
 
 
 def get_config(variant: str = "full") -> ml_collections.ConfigDict:
@@ -71,376 +83,311 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         "dataset": "mnist", "model.hidden_sizes": (100, 100, 100), "model.activation": "sigmoid",
         "model.kernel_init": "normal", "model.init_stddev": 0.1, "batch_size": 60,
         "num_steps": 50_000, "eval_every": 500, "checkpoint_every": 5_000,
-        # The EMA reported beside Alg. 2 (see the docstring); it never enters training.
-        "model.bn_momentum": 0.9,
-        # Every evaluation of the BN net uses Alg. 2's statistics (the paper's inference
-        # network); the EMA, as tracked and settled, is reported beside it at the end.
-        "evaluation.bn_statistics": "population", "evaluation.final": ("ema", "settled_ema"),
-        "evaluation.population_batches": 100, "probe.layers": (-1,), "probe.units": (0, 1, 2),
-        # Fig. 1 needs no activation histograms; on one core they cost a fifth of an evaluation.
-        "probe.histogram_bins": 0,
+        "model.bn_momentum": 0.9, "evaluation.bn_statistics": "population",
+        "evaluation.final": ("ema", "settled_ema"), "evaluation.population_batches": 100,
+        "probe.layers": (-1,), "probe.units": (0, 1, 2), "probe.histogram_bins": 0,
     })
-    config.sweep.seed = (0, 1, 2)
+    config.sweep.seed = tuple(range(10))
     config.study = ml_collections.ConfigDict({
-        "sweep_learning_rates": (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-        "sweep_steps": 10_000, "sweep_eval_every": 2_000, "sweep_seeds": (0, 1),
-        "sweep_validation_fraction": 1 / 12,  # 5,000 of MNIST's 60,000 training examples
+        **PROTOCOL_KEYS,
+        "tune_seeds": (0, 1), "tune_steps": 10_000, "tune_eval_every": 2_000,
+        "validation_fraction": 1 / 12,  # 5,000 of MNIST's 60,000 training examples
+        "learning_rates": (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
         "high_lr_factor": 5.0, "low_lr_factor": 0.05,
         "milestones": (5_000, 10_000, 20_000, 50_000),
+        "drift_from": 5_000,
+        # A reference "has plateaued" when its mean accuracy over the last fifth of the
+        # evaluations is at most this many points above the fifth before.
+        "plateau_points": 0.2,
+        # Steps to these many points below the no-BN net's final accuracy at (i).
+        "threshold_points": (3.0, 2.0, 1.0),
     })
-    if variant == "smoke":
-        config.update_from_flattened_dict({
-            "dataset": "digits", "num_steps": 200, "eval_every": 50, "checkpoint_every": 100,
-            "evaluation.population_batches": 10, "study.sweep_learning_rates": (0.1, 1.0),
-            "study.sweep_steps": 100, "study.sweep_eval_every": 50, "study.sweep_seeds": (0,),
-            "study.sweep_validation_fraction": 0.2, "study.milestones": (50, 100, 200),
-        })
-        config.sweep.seed = (0, 1)
-    elif variant != "full":
-        raise ValueError(f"variant must be 'full' or 'smoke', got {variant!r}.")
-    config.lock()
-    return config
+    return configure(config, VARIANTS, variant)
 
 
-def sweep_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The engine config of the learning-rate sweep (validation split, short runs)."""
-    study = config.study
-    return override(config, {
-        "num_steps": study.sweep_steps, "eval_every": study.sweep_eval_every,
-        "checkpoint_every": study.sweep_steps, "validation_fraction":
-        study.sweep_validation_fraction, "sweep.seed": tuple(study.sweep_seeds),
-        "sweep.learning_rate": tuple(study.sweep_learning_rates),
-    })
+def factors(config: ml_collections.ConfigDict) -> dict[str, float]:
+    return {"i": 1.0, "ii": config.study.high_lr_factor, "iii": config.study.low_lr_factor}
 
 
-def study_config(config: ml_collections.ConfigDict, learning_rates: tuple):
-    """The engine config of the full runs at ``learning_rates``."""
-    return override(config, {"sweep.learning_rate": tuple(learning_rates)})
+def arms(config: ml_collections.ConfigDict) -> list[Arm]:
+    """Both nets tuned over ``study.learning_rates``; each trained at (i), (ii), (iii), the
+    no-BN net's choice × ``factors`` (one run per net, the three rates its members)."""
+    grid = {"learning_rate": tuple(config.study.learning_rates)}
+    tuned = [Arm(net, label, {"model.norm": norm}, tune=grid, final=False)
+             for net, (label, norm) in NETS.items()]
+    finals = [Arm(f"{net}_{setting}", f"{label}, lr ({setting})", {"model.norm": norm},
+                  settings={"learning_rate": Chosen("no_bn", "learning_rate", factor)}, run=net)
+              for net, (label, norm) in NETS.items()
+              for setting, factor in factors(config).items()]
+    return tuned + finals
 
 
-@dataclasses.dataclass
-class StudyResult:
-    """Both phases' tables (a ``net`` column tells the nets apart) and the chosen rates."""
-
-    sweep: pd.DataFrame  # the sweep's final evaluation per member
-    history: pd.DataFrame  # the full runs' metrics
-    final: pd.DataFrame  # the full runs' final evaluation per member
-    summaries: dict  # phase -> the BN net's summary.json (data source, split sizes)
-    learning_rates: tuple[float, float, float]  # (i) the baseline's best, (ii) high, (iii) low
-    workdir: Path
-
-
-def sweep_scores(sweep: pd.DataFrame, net: str, column: str = "accuracy") -> dict:
-    """Final validation ``column`` per learning rate of ``net``: (mean, std) over seeds."""
-    return analysis.scores(analysis.select(sweep, net=net), column, by="learning_rate")
-
-
-def choose_learning_rates(scores: dict, high_factor: float, low_factor: float) -> tuple:
-    """(i) the no-BN net's best learning rate on validation, (ii) ``high_factor`` × it,
-    (iii) ``low_factor`` × it."""
-    best = analysis.best(scores)
-    # Rounded so that 0.1 × 0.05 reads 0.005, not 0.005000000000000001, in every output.
-    return best, float(f"{best * high_factor:.12g}"), float(f"{best * low_factor:.12g}")
-
-
-def percentile_drift(history: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """How much a probed unit's input distribution moves over training (Fig. 1b,c): the range
-    over all evaluations of its median and of its outer-percentile spread, each ``(members,
-    units)`` for the first probed layer."""
-    _, values = analysis.curves(history, "probe_percentiles")  # (members, T, layers, units, q)
-    values = values[:, :, 0]
-    median = values[..., values.shape[-1] // 2]
-    spread = values[..., -1] - values[..., 0]
-    return np.ptp(median, axis=1), np.ptp(spread, axis=1)
-
-
-def _phase(config: ml_collections.ConfigDict, workdir: Path):
-    """One phase: both nets trained as a group; ``(history, final, BN net's summary)``."""
-    from bnreg import engine
-
-    runs = engine.train_group(config, NETS, workdir)
-    history, final = ({net: analysis.table(part(r)) for net, r in runs.items()}
-                      for part in (lambda r: r.history, lambda r: r.summary["members"]))
-    return analysis.combine(history, "net"), analysis.combine(final, "net"), runs["bn"].summary
-
-
-def run_study(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
-    """Runs the sweep and the full study for both nets, then writes the results and figures.
+def check(config: ml_collections.ConfigDict) -> None:
+    """The study's own keys.
 
     Raises:
-      ValueError: learning-rate factors that would make two of the settings (i), (ii), (iii)
-        the same rate, no milestone within the run, or a config either phase's runs cannot
-        take (all checked before anything is trained).
+      ValueError: factors that make two of (i), (ii), (iii) one rate; no milestone within the
+        run; a drift start outside it.
     """
-    factors = (1.0, config.study.high_lr_factor, config.study.low_lr_factor)
-    if len(set(factors)) < 3:
+    if len(set(factors(config).values())) < 3:
         raise ValueError(
-            f"config.study.high_lr_factor ({factors[1]}) and low_lr_factor ({factors[2]}) must "
-            "differ from 1 and from each other: (i), (ii) and (iii) are three distinct rates.")
+            f"config.study.high_lr_factor ({config.study.high_lr_factor}) and low_lr_factor "
+            f"({config.study.low_lr_factor}) must differ from 1 and from each other: (i), (ii) "
+            "and (iii) are three distinct rates.")
     if not any(m <= config.num_steps for m in config.study.milestones):
         raise ValueError(f"config.study.milestones {tuple(config.study.milestones)} must hold a "
                          f"step within config.num_steps ({config.num_steps}).")
-    from bnreg import engine
-
-    # Both phases' runs are checked before the sweep trains: the full runs' rates are not known
-    # yet, so any three distinct ones stand in for them.
-    for phase in (sweep_config(config), study_config(config, factors)):
-        for overrides in NETS.values():
-            engine.check(override(phase, overrides))
-    workdir = Path(workdir)
-    _, sweep, sweep_summary = _phase(sweep_config(config), workdir / "sweep")
-    rates = choose_learning_rates(sweep_scores(sweep, "no_bn"), *factors[1:])
-    history, final, summary = _phase(study_config(config, rates), workdir / "study")
-    result = StudyResult(sweep, history, final, {"sweep": sweep_summary, "study": summary},
-                         rates, workdir)
-    return [write_results(config, result), plot_fig1a(config, result),
-            plot_fig1bc(config, result), plot_sweep(config, result)]
+    if not 0 <= config.study.drift_from < config.num_steps:
+        raise ValueError(f"config.study.drift_from ({config.study.drift_from}) must be a step "
+                         f"within the run (0 to {config.num_steps - 1}).")
 
 
-def setting(result: StudyResult, lr: float) -> str:
-    """The learning rate with its setting's label, e.g. ``1 (i)``."""
-    return f"{lr:g} ({('i', 'ii', 'iii')[result.learning_rates.index(lr)]})"
+def drift(results: Results, arm: str, part: str = "median") -> np.ndarray:
+    """How far a probed unit's input moves during training (Fig. 1b,c): per seed, the range
+    (max − min over the evaluations from ``study.drift_from`` on) of its median (``part``
+    ``"median"``) or of its outer-percentile spread (``"spread"``), averaged over the probed
+    units of the first probed layer."""
+    steps, values = results.curves(arm, "probe_percentiles")  # (seeds, T, layers, units, q)
+    values = values[:, steps >= results.config.study.drift_from, 0]
+    measure = values[..., values.shape[-1] // 2] if part == "median" else (
+        values[..., -1] - values[..., 0])
+    return np.ptp(measure, axis=1).mean(-1)
 
 
-def accuracy_curves(result: StudyResult, net: str, lr: float, **fields) -> tuple:
-    """``(steps, values (seeds, T, ...))`` of one net's ``accuracy`` at one learning rate
-    (``column=`` another metric; further fields select, e.g. ``seed=0``)."""
-    column = fields.pop("column", "accuracy")
-    frame = analysis.select(result.history, net=net, learning_rate=lr, **fields)
-    return analysis.curves(frame, column)
+def drift_measure(arm: str, label: str) -> Measure:
+    return Measure(f"median drift of {label}",
+                   lambda results: pd.Series(drift(results, arm), index=results.seeds(arm)),
+                   unit="", scale=1.0, arms=(arm,))
 
 
-def final_accuracies(final: pd.DataFrame, net: str, lr: float, column: str) -> np.ndarray:
-    """Final ``column`` (e.g. ``"accuracy_ema"``) in %, per seed of ``net`` at ``lr``."""
-    return 100 * analysis.select(final, net=net, learning_rate=lr)[column].to_numpy()
+def claims(config: ml_collections.ConfigDict) -> list[Claim]:
+    """The paper's claims: faster and higher at (i) and (iii), gated on the baseline's plateau;
+    BN's tolerance of a 5× rate; the stable input distribution."""
+    points = config.study.plateau_points
+    found = []
+    for setting in ("i", "iii"):
+        gate = plateaued(f"no_bn_{setting}", tolerance=points,
+                         label=f"the no-BN net at ({setting})")
+        found += [
+            Claim(f"faster_{setting}", f"BN reaches the no-BN net's final accuracy in fewer "
+                  f"steps, lr ({setting})", "Fig. 1a (MNIST): BN trains faster",
+                  steps_to_final(f"bn_{setting}", f"no_bn_{setting}"),
+                  steps_to_final(f"no_bn_{setting}", f"no_bn_{setting}"), "below", gate=gate,
+                  primary=setting == "i"),
+            Claim(f"higher_{setting}", f"BN ends at a higher test accuracy, lr ({setting})",
+                  "Fig. 1a (MNIST): BN reaches a higher accuracy",
+                  final(f"bn_{setting}"), final(f"no_bn_{setting}"), "above", gate=gate),
+        ]
+    found.append(Claim(
+        "higher_rate", "At 5× the no-BN net's best rate, BN ends above the no-BN net, lr (ii)",
+        "Sec. 3.3 (ImageNet): BN enables higher learning rates",
+        final("bn_ii"), final("no_bn_ii"), "above"))
+    found += [Claim(
+        f"stable_{setting}", f"The last layer's sigmoid input drifts less with BN (median, from "
+        f"step {config.study.drift_from:,}), lr ({setting})",
+        "Fig. 1b,c (MNIST): much more stable with BN",
+        drift_measure(f"no_bn_{setting}", "no BN"), drift_measure(f"bn_{setting}", "BN"),
+        "above") for setting in ("i", "iii")]
+    return found
 
 
-def gaps_to_alg2(final: pd.DataFrame, lr: float, statistics: str) -> np.ndarray:
-    """Alg. 2 − ``statistics`` final accuracy of the BN net in points, per seed at ``lr``."""
-    return (final_accuracies(final, "bn", lr, "accuracy_population")
-            - final_accuracies(final, "bn", lr, f"accuracy_{statistics}"))
+def rate_label(results: Results, arm: str) -> str:
+    setting = arm.rsplit("_", 1)[1]
+    return f"{results.settings[arm]['learning_rate']:g} ({setting})"
 
 
-def comparison_verdict(label: str, steps: np.ndarray, curves: dict, from_step: int) -> str:
-    """Whether BN is above the baseline beyond the seeds' std at every evaluation from
-    ``from_step`` on; ``curves[net]`` is a net's ``(seeds, T)`` accuracy."""
-    mask, baseline = steps >= from_step, curves["no_bn"]
-    above = analysis.above_beyond_noise(steps[mask], curves["bn"][:, mask], baseline[:, mask])
-    note = "" if analysis.learned(baseline) else (
-        f"The baseline ended no better than it started: {100 * baseline.mean(0)[-1]:.2f}% at "
-        f"step {int(steps[-1]):,}, {100 * baseline.mean(0)[0]:.2f}% at step {int(steps[0]):,}. ")
-    return f"- lr {label}: " + analysis.above_text(above, first="BN", second="baseline",
-                                                   since=from_step, note=note)
-
-
-def _agreement(gaps: np.ndarray) -> str:
-    return analysis.agreement_text(analysis.agreement(gaps, EMA_AGREEMENT_POINTS))
-
-
-def _sweep_lines(config: ml_collections.ConfigDict, result: StudyResult) -> list[str]:
-    columns = {"no-BN": ("no_bn", "accuracy"),
-               f"BN ({config.evaluation.bn_statistics} stats)": ("bn", "accuracy"),
-               "BN (EMA stats)": ("bn", "accuracy_ema")}
-    rows = [[f"{lr:g}", *(analysis.cell(final_accuracies(result.sweep, net, lr, column))
-                          for net, column in columns.values())]
-            for lr in sorted(set(result.sweep["learning_rate"]))]
-    best, high, low = result.learning_rates
-    study = config.study
-    lines = [
-        f"## Learning-rate sweep ({study.sweep_steps} steps, validation split of "
-        f"{result.summaries['sweep']['num_evaluation_examples']} carved from train, seeds "
-        f"{list(study.sweep_seeds)})", "",
-        f"Final validation accuracy; the BN net with its {config.evaluation.bn_statistics} "
-        f"statistics, and with the EMA (momentum {config.model.bn_momentum:g}) tracked in "
-        "training.", "",
-        analysis.markdown_table(["learning rate", *columns], rows), "",
-        f"Chosen: (i) **{best:g}**, the no-BN net's best; (ii) **{high:g}** = "
-        f"{study.high_lr_factor:g} × (i), to test BN's tolerance of higher rates; (iii) "
-        f"**{low:g}** = {study.low_lr_factor:g} × (i), a small rate at which the baseline is "
-        "still far from converged after the full run, as the paper's Fig. 1 shows it. The "
-        "claims are judged at (i).",
-    ]
-    tied = [lr for lr in analysis.tied_with_best(sweep_scores(result.sweep, "no_bn")) if lr != best]
-    if tied:
-        lines.append(
-            f"The sweep cannot tell (i) from {', '.join(f'{lr:g}' for lr in tied)}: their no-BN "
-            "scores lie within the seeds' std of the best, so which of them is (i) is partly "
-            "chance (another draw of the seeds or the data order may pick another).")
-    grid = sorted(study.sweep_learning_rates)
-    if best in (grid[0], grid[-1]):
-        lines.append(f"**Caution**: (i) is at the edge of the grid {grid}; a wider grid may "
-                     "find a better rate for the baseline.")
-    return [*lines, ""]
-
-
-def _accuracy_lines(config: ml_collections.ConfigDict, result: StudyResult) -> list[str]:
-    milestones = [m for m in config.study.milestones if m <= config.num_steps]
-    claims = {"no_bn": "baseline: slower, lower accuracy", "bn": "BN: faster and higher accuracy"}
-    rows, verdicts = [], []
-    for lr in result.learning_rates:
-        curves = {net: accuracy_curves(result, net, lr)[1] for net in NETS}
-        steps, _ = accuracy_curves(result, "no_bn", lr)
-        baseline_final = float(curves["no_bn"][:, -1].mean())
-        for net in NETS:
-            reached = (analysis.first_step_reaching(steps, curves[net].mean(0), baseline_final)
-                       if analysis.learned(curves["no_bn"]) else "— (baseline did not learn)")
-            at = [analysis.cell(100 * curves[net][:, list(steps).index(m)]) if m in steps
-                  else "—" for m in milestones]
-            finals = [analysis.cell(final_accuracies(result.final, net, lr, f"accuracy_{kind}"))
-                      if net == "bn" else "—" for kind in ("ema", "population")]
-            rows.append([NET_LABELS[net], setting(result, lr), *at,
-                         "never" if reached is None else reached, *finals, claims[net]])
-        verdicts.append(comparison_verdict(setting(result, lr), steps, curves, milestones[0]))
-    header = ["net", "lr", *(f"{m:,} steps" for m in milestones), "first step ≥ no-BN final",
-              "final, EMA stats", "final, Alg. 2 stats", "paper (Fig. 1a)"]
-    settling = result.summaries["study"]["settled_ema_batches"]
-    return [
-        "## Test accuracy (Fig. 1a)", "", analysis.markdown_table(header, rows), "",
-        "### Is BN above the baseline at every evaluation, by more than the seeds' std?", "",
-        *verdicts, "",
-        f"### Do EMA and Alg. 2 inference agree (within {EMA_AGREEMENT_POINTS:g} points)?", "",
-        f"The EMA (momentum {config.model.bn_momentum:g}) as tracked in training, and the same "
-        f"EMA *settled*: {settling} more updates with the final weights frozen (the starting "
-        "value then weighs ≤ 0.1%). The settled EMA and Alg. 2 estimate the same statistics of "
-        "the same weights; the EMA tracked in training averages over past weights too. "
-        "Paper (Sec. 3.1): the inference network uses Alg. 2's population statistics; moving "
-        "averages are how one tracks a model's accuracy while it trains. How the gap depends on "
-        "the momentum, and how fast the trained network's statistics go stale: "
-        "`experiments/bn_ema_momentum.py`, which compares momenta on 5 other seeds. With few "
-        "seeds the mean gap is uncertain (the 95% interval below): compare it with that study's "
-        "before counting on agreement.", "",
-        *(f"- lr {setting(result, lr)}: Alg. 2 − EMA tracked in training = "
-          f"{_agreement(gaps_to_alg2(result.final, lr, 'ema'))}. Alg. 2 − settled EMA = "
-          f"{_agreement(gaps_to_alg2(result.final, lr, 'settled_ema'))}."
-          for lr in result.learning_rates), "",
-    ]
-
-
-def drift_verdict(label: str, median_ratio: float, spread_ratio: float) -> str:
-    """Whether the median's drift with BN is "well below" the baseline's, read as at most half
-    of it (a ratio ≥ 2)."""
-    verdict = "well below" if median_ratio >= 2.0 else "**not well below**"
-    return (f"- lr {label}: without BN the median drifts {median_ratio:.1f}× as much as with "
-            f"BN: {verdict} (the spread: {spread_ratio:.1f}×).")
-
-
-def _drift_lines(config: ml_collections.ConfigDict, result: StudyResult) -> list[str]:
-    rows, verdicts = [], []
-    for lr in result.learning_rates:
-        drifts = {net: percentile_drift(analysis.select(result.history, net=net, learning_rate=lr))
-                  for net in NETS}
-        cells, ratios = [], []
-        for index in range(2):  # median, spread
-            without, with_bn = (drifts[net][index].reshape(-1) for net in ("no_bn", "bn"))
-            ratios.append(without.mean() / max(with_bn.mean(), 1e-12))
-            cells += [analysis.cell(without, digits=3), analysis.cell(with_bn, digits=3),
-                      f"**{ratios[-1]:.1f}×**"]
-        rows.append([setting(result, lr), *cells, "without BN: drifts; with BN: much more stable"])
-        verdicts.append(drift_verdict(setting(result, lr), *ratios))
-    header = ["lr", "median drift, without BN", "median drift, with BN", "ratio",
-              "spread drift, without BN", "spread drift, with BN", "ratio", "paper (Fig. 1b,c)"]
-    return [
-        "## Drift of a last-hidden-layer sigmoid's input (Fig. 1b,c)", "",
-        "Range (max − min over all evaluations, step 0 included) of the median pre-activation "
-        "and of its 15–85th percentile spread; mean ± std over seeds × probed units "
-        f"{list(config.probe.units)}. The BN net is probed with "
-        f"{config.evaluation.bn_statistics} statistics. Paper: (b) without BN the distribution "
-        "changes significantly over time, (c) with BN it is much more stable.", "",
-        analysis.markdown_table(header, rows), "",
-        "Ratio = drift without BN / drift with BN. With BN the sigmoid's input is γ·x̂ + β, "
-        "and BN holds x̂'s variance near 1: a spread that drifts with BN is mostly the learned "
-        "scale γ moving.", "",
-        "### Is the drift well below with BN (the median's drift at most half the baseline's)?",
-        "", *verdicts, "",
-    ]
-
-
-def write_results(config: ml_collections.ConfigDict, result: StudyResult) -> Path:
-    """Writes ``results.md``: the sweep, the accuracy table, the verdicts and the drift."""
-    summary = result.summaries["study"]
+def setup(results: Results) -> list[str]:
+    config = results.config
+    summary = results.summary("final", "bn_i")
     binarized = config.dataset == "mnist" if config.binarize is None else config.binarize
     sizes = [int(np.prod(summary["input_shape"])), *config.model.hidden_sizes, 10]
-    lines = [
-        "# Batch Normalization on MNIST — Ioffe & Szegedy 2015, Fig. 1, measured", "",
+    return [
         f"Dataset: **{config.dataset}** ({summary['source']}), input "
         f"{'binarized' if binarized else 'grey levels in [0, 1]'}. Network "
         f"{'-'.join(map(str, sizes))} {config.model.activation}, N(0, "
         f"{config.model.init_stddev}²) init, plain SGD, batch {config.batch_size}, "
-        f"{config.num_steps} steps, seeds {list(config.sweep.seed)}; accuracies are mean ± std "
-        "over seeds, in %.", "", *_sweep_lines(config, result),
-        *_accuracy_lines(config, result), *_drift_lines(config, result),
-        "Figures: `fig1a.png` (test accuracy, mean ± std band), `fig1bc.png` "
-        f"(15/50/85th percentiles, seed {config.sweep.seed[0]}, unit {config.probe.units[0]}, "
-        "one row per learning rate), `sweep.png` (the sweep's validation accuracy vs learning "
-        "rate, the study's rates marked).", "",
+        f"{config.num_steps:,} steps, seeds {list(config.sweep.seed)}. The rates: (i) the "
+        f"no-BN net's choice on validation, (ii) {config.study.high_lr_factor:g} × (i), (iii) "
+        f"{config.study.low_lr_factor:g} × (i). Test accuracy every {config.eval_every:,} "
+        "steps; the BN net with Alg. 2's population statistics "
+        f"({config.evaluation.population_batches} training batches). Accuracies in %, mean ± "
+        "std over seeds.", "",
     ]
-    path = result.workdir / "results.md"
-    path.write_text("\n".join(lines))
-    return path
 
 
-def plot_sweep(config: ml_collections.ConfigDict, result: StudyResult) -> Path:
-    """The sweep: final validation accuracy vs learning rate for both nets, mean ± std over the
-    sweep's seeds, the study's rates (i), (ii), (iii) marked — the evidence for (i)."""
+def _milestone_cells(results: Results, arm: str, milestones) -> list[str]:
+    steps, values = results.curves(arm)
+    return [analysis.cell(100 * values[:, list(steps).index(m)]) if m in steps else "—"
+            for m in milestones]
+
+
+def accuracy_lines(results: Results) -> list[str]:
+    config = results.config
+    milestones = [m for m in config.study.milestones if m <= config.num_steps]
+    rows = []
+    for setting in SETTINGS:
+        for net, (label, _) in NETS.items():
+            arm = f"{net}_{setting}"
+            finals = [analysis.cell(100 * results.finals(arm, f"accuracy_{kind}"))
+                      if net == "bn" else "—" for kind in ("ema", "settled_ema")]
+            rows.append([label, rate_label(results, arm),
+                         *_milestone_cells(results, arm, milestones), *finals])
+    header = ["net", "lr", *(f"{m:,} steps" for m in milestones), "final, EMA tracked",
+              "final, EMA settled"]
+    return ["## Test accuracy (Fig. 1a)", "", analysis.markdown_table(header, rows), "",
+            "The BN net's accuracies are with Alg. 2's statistics; the last two columns are "
+            f"the same final weights with the EMA (momentum {config.model.bn_momentum:g}) as "
+            "tracked in training and settled on the final weights.", ""]
+
+
+def steps_to_threshold(results: Results, arm: str, threshold: float) -> str:
+    """The steps ``arm`` needs to reach ``threshold`` accuracy: mean ± std over the seeds that
+    reach it, and how many do."""
+    steps, values = results.curves(arm)
+    found = [analysis.first_step_reaching(steps, curve, threshold) for curve in values]
+    reached = [step for step in found if step is not None]
+    if not reached:
+        return "never"
+    text = analysis.cell(np.asarray(reached, dtype=float), digits=0)
+    return text if len(reached) == len(found) else f"{text} ({len(reached)}/{len(found)} seeds)"
+
+
+def threshold_lines(results: Results) -> list[str]:
+    reference = float(results.finals("no_bn_i").mean())
+    thresholds = [reference - points / 100 for points in results.config.study.threshold_points]
+    rows = [[results.label(arm), *(steps_to_threshold(results, arm, t) for t in thresholds)]
+            for arm in (f"{net}_{s}" for s in SETTINGS for net in NETS)]
+    header = ["net", *(f"steps to {100 * t:.2f}%" for t in thresholds)]
+    return ["## Steps to fixed accuracies", "",
+            "Fixed thresholds below the no-BN net's final accuracy at (i) "
+            f"({100 * reference:.2f}%): speed where a claim's gate fails, read without a "
+            "plateaued reference. Per seed the first evaluation at or above the threshold; "
+            "mean ± std over the seeds that reach it.", "",
+            analysis.markdown_table(header, rows), ""]
+
+
+def ema_lines(results: Results) -> list[str]:
+    lines = [f"## EMA vs Alg. 2 inference (within {EMA_AGREEMENT_POINTS:g} points?)", "",
+             "Alg. 2 − EMA final accuracy of the BN net per seed: mean ± std, its 95% interval "
+             "and whether they agree (`experiments/bn_ema_momentum.py` studies the momentum).",
+             ""]
+    for setting in SETTINGS:
+        arm = f"bn_{setting}"
+        gaps = {kind: 100 * (results.finals(arm, "accuracy_population")
+                             - results.finals(arm, f"accuracy_{kind}"))
+                for kind in ("ema", "settled_ema")}
+        texts = {kind: analysis.agreement_text(analysis.agreement(gap, EMA_AGREEMENT_POINTS))
+                 for kind, gap in gaps.items()}
+        lines.append(f"- lr {rate_label(results, arm)}: tracked {texts['ema']}; settled "
+                     f"{texts['settled_ema']}.")
+    return [*lines, ""]
+
+
+def drift_lines(results: Results) -> list[str]:
+    config = results.config
+    rows = []
+    for setting in ("i", "ii", "iii"):
+        cells = []
+        for part in ("median", "spread"):
+            without, with_bn = (drift(results, f"{net}_{setting}", part) for net in NETS)
+            cells += [analysis.cell(without), analysis.cell(with_bn),
+                      f"{without.mean() / max(with_bn.mean(), 1e-12):.1f}×"]
+        steps, scale = results.curves(f"bn_{setting}", "probe_bn_scale")
+        _, bias = results.curves(f"bn_{setting}", "probe_bn_bias")
+        late = steps >= config.study.drift_from
+        cells += [analysis.cell(np.ptp(part[:, late, 0], axis=1).mean(-1)) for part in (scale,
+                                                                                     bias)]
+        rows.append([rate_label(results, f"bn_{setting}"), *cells])
+    header = ["lr", "median drift, no BN", "median drift, BN", "ratio", "spread drift, no BN",
+              "spread drift, BN", "ratio", "BN's γ range", "BN's β range"]
+    return [
+        "## Drift of a last-hidden-layer sigmoid's input (Fig. 1b,c)", "",
+        f"From step {config.study.drift_from:,} on (the first evaluations are the climb from the "
+        "initial weights): the range (max − min) of the input's median and of its 15–85th "
+        "percentile spread, mean ± std over seeds of the mean over probed units "
+        f"{list(config.probe.units)}; for the BN net also the range of the units' γ and β, "
+        "which move its percentiles (the input is γ·x̂ + β).", "",
+        analysis.markdown_table(header, rows), "",
+    ]
+
+
+def sections(results: Results, verdicts: list[Verdict]) -> list[str]:
+    return [*accuracy_lines(results), *threshold_lines(results), *ema_lines(results),
+            *drift_lines(results),
+            "Figures: `fig1a.png` (test accuracy, mean ± std band), `fig1bc.png` "
+            f"(percentiles, γ and β of seed {results.config.sweep.seed[0]}'s unit "
+            f"{results.config.probe.units[0]}), `sweep.png` (the tuning).", ""]
+
+
+def figures(results: Results, directory: Path) -> list[Path]:
+    from bnreg.study.figures import sweep_figure
+
+    marks = {f"({s})": results.settings[f"no_bn_{s}"]["learning_rate"] for s in SETTINGS}
+    return [plot_fig1a(results, directory / "fig1a.png"),
+            plot_fig1bc(results, directory / "fig1bc.png"),
+            sweep_figure(results, directory / "sweep.png", marks=marks)]
+
+
+def plot_fig1a(results: Results, path: Path) -> Path:
+    """Test accuracy vs steps, both nets, mean ± std over seeds; a panel per learning rate."""
     from bnreg import plots
 
-    figure, ax = plots.figure(1, 1, width=6.5, height=4)
-    for color, net in zip(("C1", "C0"), NETS, strict=True):
-        frame = analysis.select(result.sweep, net=net)
-        rates = sorted(set(frame["learning_rate"]))
-        values = [analysis.select(frame, learning_rate=lr)["accuracy"] for lr in rates]
-        plots.versus(ax[0, 0], rates, np.asarray(values), label=NET_LABELS[net], color=color)
-    plots.mark(ax[0, 0], {setting(result, lr): lr for lr in result.learning_rates})
-    ax[0, 0].set(xlabel="learning rate (plain SGD)", ylabel="validation accuracy")
-    ax[0, 0].legend(loc="best")
-    figure.suptitle(f"Sweep: {config.study.sweep_steps} steps, seeds "
-                    f"{list(config.study.sweep_seeds)}, mean ± std; the study's rates dotted")
-    return plots.save(figure, result.workdir / "sweep.png")
-
-
-def plot_fig1a(config: ml_collections.ConfigDict, result: StudyResult) -> Path:
-    """Test accuracy vs steps, both nets, mean ± std over seeds; one panel per learning rate."""
-    from bnreg import plots
-
-    figure, axes = plots.figure(1, len(result.learning_rates), width=5.5, height=4)
-    for ax, lr in zip(axes[0], result.learning_rates, strict=True):
+    config = results.config
+    figure, axes = plots.figure(1, len(SETTINGS), width=5.5, height=4)
+    for ax, setting in zip(axes[0], SETTINGS, strict=True):
         lows = []
         for color, net in zip(("C1", "C0"), NETS, strict=True):
-            steps, values = accuracy_curves(result, net, lr)
-            plots.band(ax, steps, values, label=NET_LABELS[net], color=color)
-            lows.append(values[:, steps >= min(config.study.milestones[0], steps[-1])].min())
-        # As in the paper's Fig. 1a, the axis starts near the lowest accuracy from the first
-        # milestone on: the first steps' climb from chance would squeeze the differences.
-        ax.set_ylim(max(0.0, min(lows) - 0.03), None)
-        ax.set(title=f"{config.dataset}, SGD lr {setting(result, lr)}", xlabel="training step")
+            steps, values = results.curves(f"{net}_{setting}")
+            plots.band(ax, steps, 100 * values, label=NETS[net][0], color=color)
+            lows.append(100 * values[:, steps >= min(config.study.milestones[0],
+                                                     steps[-1])].min())
+        # As in the paper's Fig. 1a, from near the lowest accuracy after the first milestone.
+        ax.set_ylim(max(0.0, min(lows) - 3), None)
+        ax.set(title=f"lr {rate_label(results, f'no_bn_{setting}')}", xlabel="training step")
         ax.legend(loc="best")
-    axes[0, 0].set_ylabel("test accuracy")
-    figure.suptitle(f"Fig. 1a: {len(config.sweep.seed)} seeds, mean ± std")
-    return plots.save(figure, result.workdir / "fig1a.png")
+    axes[0, 0].set_ylabel("test accuracy %")
+    figure.suptitle(f"Fig. 1a, {config.dataset}: {len(config.sweep.seed)} seeds, mean ± std")
+    return plots.save(figure, path)
 
 
-def plot_fig1bc(config: ml_collections.ConfigDict, result: StudyResult) -> Path:
-    """The 15/50/85th percentiles of one last-hidden-layer sigmoid's input over training,
-    without (b) and with (c) BN on one y-axis (the first seed and probed unit), a row per rate."""
+def plot_fig1bc(results: Results, path: Path) -> Path:
+    """Per learning rate: the 15/50/85th percentiles of one last-layer sigmoid's input without
+    (b) and with (c) BN (one y-axis), and the BN unit's γ and β; the first seed; the drift's
+    start dotted."""
     from bnreg import plots
 
-    figure, axes = plots.figure(len(result.learning_rates), 2, width=5.5, height=3.6,
-                                sharey="row")
-    for row, lr in zip(axes, result.learning_rates, strict=True):
-        for ax, (panel, net) in zip(row, (("(b)", "no_bn"), ("(c)", "bn")), strict=True):
-            steps, values = accuracy_curves(result, net, lr, seed=config.sweep.seed[0],
-                                            column="probe_percentiles")
+    config = results.config
+    seed, unit = config.sweep.seed[0], config.probe.units[0]
+    figure, axes = plots.figure(len(SETTINGS), 3, width=4.6, height=3.4)
+    for row, setting in zip(axes, SETTINGS, strict=True):
+        for ax, (panel, net) in zip(row[:2], (("(b)", "no_bn"), ("(c)", "bn")), strict=True):
+            steps, values = results.curves(f"{net}_{setting}", "probe_percentiles")
             plots.percentile_lines(ax, steps, values[0, :, 0, 0, :], config.probe.percentiles)
-            ax.set_title(f"{panel} {NET_LABELS[net]}, lr {setting(result, lr)}")
-        row[0].set_ylabel(f"input to sigmoid unit {config.probe.units[0]}")
+            ax.set_title(f"{panel} {NETS[net][0]}, lr {rate_label(results, f'{net}_{setting}')}")
+        row[1].sharey(row[0])
+        steps, scale = results.curves(f"bn_{setting}", "probe_bn_scale")
+        _, bias = results.curves(f"bn_{setting}", "probe_bn_bias")
+        row[2].plot(steps, scale[0, :, 0, 0], label="γ", color="C2")
+        row[2].plot(steps, bias[0, :, 0, 0], label="β", color="C3")
+        row[2].set_title(f"BN's γ and β of the unit, lr {rate_label(results, f'bn_{setting}')}")
+        row[0].set_ylabel(f"input to sigmoid unit {unit}")
+        for ax in row:
+            ax.axvline(config.study.drift_from, color="grey", linestyle=":", linewidth=1)
     for ax in axes[-1]:
         ax.set_xlabel("training step")
     axes[0, 0].legend()
-    figure.suptitle(f"Fig. 1b,c: {config.dataset}, last hidden layer, seed {config.sweep.seed[0]}")
-    return plots.save(figure, result.workdir / "fig1bc.png")
+    axes[0, 2].legend()
+    figure.suptitle(f"Fig. 1b,c, {config.dataset}: last hidden layer, seed {seed}; drift "
+                    f"measured from the dotted line")
+    return plots.save(figure, path)
+
+
+STUDY = Study(
+    name="bn_mnist", title="Batch Normalization on MNIST — Ioffe & Szegedy 2015, Fig. 1, measured",
+    arms=arms, claims=claims, setup=setup, sections=sections, figures=figures, check=check)
 
 
 if __name__ == "__main__":
     from bnreg import cli
 
-    cli.main(__file__, run_study, workdir="runs/bn_mnist")
+    cli.main(__file__, STUDY, workdir="runs/bn_mnist")

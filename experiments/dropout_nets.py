@@ -72,7 +72,32 @@ import pandas as pd
 
 from bnreg import analysis
 from bnreg.config import AXES, default_config, override
+from bnreg.study import Untested
 from experiments.dropout_recipe import RECIPE, schedule_overrides
+
+# The paper claims this study tests: on experiments/results/CLAIMS.md, as not yet tested in
+# their regime, until the study is rerun on the study layer (bnreg.study).
+_RERUN = ("issue 28 reruns it on the study layer, in the paper's regime (the committed results.md"
+          ' predates regime gates: its nets never reached the regime)')
+CLAIMS = (
+    Untested('dropout_lowers_error',
+             'Dropout lowers the test error of the same net (ReLU)',
+             'Table 2 (MNIST): 3×1024 ReLU with dropout 1.25% vs a standard net 1.60%', _RERUN),
+    Untested('table9_order',
+             'Dropout + max-norm has the lowest test error of the regularizers',
+             'Table 9 (MNIST): L2 1.62, max-norm 1.35, dropout + L2 1.25, dropout + max-norm '
+             '1.05%', _RERUN),
+    Untested('gaussian_dropout',
+             'Gaussian dropout is at least as good as Bernoulli dropout',
+             'Table 10 (MNIST): 0.95 ± 0.04 vs 1.08 ± 0.04%', _RERUN),
+    Untested('monte_carlo',
+             'Monte-Carlo averaging of k thinned nets matches weight scaling at k ≈ 50',
+             'Fig. 11 (MNIST)', _RERUN),
+    Untested('overfitting',
+             'Without dropout the test error turns up while training error falls; with it, not',
+             'Fig. 4 / Sec. 6.1 (MNIST)', _RERUN),
+)
+
 
 INPUT_DROP, HIDDEN_DROP = 0.2, 0.5  # retain p = 0.8 and 0.5
 FIGURES = ("overfitting.png", "fig11.png", "sweep.png")

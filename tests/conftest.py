@@ -97,3 +97,20 @@ def drawn_indices(members, labels, batch_size: int, steps: int):
     drawn = jax.jit(lambda: jax.lax.scan(body, sampler.empty_order(len(members)),
                                          jnp.arange(steps))[1])()
     return np.asarray(drawn), subsets
+
+
+def constructed_results(final_rows, history_rows=(), *, config=None, extra=None, settings=None):
+    """:class:`bnreg.study.Results` built from rows (dicts with an ``arm`` and a ``seed``): the
+    final evaluations and the curves (``step``, ``member``) of arms named by those rows — a
+    study's analysis on constructed numbers, without training."""
+    import pandas as pd
+
+    from bnreg.study import Arm, Results
+
+    final = pd.DataFrame(list(final_rows))
+    history = pd.DataFrame(list(history_rows))
+    names = sorted({*final.get("arm", []), *history.get("arm", [])})
+    return Results(config=config or default_config(), arms={n: Arm(n, n) for n in names},
+                   choices={}, settings=settings or {}, tuning=pd.DataFrame(), history=history,
+                   final=final, summaries={},
+                   extra={k: pd.DataFrame(v) for k, v in (extra or {}).items()}, machine={})

@@ -1,21 +1,22 @@
-"""The BN MNIST study (experiments/bn_mnist.py): end to end in smoke size, and its analysis."""
+"""The BN MNIST study (experiments/bn_mnist.py): end to end in smoke size, results.md and the
+figures again from its records alone (``--analyze``), the command line, and its analysis."""
 
 from __future__ import annotations
 
 import os
-import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
+from conftest import assert_figure, constructed_results
 
-from bnreg import analysis, engine
+from bnreg import engine, study
 from bnreg.config import override
+from bnreg.study.arms import final_runs, final_settings, tuning_overrides
 from experiments import bn_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,34 +41,44 @@ def smoke_run(tmp_path_factory):
 @pytest.mark.parametrize("name", bn_mnist.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
-    with Image.open(workdir / name) as image:
-        image.verify()
-        assert image.format == "PNG"
-        assert image.size[0] > 400 and image.size[1] > 200
-    assert str(workdir / name) in stdout
+    assert_figure(workdir / name, stdout)
 
 
 @pytest.mark.slow
-def test_smoke_study_writes_results_table_and_run_outputs(smoke_run):
+def test_smoke_results_hold_every_claim_the_tables_and_the_records(smoke_run):
     workdir, stdout = smoke_run
     results = (workdir / "results.md").read_text()
     assert results in stdout
-    header = ("| net | lr | 50 steps | 100 steps | 200 steps | first step ≥ no-BN final | "
-              "final, EMA stats | final, Alg. 2 stats | paper (Fig. 1a) |")
-    assert header + "\n" in results
-    for net in ("with BN", "without BN"):
-        # One accuracy row per learning rate (i), (ii) and (iii), with every column filled.
-        rows = re.findall(rf"^\| {net} \| [0-9.]+ \(i+\) \|.*$", results, flags=re.M)
-        assert len(rows) == 3
-        assert all(row.count("|") == header.count("|") and "| |" not in row for row in rows)
-    drift = r"without BN the median drifts [0-9.]+× as much as with BN"
-    for verdict in (r"Alg. 2 − EMA tracked", drift, "BN − baseline from step 50 on"):
-        assert len(re.findall(rf"^- lr [0-9.]+ \(i+\): {verdict}", results, flags=re.M)) == 3
-    assert "## Learning-rate sweep" in results
-    for phase in ("sweep", "study"):
-        for net in bn_mnist.NETS:
-            for name in (engine.METRICS_FILE, engine.SUMMARY_FILE, engine.CONFIG_FILE):
-                assert (workdir / phase / net / name).is_file(), (phase, net, name)
+    config = bn_mnist.get_config("smoke")
+    for claim in bn_mnist.claims(config):
+        rows = [line for line in results.splitlines() if line.startswith(f"| {claim.statement}")]
+        assert len(rows) == 1 and rows[0].count("|") == 7, claim.statement
+    assert results.count("(**primary**)") == 1
+    for heading in ("## Claims", "## Tuning on the validation split", "## Test accuracy",
+                    "## Steps to fixed accuracies", "## EMA vs Alg. 2", "## Drift"):
+        assert f"\n{heading}" in results
+    for name in ("tune/no_bn", "tune/bn", "final/no_bn", "final/bn"):
+        assert (workdir / "records" / name / "metrics.jsonl.gz").is_file(), name
+    assert (workdir / "records" / "study.json").is_file()
+
+
+@pytest.mark.slow
+def test_analyze_rewrites_results_and_figures_from_the_records_alone_byte_for_byte(
+        smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    shutil.copytree(workdir / "records", tmp_path / "records")  # no run directories
+    completed = run_cli("--analyze", f"--workdir={tmp_path}")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for name in ("results.md", *bn_mnist.FIGURES):
+        assert (tmp_path / name).read_bytes() == (workdir / name).read_bytes(), name
+
+
+def test_analyze_refuses_config_overrides_and_a_directory_without_records(tmp_path):
+    completed = run_cli("--analyze", f"--workdir={tmp_path}", "--config.num_steps=5")
+    assert completed.returncode != 0 and "takes the config from the records" in completed.stderr
+    completed = run_cli("--analyze", f"--workdir={tmp_path}")
+    assert completed.returncode != 0 and "records directory" in completed.stderr
+    assert "Traceback" not in completed.stderr
 
 
 @pytest.mark.parametrize("key", ["learning_rate", "nonexistent", "model.hiden_sizes",
@@ -111,18 +122,33 @@ def test_the_command_gives_xla_one_cpu_device_per_core():
     assert completed.returncode == 0, completed.stderr[-2000:]
 
 
-def test_the_full_config_on_digits_holds_out_a_twelfth_of_train_for_the_sweep():
+def test_the_full_config_on_digits_tunes_on_a_twelfth_of_train():
     config = override(bn_mnist.get_config(), {"dataset": "digits"})  # 1,497 training examples
-    run_data = engine.load_run_data(bn_mnist.sweep_config(config))
+    tuned = next(arm for arm in bn_mnist.arms(config) if arm.name == "no_bn")
+    run_data = engine.load_run_data(override(config, tuning_overrides(config, tuned)))
     total = len(run_data.train.labels) + len(run_data.evaluation.labels)
     assert (run_data.evaluation_split, total) == ("validation", 1497)
     assert len(run_data.evaluation.labels) == 125  # 1497 / 12 = 124.75
 
 
+def test_the_final_rates_are_the_baselines_choice_times_the_factors_for_both_nets():
+    config = bn_mnist.get_config()
+    choices = {"no_bn": {"learning_rate": 2.0}, "bn": {"learning_rate": 0.5}}
+    settings = {arm.name: final_settings(arm, choices)["learning_rate"]
+                for arm in bn_mnist.arms(config) if arm.final}
+    assert settings == {"no_bn_i": 2.0, "no_bn_ii": 10.0, "no_bn_iii": 0.1,
+                        "bn_i": 2.0, "bn_ii": 10.0, "bn_iii": 0.1}
+    runs = final_runs(config, bn_mnist.arms(config), choices)
+    assert runs["bn"]["sweep.learning_rate"] == runs["no_bn"]["sweep.learning_rate"]
+
+
 def test_both_nets_start_from_the_same_weights_and_see_the_same_batches():
-    config = bn_mnist.study_config(bn_mnist.get_config("smoke"), (0.1,))
+    config = bn_mnist.get_config("smoke")
+    arms = bn_mnist.arms(config)
+    runs = final_runs(config, arms, {"no_bn": {"learning_rate": 0.1},
+                                     "bn": {"learning_rate": 0.1}})
     states = {net: engine.build(override(config, overrides), jax.local_devices()[:1]).init()
-              for net, overrides in bn_mnist.NETS.items()}
+              for net, overrides in runs.items()}
     for layer in ("Dense_0", "Dense_1", "Dense_2", "Dense_out"):
         np.testing.assert_array_equal(states["bn"].params[layer]["kernel"],
                                       states["no_bn"].params[layer]["kernel"])
@@ -130,78 +156,31 @@ def test_both_nets_start_from_the_same_weights_and_see_the_same_batches():
     np.testing.assert_array_equal(states["bn"].key, states["no_bn"].key)
 
 
-def test_the_baseline_best_learning_rate_is_chosen_and_the_others_are_multiples():
-    scores = {0.01: (0.80, 0.01), 0.1: (0.88, 0.01), 1.0: (0.85, 0.02)}
-    assert bn_mnist.choose_learning_rates(scores, 5.0, 0.5) == (0.1, 0.5, 0.05)
-
-
-def test_sweep_scores_are_the_mean_and_std_per_learning_rate_of_one_net():
-    sweep = pd.DataFrame({"net": ["bn", "bn", "no_bn", "bn"], "learning_rate": [0.1, 0.1, 0.1, 1],
-                          "accuracy": [0.8, 0.9, 0.1, 0.5]})
-    scores = bn_mnist.sweep_scores(sweep, "bn")
-    assert scores[0.1] == pytest.approx((0.85, np.std([0.8, 0.9], ddof=1)))
-    assert scores[1.0] == (0.5, 0.0)
-
-
-def test_percentile_drift_is_the_range_of_the_median_and_of_the_spread():
+def test_the_drift_is_the_range_of_the_median_or_spread_from_the_drift_start_on():
     medians = {0: 9.0, 10: 1.0, 20: 3.0, 30: 2.0}
     spreads = {0: 1.0, 10: 1.5, 20: 4.0, 30: 2.0}
-    history = analysis.table(
-        {"step": step, "member": 0,
-         "probe_percentiles": [[[m - spreads[step] / 2, m, m + spreads[step] / 2]]]}
-        for step, m in medians.items()
-    )
-    median_range, spread_range = bn_mnist.percentile_drift(history)
-    np.testing.assert_allclose(median_range, [[8.0]])
-    np.testing.assert_allclose(spread_range, [[3.0]])
+    config = override(bn_mnist.get_config("smoke"), {"study.drift_from": 10,
+                                                      "num_steps": 30})
+    history = [{"arm": "a", "seed": 0, "member": 0, "step": step,
+                "probe_percentiles": [[[m - spreads[step] / 2, m, m + spreads[step] / 2]]]}
+               for step, m in medians.items()]
+    results = constructed_results([{"arm": "a", "seed": 0}], history, config=config)
+    # Step 0's median (9, the climb from the initial weights) is left out.
+    np.testing.assert_allclose(bn_mnist.drift(results, "a"), [2.0])
+    np.testing.assert_allclose(bn_mnist.drift(results, "a", "spread"), [2.5])
 
 
-@pytest.mark.parametrize(
-    "median_ratio, verdict", [(2.0, ": well below"), (1.99, ": **not well below**")]
-)
-def test_drift_is_well_below_with_bn_when_the_median_drifts_at_most_half_as_much(
-    median_ratio, verdict
-):
-    assert verdict in bn_mnist.drift_verdict("1 (i)", median_ratio, 1.0)
-
-
-def test_gaps_to_alg2_are_alg2_minus_the_other_statistics_in_points_at_the_rate():
-    final = pd.DataFrame({
-        "net": ["bn"] * 3, "learning_rate": [0.1, 1.0, 0.1],
-        "accuracy_population": [0.90, 0.50, 0.91], "accuracy_ema": [0.88, 0.60, 0.92],
-    })
-    np.testing.assert_allclose(bn_mnist.gaps_to_alg2(final, 0.1, "ema"), [2.0, -1.0])
-    np.testing.assert_allclose(bn_mnist.gaps_to_alg2(final, 1.0, "ema"), [-10.0])
-
-
-@pytest.mark.parametrize("baseline_learns", [True, False])
-def test_comparison_verdict_counts_evaluations_and_says_when_the_baseline_did_not_learn(
-    baseline_learns,
-):
-    steps = np.array([0, 10, 20, 30])
-    baseline = np.array([[0.1, 0.5, 0.6, 0.7]] * 2) if baseline_learns else np.full((2, 4), 0.1)
-    bn = np.array([[0.1, 0.8, 0.6, 0.9], [0.1, 0.8, 0.62, 0.9]])
-    verdict = bn_mnist.comparison_verdict("1 (i)", steps, {"no_bn": baseline, "bn": bn}, 10)
-    assert ("ended no better than it started" in verdict) is not baseline_learns
-    if baseline_learns:  # at step 20 the lead (0.01) is within BN's std (0.014)
-        assert "at 1 of 3 evaluations (first at step 20; last at step 20)" in verdict
-    else:
-        assert "every evaluation" in verdict
-
-
-@pytest.mark.parametrize("factors", [(1.0, 0.05), (5.0, 5.0)])
-def test_rate_factors_that_repeat_a_setting_are_an_error_before_any_training(tmp_path, factors):
-    config = override(bn_mnist.get_config("smoke"), {"study.high_lr_factor": factors[0],
-                                                      "study.low_lr_factor": factors[1]})
-    with pytest.raises(ValueError, match="three distinct rates"):
-        bn_mnist.run_study(config, tmp_path)
-    assert not any(tmp_path.iterdir())
-
-
-def test_milestones_beyond_the_run_are_an_error_before_any_training(tmp_path):
-    config = override(bn_mnist.get_config("smoke"), {"num_steps": 40})
-    with pytest.raises(ValueError, match="must hold a step within"):
-        bn_mnist.run_study(config, tmp_path)
+@pytest.mark.parametrize("overrides, message", [
+    ({"study.high_lr_factor": 1.0, "study.low_lr_factor": 0.05}, "three distinct rates"),
+    ({"study.high_lr_factor": 5.0, "study.low_lr_factor": 5.0}, "three distinct rates"),
+    ({"num_steps": 40, "study.drift_from": 0}, "must hold a step within"),
+    ({"study.drift_from": 400}, "drift_from"),
+])
+def test_a_study_config_that_cannot_work_is_an_error_before_any_training(tmp_path, overrides,
+                                                                         message):
+    config = override(bn_mnist.get_config("smoke"), overrides)
+    with pytest.raises(ValueError, match=message):
+        study.run(bn_mnist.STUDY, config, tmp_path)
     assert not any(tmp_path.iterdir())
 
 

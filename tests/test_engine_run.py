@@ -21,7 +21,7 @@ import pytest
 from conftest import tiny_config
 
 from bnreg import data, engine
-from bnreg.config import AXES
+from bnreg.config import AXES, override
 from bnreg.models import OUTPUT_LAYER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +56,50 @@ def test_the_summary_holds_every_final_evaluator_of_a_bn_net(tmp_path):
     # The primary (Alg. 2) under plain names, equal to the last evaluation's.
     assert member["accuracy"] == member["accuracy_population"] == result.history[-1]["accuracy"]
     assert "probe_percentiles" not in member and "probe_percentiles" in result.history[-1]
+
+
+def test_curves_on_a_subset_and_the_whole_split_at_full_steps_and_at_the_end(tmp_path):
+    config = tiny_config(**{"evaluation.subset": 100, "evaluation.full_steps": (40,)})
+    result = engine.train_and_evaluate(config, tmp_path)
+    run = engine.build(config)
+    state = run.adopt(result.state)
+    subset = run.evaluate(state, run.during)["population"]["accuracy"]
+    whole = run.evaluate(state, run.full)["full"]["accuracy"]
+    final = result.summary["members"][0]
+    # The last curve point scores the subset; the summary (and full_steps) the whole split.
+    assert result.history[-1]["accuracy"] == pytest.approx(float(subset[0]))
+    assert final["accuracy"] == pytest.approx(float(whole[0]))
+    assert [r["step"] for r in result.history if "accuracy_full" in r] == [40]
+    # 100 of the 300 test examples: accuracies in steps of 1/100.
+    assert all(abs(100 * r["accuracy"] - round(100 * r["accuracy"])) < 1e-4
+               for r in result.history)
+
+
+def test_each_member_scores_its_own_training_subset(tmp_path):
+    config = tiny_config(**{"sweep.train_subset": (100, 200), "evaluation.train_examples": 50})
+    run = engine.build(config)
+    state = run.init()
+    # The loss, not the accuracy: at init two subsets' accuracies may coincide by chance.
+    scored = run.evaluate(state, [run.evaluator("on_train")])["on_train"]["loss"]
+    alone = [engine.build(override(config, {"sweep.train_subset": (size,)})) for size in
+             (100, 200)]
+    for member, single in enumerate(alone):
+        own = single.evaluate(single.init(), [single.evaluator("on_train")])
+        assert float(scored[member]) == pytest.approx(float(own["on_train"]["loss"][0]))
+    assert float(scored[0]) != pytest.approx(float(scored[1]))  # two different subsets
+
+
+def test_a_bn_nets_probes_record_the_probed_units_gamma_and_beta(tmp_path):
+    config = tiny_config(**{"probe.units": (1, 3)})
+    result = engine.train_and_evaluate(config, tmp_path)
+    params = result.state.params["BatchNorm_1"]
+    last = result.history[-1]
+    np.testing.assert_allclose(last["probe_bn_scale"], [np.asarray(params["scale"])[0, [1, 3]]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(last["probe_bn_bias"], [np.asarray(params["bias"])[0, [1, 3]]],
+                               rtol=1e-6, atol=1e-7)
+    assert result.history[0]["probe_bn_scale"] == [[1.0, 1.0]]
+    assert "probe_bn_scale" not in result.summary["members"][0]
 
 
 def test_a_net_without_bn_reports_only_the_deterministic_network(tmp_path):
@@ -200,8 +244,11 @@ def test_a_workdir_without_checkpoints_refuses_another_config(tmp_path):
         ({"probe.layers": (5,)}, "must index the model's 2 hidden layers"),
         ({"probe.units": (0, 16)}, "the narrowest has 16"),
         ({"evaluation.train_examples": 10_000}, "exceeds the 1497 examples"),
-        ({"evaluation.train_examples": 100, "sweep.train_subset": (0, 200)},
-         "did not all see"),
+        ({"evaluation.train_examples": 300, "sweep.train_subset": (0, 200)},
+         r"exceeds the smallest member's training subset \(200\)"),
+        ({"evaluation.subset": 300}, "must be smaller than the 300 examples"),
+        ({"evaluation.full_steps": (20,)}, "subset > 0"),
+        ({"evaluation.subset": 100, "evaluation.full_steps": (30,)}, "multiples of"),
         ({"train_subset": 5000}, r"config.train_subset \(or config.sweep.train_subset\)"),
         ({"optimizer.learning_rate": float("nan")}, "learning_rate must be finite"),
         ({"model.hidden_sizes": ()}, "must index the model's 0 hidden layers"),

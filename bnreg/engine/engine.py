@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from bnreg import data as data_lib
 from bnreg.config import AXES, validate_config
 from bnreg.engine import bn_statistics, evaluators
 from bnreg.engine.devices import (
@@ -62,6 +63,9 @@ class Engine:
         (:func:`bnreg.engine.devices.layout`).
       during: the evaluators of every evaluation; the first is the primary.
       final: the evaluators of the end (``during``'s, then ``config.evaluation.final``'s).
+      full: the primary on the whole evaluation split, at ``config.evaluation.full_steps`` of a
+        run whose evaluations during training score a subset (``config.evaluation.subset``);
+        ``()`` otherwise.
       has_bn: whether the network has BN layers.
     """
 
@@ -73,6 +77,7 @@ class Engine:
     layout: Layout
     during: tuple[evaluators.Evaluator, ...]
     final: tuple[evaluators.Evaluator, ...]
+    full: tuple[evaluators.Evaluator, ...]
     has_bn: bool
     _arrays: Mapping[str, Any]
     _chunk: Callable[..., Any]
@@ -125,6 +130,27 @@ class Engine:
         losses ``(num_steps, members)``."""
         arrays = self._arrays
         return self._chunk(
+            state, order, arrays["train_images"], arrays["train_labels"], arrays["subsets"],
+            num_steps,
+        )
+
+    def lower_train(
+        self, state: TrainState, order: DataOrder, num_steps: int
+    ) -> jax.stages.Lowered:
+        """The program of :meth:`train` for ``num_steps`` steps, lowered for ``state`` and
+        ``order`` without running it (neither is donated): its ``.compile()`` has XLA's
+        ``memory_analysis()`` and ``cost_analysis()`` of a chunk.
+
+        Args:
+          state: the members' state, as :meth:`init` returns it.
+          order: a data order, as :meth:`empty_order` returns it.
+          num_steps: the chunk's steps.
+
+        Returns:
+          The chunk's ``jax.stages.Lowered``.
+        """
+        arrays = self._arrays
+        return self._chunk.lower(
             state, order, arrays["train_images"], arrays["train_labels"], arrays["subsets"],
             num_steps,
         )
@@ -224,10 +250,6 @@ def _check_structure(config: ml_collections.ConfigDict, members: Members) -> Non
     if "gaussian" in requested and (not members.uses("dropconnect") or has_bn):
         raise ValueError("The gaussian evaluator (DropConnect's moment matching) needs a net "
                          "with DropConnect (dropconnect > 0) and without BN (model.norm None).")
-    if evaluation.train_examples and members.uses("train_subset"):
-        raise ValueError("config.evaluation.train_examples scores the first examples of the "
-                         "whole training split, which members trained on subsets "
-                         "(train_subset) did not all see: leave it 0 for such runs.")
     if "bn_momentum" in members.swept and not has_bn:
         raise ValueError("config.sweep.bn_momentum sweeps BN's EMA momentum, but the net has no "
                          "BN (model.norm None): every member would be the same.")
@@ -284,17 +306,18 @@ class _Plan(NamedTuple):
     network: Network
     during: tuple[evaluators.Evaluator, ...]
     final: tuple[evaluators.Evaluator, ...]
+    full: tuple[evaluators.Evaluator, ...]
     functions: dict[str, evaluators.EvaluateFn]
 
 
-def _plan(config: ml_collections.ConfigDict) -> _Plan:
+def _plan(config: ml_collections.ConfigDict, data: RunData | None = None) -> _Plan:
     validate_config(config)
     initialize_processes(config.distributed)  # before anything asks for a device
     members = members_from_config(config)
     _check_structure(config, members)
     check_mesh(config, len(members))
     _check_probes(config)
-    data = load_run_data(config)
+    data = load_run_data(config) if data is None else data
     num_train = len(data.train.labels)
     if config.evaluation.train_examples > num_train:
         raise ValueError(f"config.evaluation.train_examples ({config.evaluation.train_examples}) "
@@ -304,6 +327,14 @@ def _plan(config: ml_collections.ConfigDict) -> _Plan:
             f"config.batch_size ({config.batch_size}) exceeds the {num_train} training examples."
         )
     subsets = member_subsets(members, data.train.labels, config.batch_size)
+    smallest = min(map(len, subsets)) if subsets else num_train
+    if config.evaluation.train_examples > smallest:
+        raise ValueError(f"config.evaluation.train_examples ({config.evaluation.train_examples}) "
+                         f"exceeds the smallest member's training subset ({smallest}).")
+    if config.evaluation.subset >= len(data.evaluation.labels):
+        raise ValueError(f"config.evaluation.subset ({config.evaluation.subset}) must be smaller "
+                         f"than the {len(data.evaluation.labels)} examples of the evaluation "
+                         "split (0: all of them).")
     # A model axis that is not traced (every member alike, e.g. a zipped axis that repeats its
     # value) is the model's field: the members' value, which need not be config.model's.
     model_config = config.model.copy_and_resolve_references()
@@ -321,17 +352,32 @@ def _plan(config: ml_collections.ConfigDict) -> _Plan:
         train_examples=config.evaluation.train_examples,
         test_too=config.evaluation.test_too,
     )
-    during = tuple(expand(config.evaluation.during))
+    # With a subset, the evaluations during training score it; the final one the whole split.
+    during = tuple(e._replace(split="subset") if config.evaluation.subset and
+                   e.split == "evaluation" else e for e in expand(config.evaluation.during))
     final = tuple(expand([*config.evaluation.during, *config.evaluation.final]))
+    # The primary on the whole split at full_steps, recorded as `<metric>_full`.
+    full = ((final[0]._replace(name="full", source="full", split="evaluation"),)
+            if config.evaluation.full_steps else ())
     probe = evaluators.ProbeSpec.from_config(config.probe) if config.probe.layers else None
     functions = {
         evaluator.name: evaluators.member_function(
             network, evaluator, batch_size=config.eval_batch_size,
             probe=probe if evaluator == during[0] and evaluator.kind == "deterministic" else None,
         )
-        for evaluator in final
+        for evaluator in (*final, *full)
     }
-    return _Plan(members, data, subsets, network, during, final, functions)
+    return _Plan(members, data, subsets, network, during, final, full, functions)
+
+
+def _scored_training_examples(data: RunData, subsets: tuple[np.ndarray, ...] | None,
+                              count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training examples the ``on_train`` evaluator scores: the first ``count`` of the
+    training split, or ``(members, count, ...)`` — the first ``count`` of each member's subset."""
+    if subsets is None:
+        return data.train.images[:count], data.train.labels[:count]
+    indices = np.stack([subset[:count] for subset in subsets])
+    return data.train.images[indices], data.train.labels[indices]
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -344,11 +390,22 @@ def check(config: ml_collections.ConfigDict) -> None:
     _plan(config)
 
 
-def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Engine:
+def build(
+    config: ml_collections.ConfigDict,
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    data: RunData | None = None,
+) -> Engine:
     """The engine of the run ``config`` describes, on a mesh (``config.mesh``) of ``devices``
     (default: every device of every process).
 
     Every check on bad input (:func:`check`) comes first, before anything is compiled.
+
+    Args:
+      config: the run's config.
+      devices: the mesh's devices (``None``: all).
+      data: the run's data, already loaded (e.g. synthetic arrays), instead of
+        :func:`load_run_data`'s of ``config.dataset``; checked as loaded data is.
 
     Raises:
       ValueError: an invalid config (:func:`bnreg.config.validate_config`), a mesh the devices,
@@ -357,24 +414,31 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
         model cannot take (DropConnect outside the MLP, a BN momentum without BN), an
         evaluator the net cannot have, probes of layers or units the model does not have.
     """
-    plan = _plan(config)
+    plan = _plan(config, data)
     members, data, subsets, network = plan.members, plan.data, plan.subsets, plan.network
     num_train = len(data.train.labels)
     run_layout = layout(len(members), config.batch_size, config.mesh, devices)
     sampler = Sampler(num_train, config.batch_size,
                       None if subsets is None else tuple(len(s) for s in subsets))
+    # Each member scores its own training subset's examples; every other split is shared.
+    per_member = {e.name for e in plan.final if e.split == "train" and subsets is not None}
     evaluate = {
-        name: jax.jit(jax.vmap(function, in_axes=(MEMBER_AXES, 0, None, None)))
+        name: jax.jit(jax.vmap(function, in_axes=(MEMBER_AXES, 0, *(
+            (0, 0) if name in per_member else (None, None)))))
         for name, function in plan.functions.items()
     }
+    subset_indices = (data_lib.stratified_indices(data.evaluation.labels,
+                                                  config.evaluation.subset, 0)
+                      if config.evaluation.subset else slice(0))
     arrays = replicate({
         "train_images": data.train.images,
         "train_labels": data.train.labels,
         # The examples each evaluator's split scores (Evaluator.split).
         "scored": {
             "evaluation": (data.evaluation.images, data.evaluation.labels),
-            "train": (data.train.images[:config.evaluation.train_examples],
-                      data.train.labels[:config.evaluation.train_examples]),
+            "train": _scored_training_examples(data, subsets, config.evaluation.train_examples),
+            "subset": (data.evaluation.images[subset_indices],
+                       data.evaluation.labels[subset_indices]),
             **({"test": (data.test.images, data.test.labels)} if data.test else {}),
         },
         "subsets": None if subsets is None else tuple(subsets),
@@ -390,7 +454,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     )
     return Engine(
         config=config, members=members, data=data, network=network, sampler=sampler,
-        layout=run_layout, during=plan.during, final=plan.final,
+        layout=run_layout, during=plan.during, final=plan.final, full=plan.full,
         has_bn=config.model.norm == "batch", _arrays=arrays,
         _chunk=make_train_chunk(network, sampler,
                                 run_layout.batch_sharding if run_layout.data_size > 1 else None,

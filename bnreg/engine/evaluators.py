@@ -21,8 +21,13 @@ By name (``config.evaluation.during`` / ``final``, :func:`expand`):
   from ``fold_in(GAUSSIAN stream, b)``.
 
 * ``"on_train"`` — added after the primary when ``config.evaluation.train_examples`` is N > 0:
-  the primary (deterministic) evaluator on the first N examples of the training split, without
-  probes (suffix ``on_train``): training error beside test error, the overfitting curves.
+  the primary (deterministic) evaluator on the first N examples of the training split (of each
+  member's own training subset, ``train_subset``), without probes (suffix ``on_train``):
+  training error beside test error, the overfitting curves.
+* ``"full"`` — with ``config.evaluation.subset`` (the evaluations during training score a fixed
+  subset of the evaluation split): the primary on the whole split at the steps of
+  ``config.evaluation.full_steps`` (suffix ``full``); the final evaluation always scores the
+  whole split.
 * ``"on_test"`` — added after them when ``config.evaluation.test_too`` (a run on a validation
   split): the primary evaluator on the test split (suffix ``on_test``), to stop early on the
   validation error and read the test error at that step.
@@ -78,8 +83,10 @@ class Evaluator(NamedTuple):
       bn_statistics: the BN statistics it evaluates with (``None`` without BN).
       samples: the ``k`` (Monte-Carlo) or the ``Z`` (Gaussian) it reports; ``()`` otherwise.
       split: the examples it scores: ``"evaluation"`` (the run's validation or test split),
-        ``"train"`` (the first ``config.evaluation.train_examples`` of the training split) or
-        ``"test"`` (the test split beside a validation split, ``config.evaluation.test_too``).
+        ``"subset"`` (``config.evaluation.subset`` of them, during training), ``"train"`` (the
+        first ``config.evaluation.train_examples`` of the training split, or of each member's
+        subset) or ``"test"`` (the test split beside a validation split,
+        ``config.evaluation.test_too``).
     """
 
     name: str
@@ -201,6 +208,21 @@ def _probe_results(totals, probe: ProbeSpec, num_examples: int, batch_size: int)
     return result
 
 
+def _bn_parameters(params: Mapping[str, Any], probe: ProbeSpec) -> dict[str, jax.Array]:
+    """The probed units' BN scale γ and offset β (``BatchNorm_<layer>``'s ``scale`` and ``bias``)
+    per probed layer, ``(layers, units)``; nothing for a net without BN. With BN the probed
+    pre-activation is γ·x̂ + β, so its percentiles move with γ and β (Ioffe & Szegedy 2015,
+    Fig. 1b,c)."""
+    names = sorted((name for name in params if name.startswith("BatchNorm_")),
+                   key=lambda name: int(name.rsplit("_", 1)[1]))
+    if not names:
+        return {}
+    layers = [names[layer % len(names)] for layer in probe.layers]
+    units = jnp.asarray(probe.units)
+    return {f"probe_bn_{part}": jnp.stack([params[name][part][units] for name in layers])
+            for part in ("scale", "bias")}
+
+
 def evaluate(
     network: Network,
     state: TrainState,
@@ -220,7 +242,8 @@ def evaluate(
       units, percentiles)`` of the chosen units' pre-activations in each of ``probe.layers``
       (a conv layer's unit is a feature map, sampled at every position); per hidden layer,
       ``mean_activation`` and, unless ``probe.histogram_bins`` is 0,
-      ``activation_histogram`` ``(layers, bins)``.
+      ``activation_histogram`` ``(layers, bins)``; on a net with BN, ``probe_bn_scale`` and
+      ``probe_bn_bias`` ``(layers, units)``: the probed units' γ and β.
     """
     model = network.member_model(state.hyperparameters)
     variables = {"params": state.params, "batch_stats": batch_stats}
@@ -241,6 +264,7 @@ def evaluate(
     metrics = finish(network.task, {n: total.sum() for n, total in sums.items()}, num_examples)
     if probe is not None:
         metrics.update(_probe_results(probe_sums, probe, num_examples, batch_size))
+        metrics.update(_bn_parameters(state.params, probe))
     return metrics
 
 

@@ -23,7 +23,8 @@ from bnreg.engine.step import TrainState
 from bnreg.engine.writers import TENSORBOARD_DIR, Progress, TensorBoardEvents, member_run_name
 
 # The primary evaluator's probes (bnreg.engine.evaluators): in metrics.jsonl, not the summary.
-PROBE_FIELDS = ("probe_percentiles", "mean_activation", "activation_histogram")
+PROBE_FIELDS = ("probe_percentiles", "probe_bn_scale", "probe_bn_bias", "mean_activation",
+                "activation_histogram")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -253,7 +254,10 @@ def train_and_evaluate(
                 lambda: checkpoints.note(workdir),
             )
             step = int(state.step)
-            records = member_records(engine, step, engine.evaluate(state, engine.during), losses)
+            results = engine.evaluate(state, engine.during)
+            if step in engine.config.evaluation.full_steps:
+                results.update(engine.evaluate(state, engine.full))
+            records = member_records(engine, step, results, losses)
             _check_evaluation(records, engine, checkpoints.note(workdir))
             log(records)
             if checkpoints.save_if_due(step, state, last=step == config.num_steps) and events:

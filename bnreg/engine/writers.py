@@ -7,7 +7,8 @@ so TensorBoard overlays the members' curves. View them with ``tensorboard --logd
 
 Tags, one per value of a metrics record at the record's step: the record's scalars under their
 own names (``train_loss``, ``loss``, ``accuracy``, ``accuracy_population``, …);
-``probe_percentiles`` as ``probe_percentiles/layer<i>/unit<u>/p<q>``; ``mean_activation`` as
+``probe_percentiles`` as ``probe_percentiles/layer<i>/unit<u>/p<q>``; a BN net's
+``probe_bn_scale`` and ``probe_bn_bias`` as ``<name>/layer<i>/unit<u>``; ``mean_activation`` as
 ``mean_activation/layer<i>``; ``activation_histogram`` as a histogram per hidden layer,
 ``activation_histogram/layer<i>``, over ``probe.histogram_range`` (its counts are exact; the sum
 and sum of squares that TensorBoard's histogram format also asks for are taken at the bins'
@@ -61,6 +62,12 @@ def scalar_tags(
                 for unit, row in zip(probe.units, table, strict=True):
                     for q, percentile in zip(probe.percentiles, row, strict=True):
                         scalars[f"{name}/layer{layer}/unit{unit}/p{q:g}"] = float(percentile)
+        elif name in ("probe_bn_scale", "probe_bn_bias"):
+            num_hidden = len(record["mean_activation"])
+            layers = [layer % num_hidden for layer in probe.layers]
+            for layer, row in zip(layers, value, strict=True):
+                for unit, parameter in zip(probe.units, row, strict=True):
+                    scalars[f"{name}/layer{layer}/unit{unit}"] = float(parameter)
         elif name == "mean_activation":
             for layer, mean in enumerate(value):
                 scalars[f"{name}/layer{layer}"] = float(mean)
