@@ -75,6 +75,7 @@ from bnreg.study import (
     plateaued,
     steps_to,
 )
+from bnreg.study.report import steps_to_thresholds
 
 
 class Net(NamedTuple):
@@ -328,23 +329,10 @@ def fig3_lines(results: Results) -> list[str]:
 
 
 def threshold_lines(results: Results) -> list[str]:
-    thresholds = results.config.study.thresholds
-    rows = []
-    for name, net in ran(results).items():
-        steps, curves = results.curves(name)
-        cells = []
-        for threshold in thresholds:
-            found = [analysis.first_step_reaching(steps, c, threshold) for c in curves]
-            reached = [s for s in found if s is not None]
-            cells.append("never" if not reached else analysis.cell(
-                np.asarray(reached, float), digits=0) + (
-                "" if len(reached) == len(found) else f" ({len(reached)}/{len(found)} seeds)"))
-        rows.append([net.label, *cells])
     return ["## Steps to fixed accuracies", "",
-            "Every net's speed without a reference that must plateau: per seed, the first "
-            "evaluation at or above each test accuracy (the test subset); mean ± std over the "
-            "seeds that reach it.", "",
-            analysis.markdown_table(["net", *(f"{100 * t:g}%" for t in thresholds)], rows), ""]
+            "Every net's speed without a reference that must plateau (the test subset's "
+            "curves).", "",
+            steps_to_thresholds(results, list(ran(results)), results.config.study.thresholds), ""]
 
 
 def sections(results: Results, verdicts: list[Verdict]) -> list[str]:

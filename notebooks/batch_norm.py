@@ -28,6 +28,7 @@ from IPython.display import Image, Markdown, display
 
 import bnreg
 import experiments
+from bnreg import study
 from experiments import bn_accelerate, bn_mnist
 
 # %% [markdown]
@@ -106,7 +107,7 @@ for name, a, b in zip(names, jax.tree.leaves(paper), jax.tree.leaves(autodiff), 
 config = bn_mnist.get_config("smoke")
 with config.unlocked():
     config.progress = False
-results, *figures = bn_mnist.run_study(config, tempfile.mkdtemp(prefix="bnreg_bn_mnist_"))
+results, *figures = study.run(bn_mnist.STUDY, config, tempfile.mkdtemp(prefix="bnreg_bn_mnist_"))
 display(Markdown(results.read_text()))
 
 # %% [markdown]
@@ -125,9 +126,9 @@ for figure in figures:
 # Inception-style convnet and Fashion-MNIST (the committed run,
 # `experiments/results/bn_accelerate_fashion_mnist`): the Inception without BN; BN added;
 # BN-x5 and BN-x30 with the accelerating changes (lr0 × 5 and × 30, no dropout, λ ÷ 5, the decay
-# 6× faster); and BN-x5 and the Inception with sigmoids. Fig. 3's table of the steps each net
-# needs to reach the Inception's best accuracy, the verdicts, then Fig. 2 and the sweep that
-# chose the Inception's lr0.
+# 6× faster per step); and BN-x5 and the Inception with sigmoids. The claims with their regime
+# gates, Fig. 3's table of the steps each net needs to reach the Inception's best accuracy, then
+# Fig. 2 and the tuning that chose the Inception's lr0.
 
 # %%
 accelerated = Path(experiments.__file__).parent / "results" / "bn_accelerate_fashion_mnist"

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
+
+from bnreg import analysis
 from bnreg.analysis import markdown_table
 from bnreg.study.claims import ALPHA, Verdict
 from bnreg.study.results import Results
@@ -100,6 +103,26 @@ def claims_lines(verdicts: Sequence[Verdict], results: Results) -> list[str]:
         "the regime in which the paper made it.", "",
         *(["Regime gates:", "", *gates, ""] if gates else []),
     ]
+
+
+def steps_to_thresholds(results: Results, arms: Sequence[str], thresholds: Sequence[float],
+                        column: str = "accuracy") -> str:
+    """A table of the steps each arm's ``column`` curve needs to reach each threshold: per seed
+    the first evaluation at or above it; mean ± std over the seeds that reach it, and how many
+    do ("never" when none). Speed without a reference that must plateau."""
+    rows = []
+    for arm in arms:
+        steps, curves = results.curves(arm, column)
+        cells = []
+        for threshold in thresholds:
+            found = [analysis.first_step_reaching(steps, curve, threshold) for curve in curves]
+            reached = [step for step in found if step is not None]
+            cells.append("never" if not reached else analysis.cell(
+                np.asarray(reached, dtype=float), digits=0) + (
+                "" if len(reached) == len(found) else f" ({len(reached)}/{len(found)} seeds)"))
+        rows.append([results.label(arm), *cells])
+    header = ["net", *(f"steps to {100 * t:.4g}%" for t in thresholds)]
+    return markdown_table(header, rows)
 
 
 def machine_line(results: Results) -> str:
