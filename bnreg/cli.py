@@ -105,7 +105,7 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
     from bnreg import study as study_lib
 
     arguments = sys.argv[1:]
-    if "--analyze" in arguments or "--analyze=true" in arguments:
+    if any(a.lower() in ("--analyze", "--analyze=true", "--analyze=1") for a in arguments):
         if not isinstance(study, study_lib.Study):
             sys.exit("--analyze needs a study on the study layer (bnreg.study); this one writes "
                      "its results.md only as it trains.")

@@ -75,7 +75,7 @@ from bnreg.study import (
     plateaued,
     steps_to,
 )
-from bnreg.study.report import steps_to_thresholds
+from bnreg.study.report import cell, steps_to_thresholds
 
 
 class Net(NamedTuple):
@@ -156,8 +156,10 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     config.study = ml_collections.ConfigDict({
         **PROTOCOL_KEYS,
         "nets": tuple(NETS),
-        # Four rates: two per CPU device, as one program each.
         "learning_rates": (0.01, 0.03, 0.1, 0.3),
+        # Half the run: a convnet's members share one CPU device (bnreg.engine.devices), so the
+        # tuning run has one core.
+        "tune_steps": 1_200,
         "dropout": 0.4,  # before the classifier, Inception's rate
         "weight_decay": 1e-4,
         # GoogLeNet's decay, ×0.96 every 8 epochs: here 8 epochs of the 4,000-image subset.
@@ -312,13 +314,13 @@ def fig3_lines(results: Results) -> list[str]:
         measure = steps_to(name, "inception", target="max")
         found, censored = measure.read(results), measure.censored(results)
         reached = found.to_numpy()
-        steps_cell = analysis.cell(reached, digits=0) + (
+        steps_cell = cell(reached, digits=0) + (
             f" ({censored} never: counted at the last step)" if censored else "")
         speedup = ("—" if censored else
-                   analysis.cell(inception_steps.to_numpy() / np.maximum(reached, 1)) + "×")
+                   cell(inception_steps.to_numpy() / np.maximum(reached, 1)) + "×")
         rows.append([net.label, f"{results.settings[name]['learning_rate']:g}", steps_cell,
-                     speedup, analysis.cell(100 * results.finals(name)),
-                     analysis.cell(gap(name).read(results) * 100), *net.paper])
+                     speedup, cell(100 * results.finals(name)),
+                     cell(gap(name).read(results) * 100), *net.paper])
     header = ["net", "lr0", "steps to the Inception's max", "speed-up",
               "final test accuracy %", "train − test, points", "paper: steps", "paper: max"]
     return ["## Fig. 3: steps to the Inception's highest accuracy", "",

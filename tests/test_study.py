@@ -348,3 +348,12 @@ def test_records_are_the_same_bytes_for_the_same_content_and_read_back(tmp_path)
 def test_a_directory_without_records_is_an_error_that_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="records directory"):
         Records(tmp_path)
+
+
+def test_a_claim_on_a_net_that_diverged_on_a_seed_is_not_resolved_and_says_so():
+    results = constructed({"a": [0.9, np.nan, 0.91], "b": [0.8, 0.8, 0.81]})
+    verdicts = evaluate([claim("p", primary=True, first="b", second="b"),
+                         claim("c", first="a", second="b")], results)
+    assert verdicts[1].outcome == "not resolved" and verdicts[1].diverged == 1
+    assert verdicts[1].words == "not resolved: 1 of 3 seeds diverged"
+    assert verdicts[1].adjusted_p == verdicts[1].p == 1.0  # outside the Holm family

@@ -25,9 +25,9 @@ Modules: ``members`` (axes, sweeps, key streams), ``run_data`` (data and subsets
 ``optimizer`` (schedules, the per-member optimizer), ``tasks`` (losses and metrics), ``step``
 (state, train step, compiled chunk, sampling), ``devices`` (the members × data mesh, data
 parallelism, several processes), ``bn_statistics``, ``evaluators``, ``checks`` (what a run's
-members, model and evaluators must agree on), ``engine`` (:class:`Engine`: build, init, train k steps, evaluate), ``rundir`` (config check,
-checkpoints, metrics files), ``writers`` (TensorBoard, progress bar), ``run`` (the run loop and
-groups).
+members, model and evaluators must agree on), ``engine`` (:class:`Engine`: build, init, train
+k steps, evaluate), ``rundir`` (config check, checkpoints, metrics files), ``writers``
+(TensorBoard, progress bar), ``run`` (the run loop and groups).
 """
 
 from bnreg.engine.bn_statistics import (

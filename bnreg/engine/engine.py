@@ -29,6 +29,7 @@ from bnreg.engine.devices import (
     layout,
     replicate,
     shard_members,
+    splits_members_correctly,
     to_host,
 )
 from bnreg.engine.members import Members, members_from_config
@@ -373,7 +374,8 @@ def build(
     plan = _plan(config, data)
     members, data, subsets, network = plan.members, plan.data, plan.subsets, plan.network
     num_train = len(data.train.labels)
-    run_layout = layout(len(members), config.batch_size, config.mesh, devices)
+    run_layout = layout(len(members), config.batch_size, config.mesh, devices,
+                        split_members=splits_members_correctly(config.model.name))
     sampler = Sampler(num_train, config.batch_size,
                       None if subsets is None else tuple(len(s) for s in subsets))
     # Each member scores its own training subset's examples; every other split is shared.

@@ -13,7 +13,8 @@ initial weights and data order):
 * *holds* / *does not hold* — the difference is significant in the claimed / the other direction
   (two-sided paired t test at 5%, i.e. the 95% interval excludes 0); for an agreement, the 95%
   interval lies inside ±tolerance (two one-sided tests at 2.5%) / entirely outside it;
-* *not resolved with N seeds* — neither.
+* *not resolved with N seeds* — neither; a claim on a net that diverged on some seed (NaN) is
+  not resolved either, and says how many seeds diverged.
 
 The primary claim is read at 5%. The secondary claims whose gates passed are one family,
 adjusted with Holm–Bonferroni (family-wise error 5%, ``statsmodels``' ``multipletests``): a
@@ -117,10 +118,13 @@ class Verdict(NamedTuple):
     gate: GateReading | None
     outcome: Outcome
     censored: int = 0
+    diverged: int = 0
 
     @property
     def words(self) -> str:
         """The verdict in results.md's words."""
+        if self.outcome == "not resolved" and self.diverged:
+            return f"not resolved: {self.diverged} of {self.n} seeds diverged"
         if self.outcome == "not resolved":
             return f"not resolved with {self.n} seed{'s' * (self.n != 1)}"
         if self.outcome == "not testable":
@@ -185,16 +189,19 @@ def evaluate(claims: Sequence[Claim], results: Results) -> list[Verdict]:
                          f"{[c.name for c in claims if c.primary]}")
     readings = []
     for claim in claims:
-        values = analysis.seed_values(differences(claim, results), f"claim {claim.name!r}")
+        paired = differences(claim, results).to_numpy()
+        diverged = int(np.isnan(paired).sum())
+        values = paired[~np.isnan(paired)] if diverged < paired.size else np.zeros(1)
         mean, low, high = analysis.confidence_interval(values)
-        outcome, p = _candidate(values, claim.expect, claim.tolerance)
+        outcome, p = ("not resolved", 1.0) if diverged else _candidate(
+            values, claim.expect, claim.tolerance)
         censored = sum(int(m.censored(results)) for m in (claim.first, claim.second)
                        if m.censored)
-        readings.append(Verdict(claim, values.size, mean, analysis.mean_std(values)[1], low,
+        readings.append(Verdict(claim, paired.size, mean, analysis.mean_std(values)[1], low,
                                 high, p, p, claim.gate.check(results) if claim.gate else None,
-                                outcome, censored))
-    family = [i for i, r in enumerate(readings)
-              if not r.claim.primary and (r.gate is None or r.gate.passed)]
+                                outcome, censored, diverged))
+    family = [i for i, r in enumerate(readings) if not r.claim.primary and not r.diverged
+              and (r.gate is None or r.gate.passed)]
     if family:
         adjusted = multipletests([readings[i].p for i in family], alpha=ALPHA, method="holm")[1]
         for index, p in zip(family, adjusted, strict=True):

@@ -41,7 +41,7 @@ def measured(verdict: Verdict, results: Results) -> str:
     """The two sides' means and the paired difference's mean ± std, in the claim's unit."""
     claim = verdict.claim
     unit, scale = claim.first.unit, claim.first.scale
-    sides = [scale * float(m.read(results).mean()) for m in (claim.first, claim.second)]
+    sides = [scale * float(np.nanmean(m.read(results))) for m in (claim.first, claim.second)]
     text = (f"{number(sides[0], unit)} vs {number(sides[1], unit)}: "
             f"{signed(verdict.mean, unit)} ± {number(verdict.std, unit)} {unit}").rstrip()
     if verdict.censored:
@@ -61,7 +61,7 @@ def verdict_cell(verdict: Verdict) -> str:
     """The verdict, bold where the data decide; a secondary claim's Holm-adjusted p beside."""
     words = verdict.words
     text = f"**{words}**" if verdict.outcome in ("holds", "does not hold") else words
-    if verdict.claim.primary or verdict.outcome == "not testable":
+    if verdict.claim.primary or verdict.outcome == "not testable" or verdict.diverged:
         return text
     return f"{text} (Holm p = {verdict.adjusted_p:.2g})"
 
@@ -103,6 +103,18 @@ def claims_lines(verdicts: Sequence[Verdict], results: Results) -> list[str]:
         "the regime in which the paper made it.", "",
         *(["Regime gates:", "", *gates, ""] if gates else []),
     ]
+
+
+def cell(values, **kwargs) -> str:
+    """:func:`bnreg.analysis.cell` of the seeds that did not diverge, saying how many did (a NaN:
+    a net recorded as diverged, ``config.nonfinite = "record"``); "diverged" when all did."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = values[~np.isnan(values)]
+    if not finite.size:
+        return "diverged"
+    text = analysis.cell(finite, **kwargs)
+    diverged = values.size - finite.size
+    return text + (f" ({diverged} of {values.size} diverged)" if diverged else "")
 
 
 def steps_to_thresholds(results: Results, arms: Sequence[str], thresholds: Sequence[float],
