@@ -75,9 +75,9 @@ def test_the_accelerating_changes_reach_the_built_schedule_and_optimizer():
 @pytest.mark.parametrize("steps", [2_400, 24_000])
 def test_the_decay_is_per_step_whatever_the_runs_length(steps):
     built = final_configs(num_steps=steps, checkpoint_every=1_200)
-    # The accelerated nets are still near half their rate at the end of the CPU run, far from
-    # the 10⁻⁶ · lr0 a decay fitted to the run's length gave.
-    assert built["bn_x5"].optimizer.decay_steps == round(1_000 / 6)
+    # The accelerated nets are still at about a third of their rate at the end of the CPU run,
+    # far from the 10⁻⁶ · lr0 a decay fitted to the run's length gave.
+    assert built["bn_x5"].optimizer.decay_steps == round(500 / 6)
     assert float(learning_rate_factor(built["bn_x5"].optimizer)(2_400)) > 0.3
 
 
