@@ -30,6 +30,9 @@ def check_rate(rate: Any, name: str = "rate") -> float | jax.Array:
       TypeError: not a number, or not a scalar.
       ValueError: a concrete value outside ``[0, 1)`` (NaN included).
     """
+    if isinstance(rate, str | bytes | bool | np.bool_):
+        # float("0.5") and float(True) would pass: a rate is a number, not its spelling or a flag.
+        raise TypeError(f"{name} must be a number in [0, 1), got {rate!r}.")
     if np.ndim(rate) != 0:
         raise TypeError(f"{name} must be a scalar, got shape {np.shape(rate)}.")
     if is_traced(rate):

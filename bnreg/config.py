@@ -28,6 +28,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from bnreg._checks import check_choice
+from bnreg.core.batch_norm import BACKWARDS as BN_BACKWARDS
 
 # Member axes -> the config key of the value a run uses when the axis is not swept. Crossing
 # order: the first axis varies slowest, the seed fastest, so each setting's seeds are adjacent.
@@ -44,6 +45,8 @@ AXES: Mapping[str, str] = {
     "seed": "seed",
 }
 INTEGER_AXES = ("seed", "train_subset")
+# Seeds are below this: jax.random.key(seed) keeps a seed's low 32 bits.
+SEED_LIMIT = 2**32
 
 TASKS = ("classification", "reconstruction")
 RECONSTRUCTION_LOSSES = ("squared_error", "bernoulli")
@@ -316,6 +319,10 @@ def _check_axis_value(axis: str, value: Any, where: str) -> None:
         raise ValueError(f"{where} must hold numbers, got {value!r}.")
     if axis in INTEGER_AXES and (not float(value).is_integer() or value < 0):
         raise ValueError(f"{where} must hold whole numbers ≥ 0, got {value!r}.")
+    if axis == "seed" and value >= SEED_LIMIT:
+        # jax.random.key keeps a seed's low 32 bits: 2³² would be seed 0 again.
+        raise ValueError(f"{where} must hold seeds below 2³² = {SEED_LIMIT}, got {value!r}: "
+                         "larger seeds collide with small ones (jax.random.key keeps 32 bits).")
     if not math.isfinite(value):
         raise ValueError(f"{where} must be finite, got {value!r}.")
     ranges = {
@@ -345,6 +352,7 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
         ("model.inception_branch_pool", config.model.inception_branch_pool, BRANCH_POOLS),
         ("model.kernel_init", config.model.kernel_init, KERNEL_INITS),
         ("model.norm", config.model.norm, NORMS),
+        ("model.bn_backward", config.model.bn_backward, BN_BACKWARDS),
         ("optimizer.name", config.optimizer.name, OPTIMIZERS),
         ("optimizer.schedule", config.optimizer.schedule, SCHEDULES),
         ("optimizer.momentum_schedule", config.optimizer.momentum_schedule, MOMENTUM_SCHEDULES),

@@ -514,6 +514,12 @@ STATIC_ERRORS = {
         ValueError,
         "more than 1 example per feature",
     ),
+    "train_with_an_empty_batch": (
+        lambda x: batch_norm(x, _params(), _state(), train=True),
+        np.ones((0, NUM_FEATURES), np.float32),
+        ValueError,
+        "got 0 value",
+    ),
     "params_feature_size_mismatch": (
         lambda x: batch_norm(x, _params(NUM_FEATURES + 1), _state(), train=True),
         make_x("dense"),
@@ -567,6 +573,12 @@ STATIC_ERRORS = {
         np.ones((1, NUM_FEATURES), np.float32),
         ValueError,
         "more than 1 example per feature",
+    ),
+    "population_update_with_an_empty_batch": (
+        lambda x: population_stats_update(population_stats_init(NUM_FEATURES), x),
+        np.ones((0, NUM_FEATURES), np.float32),
+        ValueError,
+        "got 0 value",
     ),
     "population_update_feature_size_mismatch": (
         lambda x: population_stats_update(population_stats_init(NUM_FEATURES + 1), x),

@@ -43,6 +43,10 @@ def test_an_unknown_key_at_any_depth_is_an_error(path):
         ("seed", (0.5, 1.0), "whole numbers"),
         ("train_subset", (100, -5), "whole numbers ≥ 0"),
         ("weight_decay", (float("nan"), 0.1), "finite"),
+        # jax.random.key keeps a seed's low 32 bits: these would be seed 0's key again.
+        ("seed", (0, 2**32), "below 2³²"),
+        ("seed", (0, 2**40), "below 2³²"),
+        ("seed", (0, 2**64), "below 2³²"),
     ],
 )
 def test_a_bad_sweep_is_an_error_naming_the_axis(axis, values, message):
@@ -173,6 +177,7 @@ def test_a_study_config_loads_without_matplotlib_absl_app_or_the_engine():
         ({"model.activation": "gelu"}, r"config.model.activation must be one of"),
         ({"model.kernel_init": "orthogonal"}, r"config.model.kernel_init must be one of"),
         ({"model.norm": "layer"}, r"config.model.norm must be one of"),
+        ({"model.bn_backward": "Paper"}, r"config.model.bn_backward must be one of"),
         ({"model.hidden_sizes": (32, 0)}, r"hidden_sizes must hold whole numbers ≥ 1"),
         ({"model.conv_features": (8.5,)}, r"conv_features must hold whole numbers ≥ 1"),
         ({"model.init_stddev": -1.0}, r"init_stddev must be finite and > 0"),

@@ -253,6 +253,13 @@ def test_train_output_mean_equals_deterministic_output_with_traced_rate(scaling)
 
 
 @pytest.mark.parametrize("fn", [dropout, gaussian_dropout])
+@pytest.mark.parametrize("rate", ["0.5", b"0.5", False])
+def test_a_rate_that_is_not_a_number_raises(fn, rate):
+    with pytest.raises(TypeError, match="must be a number"):
+        fn(jax.random.key(0), X, rate=rate)
+
+
+@pytest.mark.parametrize("fn", [dropout, gaussian_dropout])
 @pytest.mark.parametrize("jit", [False, True])
 def test_non_scalar_rate_raises(fn, jit):
     call = lambda x, rate: fn(jax.random.key(0), x, rate=rate)  # noqa: E731

@@ -199,6 +199,18 @@ def test_non_positive_max_value_raises_in_projection(max_value, jit):
         (jax.jit(project) if jit else project)(PARAMS)
 
 
+@pytest.mark.parametrize("max_value", [0.0, -1.0, float("nan")])
+def test_a_traced_non_positive_max_value_is_no_constraint(max_value):
+    projected = jax.jit(lambda c: project_max_norm(PARAMS, c))(jnp.float32(max_value))
+    jax.tree.map(np.testing.assert_array_equal, projected, PARAMS)
+
+
+@pytest.mark.parametrize("max_value", ["3.0", True])
+def test_a_max_value_that_is_not_a_number_raises(max_value):
+    with pytest.raises(TypeError, match="positive number"):
+        project_max_norm(PARAMS, max_value)
+
+
 def test_non_scalar_max_value_raises():
     with pytest.raises(TypeError, match="scalar"):
         project_max_norm(PARAMS, jnp.array([1.0, 2.0]))

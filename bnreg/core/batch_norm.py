@@ -78,7 +78,8 @@ __all__ = [
 
 AxisName = str | tuple[str, ...] | None
 
-_BACKWARDS = ("autodiff", "paper")
+# The gradients batch_norm can take: JAX differentiating the forward, or the Sec. 3 formulas.
+BACKWARDS = ("autodiff", "paper")
 
 
 class BatchNormParams(NamedTuple):
@@ -212,7 +213,7 @@ def batch_norm(
       TypeError: if ``x`` is not a floating-point array; if ``train`` is not a static bool.
       ValueError: if ``x.ndim < 2``; if a params/state array is not ``(F,)``; if ``epsilon <= 0``;
         if ``momentum`` is outside ``[0, 1]``; if ``backward`` is unknown; if ``train=True`` with
-        one value per feature (``m == 1``). All of these fire under ``jax.jit``; ``epsilon`` and
+        fewer than two values per feature (``m < 2``). All of these fire under ``jax.jit``; ``epsilon`` and
         ``momentum`` are only checked when they are concrete (not traced).
     """
     _check_input(x, "batch_norm")
@@ -220,7 +221,7 @@ def batch_norm(
     _check_feature_arrays(x, {"state.mean": state.mean, "state.var": state.var})
     _check_epsilon(epsilon)
     _check_momentum(momentum)
-    check_choice("backward", backward, _BACKWARDS)
+    check_choice("backward", backward, BACKWARDS)
     # train selects Alg. 1 or the inference transform, so it must be static.
     train = check_static_bool(train, "train")
     if not train:
@@ -230,10 +231,12 @@ def batch_norm(
         return (x * multiplier + offset).astype(x.dtype), state
 
     group_size = _group_size(x, axis_name)
-    if group_size == 1:
+    if group_size < 2:
+        # One value: the batch variance is 0 and the output is all β; none: the moments (and
+        # with them the running statistics) are NaN.
         raise ValueError(
-            f"batch_norm(train=True) got one value per feature (x.shape={x.shape}, "
-            f"axis_name={axis_name!r}): the batch variance is 0 and the output is all β. "
+            f"batch_norm(train=True) got {group_size} value(s) per feature (x.shape={x.shape}, "
+            f"axis_name={axis_name!r}): Alg. 1 needs a batch mean and variance. "
             "Use a batch with more than 1 example per feature, or train=False "
             "(PyTorch: 'Expected more than 1 value per channel when training')."
         )
@@ -305,7 +308,7 @@ def population_stats_update(
     Raises:
       TypeError: if ``x`` is not a floating-point array.
       ValueError: if ``x.ndim < 2``, if the feature sizes of ``x`` and ``acc`` differ, or if
-        ``m == 1`` (the unbiased variance is undefined). These fire under ``jax.jit``.
+        ``m < 2`` (the unbiased variance is undefined). These fire under ``jax.jit``.
     """
     _check_input(x, "population_stats_update")
     _check_feature_arrays(
@@ -316,9 +319,9 @@ def population_stats_update(
         },
     )
     group_size = _group_size(x, axis_name)
-    if group_size == 1:
+    if group_size < 2:
         raise ValueError(
-            f"population_stats_update got one value per feature (x.shape={x.shape}, "
+            f"population_stats_update got {group_size} value(s) per feature (x.shape={x.shape}, "
             f"axis_name={axis_name!r}), so m/(m-1) is undefined. "
             "Accumulate batches with more than 1 example per feature."
         )

@@ -54,11 +54,16 @@ def is_kernel(path: tuple[Any, ...], leaf: jax.Array) -> bool:
     return name == "kernel"
 
 
-def _check_max_value(max_value: Any) -> None:
+def _checked_bound(max_value: Any) -> Any:
+    """The bound ``c`` to project on: a concrete one checked (> 0), a traced one (whose sign
+    cannot be checked) with ``c <= 0`` or NaN read as no constraint (``inf``), the engine's
+    convention that a member's ``max_norm`` of 0 is off."""
+    if isinstance(max_value, str | bytes | bool):
+        raise TypeError(f"max_value must be a positive number, got {max_value!r}.")
     if jnp.ndim(max_value) != 0:
         raise TypeError(f"max_value must be a scalar, got shape {jnp.shape(max_value)}.")
     if is_traced(max_value):
-        return
+        return jnp.where(max_value > 0, max_value, jnp.inf)
     try:
         value = float(max_value)
     except (TypeError, ValueError) as err:
@@ -68,6 +73,7 @@ def _check_max_value(max_value: Any) -> None:
             f"max_value is the norm bound c and must be > 0 (float('inf') for no constraint), "
             f"got {value}."
         )
+    return max_value
 
 
 def _project_leaf(w: jax.Array, max_value: Any) -> tuple[jax.Array, jax.Array]:
@@ -103,7 +109,8 @@ def project_max_norm(
     Args:
       params: a pytree of arrays (e.g. flax ``params``).
       max_value: :math:`c > 0`, possibly ``inf``. A traced scalar is accepted (e.g. to vmap over
-        ``c``), but then its sign cannot be checked.
+        ``c``); its sign cannot be checked, so a traced :math:`c \le 0` (or NaN) means no
+        constraint, as a member's ``max_norm`` of 0 does in the engine.
       predicate: ``predicate(path, leaf) -> bool`` (a Python bool) selects the leaves to project;
         default :func:`is_kernel`. A predicate that selects nothing is allowed and returns
         ``params`` unchanged.
@@ -115,7 +122,7 @@ def project_max_norm(
       TypeError: ``max_value`` is not a number or not a scalar.
       ValueError: a concrete ``max_value <= 0``.
     """
-    _check_max_value(max_value)
+    max_value = _checked_bound(max_value)
     return jax.tree_util.tree_map_with_path(
         lambda path, w: _project_leaf(w, max_value)[0] if predicate(path, w) else w, params
     )
@@ -149,8 +156,8 @@ def max_norm(
 
     Args:
       max_value: :math:`c > 0`, the bound on each incoming weight vector's L2 norm; ``inf`` for
-        no constraint. A traced scalar is accepted (e.g. to vmap over ``c``), but then its sign
-        cannot be checked.
+        no constraint. A traced scalar is accepted (e.g. to vmap over ``c``); a traced
+        :math:`c \le 0` (or NaN) means no constraint, as in :func:`project_max_norm`.
       predicate: selects the leaves to constrain; see :func:`project_max_norm`.
 
     Returns:
@@ -162,7 +169,7 @@ def max_norm(
       ValueError: a concrete ``max_value <= 0`` (or NaN); and, from ``update``,
         ``params is None``.
     """
-    _check_max_value(max_value)
+    max_value = _checked_bound(max_value)
 
     def init_fn(params: optax.Params) -> optax.EmptyState:
         del params

@@ -118,10 +118,8 @@ def build_optimizer(
                 nesterov=optimizer_config.nesterov,
             ))
         if uses["max_norm"]:
-            c = value(hyperparameters, "max_norm")
-            if "max_norm" in hyperparameters:  # swept: the members with c = 0 are unconstrained
-                c = jnp.where(c > 0, c, jnp.inf)
-            parts.append(max_norm(c, predicate=is_hidden_kernel))
+            # Swept, c is traced and the members with c = 0 are unconstrained (bnreg.max_norm).
+            parts.append(max_norm(value(hyperparameters, "max_norm"), predicate=is_hidden_kernel))
         return optax.chain(*parts)
 
     return optimizer
