@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bnreg.core.dropconnect import dropconnect_dense
 from bnreg.core.dropout import bernoulli_mask, dropout, gaussian_dropout, monte_carlo_average
 
 NUM_KEYS = 4000
@@ -317,9 +318,9 @@ def test_16_bit_masks_keep_each_entry_with_probability_p(keep):
     assert abs(float(mask.mean()) - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
 
 
-@pytest.mark.parametrize("keep, threshold", [(1.0, 65536), (2.0**-16, 1), (1e-6, 0), (0.3, 19661)])
+@pytest.mark.parametrize("keep, threshold", [(1.0, 65536), (2.0**-16, 1), (0.3, 19661)])
 def test_16_bit_masks_resolve_p_to_a_multiple_of_2_to_the_minus_16(keep, threshold):
-    # Every 16-bit value below round(p·2^16) keeps: p = 1 keeps all, p < 2^-17 none.
+    # Every 16-bit value below round(p·2^16) keeps: p = 1 keeps all, p = 2^-16 one value.
     mask = bernoulli_mask(jax.random.key(1), jnp.asarray(keep), (4096, 64), bits=16)
     expected = threshold / 65536
     assert abs(float(mask.mean()) - expected) < 5 * np.sqrt(max(expected * (1 - expected),
@@ -356,3 +357,13 @@ def test_16_bit_dropout_at_a_traced_rate_equals_the_concrete_calls_and_0_is_iden
 def test_unknown_mask_bits_are_an_error():
     with pytest.raises(ValueError, match="bits must be one of"):
         dropout(jax.random.key(0), jnp.ones(3), rate=0.5, mask_bits=8)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda key, rate: dropout(key, jnp.ones((4, 8)), rate=rate, mask_bits=16),
+    lambda key, rate: dropconnect_dense(key, jnp.ones((4, 8)), jnp.ones((8, 3)), rate=rate,
+                                        mask_bits=16),
+])
+def test_a_keep_probability_below_a_16_bit_masks_resolution_is_an_error(fn):
+    with pytest.raises(ValueError, match="use mask_bits=32"):
+        fn(jax.random.key(0), 1 - 2.0**-18)

@@ -213,8 +213,8 @@ def batch_norm(
       TypeError: if ``x`` is not a floating-point array; if ``train`` is not a static bool.
       ValueError: if ``x.ndim < 2``; if a params/state array is not ``(F,)``; if ``epsilon <= 0``;
         if ``momentum`` is outside ``[0, 1]``; if ``backward`` is unknown; if ``train=True`` with
-        fewer than two values per feature (``m < 2``). All of these fire under ``jax.jit``; ``epsilon`` and
-        ``momentum`` are only checked when they are concrete (not traced).
+        fewer than two values per feature (``m < 2``). All of these fire under ``jax.jit``;
+        ``epsilon`` and ``momentum`` are only checked when they are concrete (not traced).
     """
     _check_input(x, "batch_norm")
     _check_feature_arrays(x, {"params.scale": params.scale, "params.bias": params.bias})

@@ -37,7 +37,12 @@ from bnreg._checks import (
     check_static_bool,
     is_traced,
 )
-from bnreg.core.dropout import MASK_BITS, bernoulli_mask, keep_probability
+from bnreg.core.dropout import (
+    MASK_BITS,
+    bernoulli_mask,
+    check_mask_resolution,
+    keep_probability,
+)
 
 __all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
 
@@ -188,6 +193,7 @@ def dropconnect_dense(
         return _add_bias(x @ kernel, bias)
     check_key(key, "dropconnect_dense")
     keep = keep_probability(rate)
+    check_mask_resolution(keep, mask_bits)
     masked_x, masked_kernel, unmasked_bias = x, kernel, bias
     if mask_bias and bias is not None:
         (masked_x, masked_kernel), unmasked_bias = _bias_as_weight(x, kernel, bias), None

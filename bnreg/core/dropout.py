@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bnreg._checks import (
     check_choice,
@@ -53,6 +54,15 @@ def keep_probability(rate: float | jax.Array) -> jax.Array:
     computed the same way for a concrete and a traced rate so that both draw the same mask and
     scale by the same number (shared with :mod:`bnreg.core.dropconnect`)."""
     return 1 - jnp.asarray(rate, float)
+
+
+def check_mask_resolution(keep: float | jax.Array, bits: int) -> None:
+    """Refuses a concrete keep probability in :math:`(0, 2^{-16})` for a 16-bit mask
+    (:func:`bernoulli_mask`), which would drop every entry; a traced one cannot be checked."""
+    if bits == 16 and not is_traced(keep) and np.any((0 < np.asarray(keep)) &
+                                                     (np.asarray(keep) < 2.0**-16)):
+        raise ValueError(f"a 16-bit mask resolves the keep probability to 2⁻¹⁶ and would drop "
+                         f"every entry at p = {keep}: use mask_bits=32 for such a rate.")
 
 
 def _floating(x: jax.typing.ArrayLike, function_name: str) -> jax.Array:
@@ -87,8 +97,14 @@ def bernoulli_mask(
     resolved to :math:`2^{-16}` (exact for the papers' 0.5 and 0.8; :math:`p = 1` keeps every
     entry), for half the random bits — about twice as fast on a CPU, where threefry's bits are
     most of a mask's cost. The two samplers draw different masks from one key.
+
+    Raises:
+      ValueError: ``bits=16`` with a concrete :math:`0 < p < 2^{-16}`, which it would resolve to
+        0 (every entry dropped, no longer unbiased): use ``bits=32``. A traced :math:`p` cannot
+        be checked.
     """
     check_choice("bits", bits, MASK_BITS)
+    check_mask_resolution(keep, bits)
     if bits == 32:
         return jax.random.bernoulli(key, keep, shape)
     size = math.prod(shape)
