@@ -6,8 +6,11 @@ function for a study not yet on the study layer). Its command takes ``--workdir`
 figures, records and the engine's run directories go; rerunning with the same one resumes where
 the study stopped), ``--config`` (the study module itself, ``--config=experiments/<study>.py:smoke``
 for a variant), ``--config.<key>=<value>`` overrides, which must name existing keys (an unknown
-one is an error that names it, before anything runs), ``--overwrite``, which deletes the work dir
-first (without it, a work dir is resumed and never overwritten by another config), and
+one is an error that names it, before anything runs, and so is a key the study's protocol sets
+itself in every run — a tuned axis, an arm's structure, the seeds, the validation split —
+naming what to change instead: :func:`bnreg.study.protocol_keys`), ``--overwrite``, which
+deletes the work dir first (without it, a work dir is resumed and never overwritten by another
+config), and
 ``--analyze``, which rewrites ``results.md`` and the figures in ``--workdir`` from the records in
 ``--workdir/records`` alone — no training, no run directories (e.g. a committed
 ``experiments/results/<study>_<dataset>``).
@@ -47,9 +50,9 @@ def use_cpu_cores() -> None:
         jax.config.update("jax_num_cpu_devices", cores or 1)
 
 
-def unknown_overrides(study_file: str, argv: Sequence[str]) -> list[str]:
-    """The ``--config.<key>`` arguments of ``argv`` whose dotted key the study's config (the
-    ``--config`` file and variant, default ``study_file``) does not have."""
+def study_config(study_file: str, argv: Sequence[str]) -> ml_collections.ConfigDict:
+    """The study's config before overrides: the ``--config`` file and variant of ``argv``,
+    default ``study_file``."""
     source = study_file
     for index, argument in enumerate(argv):
         if argument.startswith("--config="):
@@ -62,14 +65,21 @@ def unknown_overrides(study_file: str, argv: Sequence[str]) -> list[str]:
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     try:
         spec.loader.exec_module(module)
-        config = module.get_config(variant) if variant else module.get_config()
+        return module.get_config(variant) if variant else module.get_config()
     finally:
         del sys.modules[spec.name]
+
+
+def override_keys(argv: Sequence[str]) -> list[str]:
+    """The dotted keys of the ``--config.<key>=<value>`` arguments of ``argv``."""
+    return [argument[len("--config."):].split("=", 1)[0] for argument in argv
+            if argument.startswith("--config.")]
+
+
+def unknown_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> list[str]:
+    """The ``--config.<key>`` arguments of ``argv`` whose dotted key ``config`` does not have."""
     unknown = []
-    for argument in argv:
-        if not argument.startswith("--config."):
-            continue
-        key = argument[len("--config."):].split("=", 1)[0]
+    for key in override_keys(argv):
         node = config
         for part in key.split("."):
             if not hasattr(node, "keys") or part not in node.keys():
@@ -112,7 +122,14 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
         if any(a.startswith("--config") for a in arguments):
             sys.exit("--analyze takes the config from the records (records/study.json): leave "
                      "out --config and its overrides.")
-    unknown = unknown_overrides(study_file, arguments)
+    config = study_config(study_file, arguments)
+    if isinstance(study, study_lib.Study):
+        protocol = study_lib.protocol_keys(config, study.arms(config))
+        for key in override_keys(arguments):
+            if key in protocol:
+                sys.exit(f"--config.{key} is set by the study's protocol in every run and would "
+                         f"be ignored; what to change instead: {protocol[key]}.")
+    unknown = unknown_overrides(config, arguments)
     if unknown:
         sys.exit(f"Unknown config keys {unknown}: every --config.<key> must name a key of the "
                  "study's config (bnreg.config.default_config() and the study's config.study); "

@@ -37,14 +37,14 @@ def smoke_run(tmp_path_factory):
     return workdir, completed.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", bn_mnist.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
     assert_figure(workdir / name, stdout)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_results_hold_every_claim_the_tables_and_the_records(smoke_run):
     workdir, stdout = smoke_run
     results = (workdir / "results.md").read_text()
@@ -62,7 +62,7 @@ def test_smoke_results_hold_every_claim_the_tables_and_the_records(smoke_run):
     assert (workdir / "records" / "study.json").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_analyze_rewrites_results_and_figures_from_the_records_alone_byte_for_byte(
         smoke_run, tmp_path):
     workdir, _ = smoke_run
@@ -89,6 +89,23 @@ def test_unknown_config_key_on_the_command_line_is_an_error_naming_it(tmp_path, 
     assert completed.returncode != 0
     assert f"Unknown config keys ['{key}']" in completed.stderr
     assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, instead", [
+    ("optimizer.learning_rate", "config.study.learning_rates"),
+    ("sweep.learning_rate", "config.study.learning_rates"),
+    ("seed", "config.sweep.seed"),
+    ("model.norm", "it makes arm 'no_bn'"),
+    ("validation_fraction", "config.study.validation_fraction"),
+])
+def test_a_key_the_protocol_sets_is_refused_on_the_command_line_naming_what_to_set(
+        tmp_path, key, instead):
+    completed = run_cli(f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",
+                        f"--config.{key}=1")
+    assert completed.returncode != 0
+    assert f"--config.{key} is set by the study's protocol" in completed.stderr
+    assert instead in completed.stderr and "Traceback" not in completed.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -13,7 +13,7 @@ table), ``records`` (writing and reading records), ``results`` (records as table
 page), ``protocol`` (:func:`run`, :func:`analyze`).
 """
 
-from bnreg.study.arms import Arm, Chosen
+from bnreg.study.arms import Arm, Chosen, protocol_keys
 from bnreg.study.choice import Choice, choose
 from bnreg.study.claims import (
     ALPHA,
@@ -70,6 +70,7 @@ __all__ = [
     "gap",
     "overfits",
     "plateaued",
+    "protocol_keys",
     "run",
     "steps_to",
     "steps_to_final",

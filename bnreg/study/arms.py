@@ -188,3 +188,27 @@ def arm_settings(arms: Sequence[Arm], choices: Mapping[str, Mapping[str, float]]
                  ) -> dict[str, dict[str, float]]:
     """Every final arm's member values (:func:`final_settings`), by arm name."""
     return {arm.name: final_settings(arm, choices) for arm in arms if arm.final}
+
+
+def protocol_keys(config: ml_collections.ConfigDict, arms: Sequence[Arm]) -> dict[str, str]:
+    """The config keys the protocol sets itself, each with what to change instead: an override
+    of one (e.g. on the command line) would be replaced in every run without a word.
+
+    Tuned axes name the ``config.study`` key that holds their grid where one does.
+    """
+    keys = {"validation_fraction": "config.study.validation_fraction (the tuning runs' split; "
+                                   "the final runs use the test split)"}
+    if "seed" in config.sweep:
+        keys["seed"] = "config.sweep.seed (the final runs' seeds) or config.study.tune_seeds"
+    for arm in arms:
+        for axis, grid in arm.tune.items():
+            holders = [f"config.study.{key}" for key, value in config.study.items()
+                       if isinstance(value, tuple | list) and tuple(value) == tuple(grid)]
+            instead = (" or ".join(holders) or "the study's grids") + f", the grid of {axis}"
+            keys.setdefault(AXES[axis], instead)
+            keys.setdefault(f"sweep.{axis}", instead)
+        for axis in arm.settings:
+            keys.setdefault(AXES[axis], f"the study's arms: arm {arm.name!r} sets {axis}")
+        for key in arm.overrides:
+            keys.setdefault(key, f"config.study or the study's arms: it makes arm {arm.name!r}")
+    return keys
