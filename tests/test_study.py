@@ -343,6 +343,9 @@ def test_records_are_the_same_bytes_for_the_same_content_and_read_back(tmp_path)
     assert records.history("final", "net") == [{"step": 0, "member": 0, "accuracy": 0.1}]
     assert records.config.sweep.seed == (0, 1)  # tuples come back as tuples
     assert records.machine["jax"]
+    # What reproducing the bytes needs besides the software: the CPU and the cores.
+    assert {"cpu", "cpu_id", "cpu_flags", "cores"} <= set(records.machine)
+    assert records.machine["cores"] >= 1
 
 
 def test_a_directory_without_records_is_an_error_that_says_what_to_pass(tmp_path):

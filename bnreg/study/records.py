@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import platform
 import shutil
 from collections.abc import Iterable, Mapping
@@ -57,24 +58,41 @@ def _jsonl(rows: Iterable[Mapping]) -> str:
     return "".join(json.dumps(dict(row)) + "\n" for row in rows)
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+# The instruction-set extensions XLA:CPU chooses its kernels by (a different set rounds
+# differently).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+
+
+def _cpu() -> dict[str, Any]:
+    """The CPU as ``/proc/cpuinfo`` names it (model name, family and model, the flags of
+    :data:`CPU_FLAGS`) and the cores this process may use; the platform's processor string
+    elsewhere."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_id": (f"family {fields['cpu family']}, model {fields['model']}"
+                   if "cpu family" in fields and "model" in fields else "unknown"),
+        "cpu_flags": " ".join(flag for flag in CPU_FLAGS if flag in flags),
+        "cores": cores,
+    }
 
 
 def machine() -> dict[str, Any]:
-    """What a study's numbers depend on beyond its config: the CPU model, the accelerator kind,
-    and the versions of :data:`VERSIONED`."""
+    """What a study's numbers depend on beyond its config: the CPU (model, family and model,
+    instruction-set flags, cores), the accelerator kind, and the versions of
+    :data:`VERSIONED`."""
     import jax
 
     return {
-        "cpu": _cpu_model(),
+        **_cpu(),
         "devices": sorted({device.device_kind for device in jax.devices()}),
         "python": platform.python_version(),
         **{name: metadata.version(name) for name in VERSIONED},

@@ -141,10 +141,14 @@ def machine_line(results: Results) -> str:
     machine = results.machine
     versions = ", ".join(f"{name} {machine[name]}" for name in
                          ("python", "jax", "jaxlib", "flax", "optax", "numpy"))
-    return (f"Made on: {machine['cpu']} ({', '.join(machine['devices'])}); {versions}. The same "
-            "config on the same CPU model and software gives the same numbers; another CPU "
-            "model or XLA version rounds differently, and over many SGD steps the numbers move "
-            "as another seed would.")
+    # Records made before the CPU's family, flags and cores were recorded name its model only.
+    cpu = machine["cpu"] + (f" ({machine['cpu_id']}; {machine['cpu_flags']}; "
+                            f"{machine['cores']} cores)" if "cpu_id" in machine else "")
+    return (f"Made on: {cpu}, devices {', '.join(machine['devices'])}; {versions}. The same "
+            "config reproduces these bytes only where the CPU (family and model, instruction "
+            "set), the core count and jax/jaxlib all match, and even then it is not promised; "
+            "elsewhere XLA rounds differently, and over many SGD steps the numbers move as "
+            "another seed would (the verdicts should not).")
 
 
 def claims_page(studies: Sequence[tuple[str, str, Sequence[Verdict] | Sequence[Untested],
