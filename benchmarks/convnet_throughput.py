@@ -15,6 +15,8 @@ net (``experiments.bn_accelerate``'s full config: a stem of 16 channels pooled t
     ``lax.scan``);
 (a′) the same with ``unroll_steps=True``, calls of ``--unrolled`` (5) unrolled steps (XLA:CPU
     runs convolutions several times slower inside a loop);
+(a″) (a′) with the pooling branches' other 3×3 pool (max where the net averages, as the
+    study's net does, and the reverse), to show what the choice costs;
 (b) PyTorch eager, 2 threads, the same net in ``torch.nn`` (``benchmarks.torch_peers``).
 
 GFLOP/s counts the convolutions' and the dense layer's multiply-adds analytically (2 FLOPs
@@ -76,13 +78,16 @@ def forward_macs(model: Any) -> int:
     return macs + channels * common.NUM_CLASSES
 
 
-def engine_config(model: Any, num_steps: int, *, unroll: int = 0) -> Any:
-    """The engine config of row (a), or of (a′) with ``unroll`` unrolled steps per call."""
+def engine_config(model: Any, num_steps: int, *, unroll: int = 0,
+                  branch_pool: str | None = None) -> Any:
+    """The engine config of row (a), or of (a′) with ``unroll`` unrolled steps per call, with
+    the model's branch pool or ``branch_pool``."""
     from bnreg.config import default_config, override
 
     return override(default_config(), {
         **{f"model.{key}": model[key] for key in ("inception_stem", "inception_stem_pool",
                                                   "inception_modules", "inception_pool_after")},
+        "model.inception_branch_pool": branch_pool or model.inception_branch_pool,
         "unroll_steps": bool(unroll), "steps_per_call": unroll,
         "dataset": common.DATASET, "model.name": "inception", "model.norm": "batch",
         "model.activation": "relu", "model.kernel_init": "he_normal",
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from bnreg.engine import load_run_data
 
     model = net_model(args.net)
+    other_pool = {"max": "avg", "avg": "max"}[model.inception_branch_pool]
     torch, where = torch_peers.load(args.torch_path) if args.torch else (None, "off (--smoke)")
     data = (common.synthetic_run_data(args.examples, 1000) if args.synthetic
             else load_run_data(engine_config(model, args.steps)))
@@ -112,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                             chunk=args.steps),
         "bnreg_unrolled": lambda: runner.engine_peer(
             engine_config(model, args.steps, unroll=args.unrolled), data=data,
-            chunk=args.unrolled)}
+            chunk=args.unrolled),
+        f"bnreg_unrolled_{other_pool}_pool": lambda: runner.engine_peer(
+            engine_config(model, args.steps, unroll=args.unrolled, branch_pool=other_pool),
+            data=data, chunk=args.unrolled)}
     if torch is not None:
         peers["torch"] = lambda: torch_peers.inception_peer(
             torch, model, data.train.images, data.train.labels, lr=LEARNING_RATE,
@@ -123,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                           steps=args.steps, repeats=args.repeats, torch=where,
                           data=data.source, step_gflop=step_gflop)
     result["measurement"] = runner.measure(
-        peers, args.steps, args.repeats, ratios=[("bnreg", "torch"), ("bnreg_unrolled", "torch")])
+        peers, args.steps, args.repeats,
+        ratios=[("bnreg", "torch"), ("bnreg_unrolled", "torch"),
+                ("bnreg_unrolled", f"bnreg_unrolled_{other_pool}_pool")])
     rows, ratios = result["measurement"]["rows"], result["measurement"]["ratios"]
     result["text"] = [
         f"Data: {data.source}; PyTorch: {where}. {args.repeats} rounds of {args.steps} steps per "
@@ -138,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, row in rows.items()])]
     result["notes"] = [
         f"{name} / PyTorch eager: " + report.ratio_text(ratios.get(name + "/torch"), TARGET_TORCH)
-        for name in ("bnreg", "bnreg_unrolled")]
+        for name in ("bnreg", "bnreg_unrolled")] + [
+        f"bnreg_unrolled ({model.inception_branch_pool}-pool branches) / the same with "
+        f"{other_pool}-pool branches: "
+        + report.ratio_text(ratios.get(f"bnreg_unrolled/bnreg_unrolled_{other_pool}_pool"))]
     suffix = {"study": "_study", "smoke": "_smoke"}.get(args.net, "")
     report.finish(result, args.out, args.name or NAME + suffix)
 

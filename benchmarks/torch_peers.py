@@ -214,8 +214,8 @@ def dropconnect_peer(torch: Any, images: np.ndarray, labels: np.ndarray, *,
 def inception_net(torch: Any, model: Any, image: Sequence[int] = (28, 28, 1)) -> Any:
     """The net of ``model`` (a bnreg model config of ``name="inception"``) in ``torch.nn``
     (NCHW): ``Conv2d(bias=False) → BatchNorm2d → ReLU`` units, inception modules of four
-    branches (1×1; 1×1 → 3×3; 1×1 → 3×3 → 3×3; 3×3 max-pool → 1×1), global average pooling, a
-    dense layer."""
+    branches (1×1; 1×1 → 3×3; 1×1 → 3×3 → 3×3; 3×3 max- or average-pool, as
+    ``model.inception_branch_pool``, → 1×1), global average pooling, a dense layer."""
     nn = torch.nn
 
     def conv(cin, cout, size):
@@ -228,7 +228,9 @@ def inception_net(torch: Any, model: Any, image: Sequence[int] = (28, 28, 1)) ->
             self.b1 = conv(cin, b1, 1)
             self.b3 = nn.Sequential(conv(cin, b3r, 1), conv(b3r, b3, 3))
             self.b5 = nn.Sequential(conv(cin, b5r, 1), conv(b5r, b5, 3), conv(b5, b5, 3))
-            self.pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(cin, proj, 1))
+            pool = (nn.MaxPool2d(3, 1, 1) if model.inception_branch_pool == "max"
+                    else nn.AvgPool2d(3, 1, 1, count_include_pad=False))
+            self.pool = nn.Sequential(pool, conv(cin, proj, 1))
 
         def forward(self, x):
             return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.pool(x)], dim=1)

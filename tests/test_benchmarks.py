@@ -29,7 +29,8 @@ SMOKE_ROWS = {
     "train_throughput": ("train_throughput", {
         "bnreg_1", "flax_loop", "flax_scan", "peak", "2dev_sharded/single", "2dev_sharded/peak",
         "2dev_sharded/many"}),
-    "convnet_throughput": ("convnet_throughput_smoke", {"bnreg", "bnreg_unrolled"}),
+    "convnet_throughput": ("convnet_throughput_smoke", {"bnreg", "bnreg_unrolled",
+                                                        "bnreg_unrolled_max_pool"}),
     "bn_mnist_study": ("bn_mnist_study", {"concurrent"}),
     "dropconnect_throughput": ("dropconnect_throughput", {"dropconnect_16bit", "dropout"}),
     "dropout_p_members": ("dropout_p_members", {"one_program", "one_by_one"}),
@@ -71,6 +72,7 @@ def test_every_benchmark_has_a_smoke_test():
     assert modules == set(SMOKE_ROWS) | PYTORCH_ONLY
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list(SMOKE_ROWS))
 def test_benchmark_runs_at_smoke_size_and_reports_its_rows(committed_results, smoke_runs, name):
     future, out = smoke_runs[name]
