@@ -92,7 +92,7 @@ MEASURES = {
     "dead_units": "dead units",
 }
 # The paper's claims on them, as (measure, expected side of dropout − no dropout, claim).
-CLAIMS = (
+SPARSITY_CLAIMS = (
     ("hoyer", "above", "dropout makes the activations sparser (Hoyer's measure)"),
     ("hoyer_live", "above", "dropout makes the activations sparser, dead units left out"),
     ("fraction_at_zero", "above", "with dropout more activations are exactly 0"),
@@ -324,7 +324,7 @@ def write_results(config: ml_collections.ConfigDict, study: AutoencoderStudy,
         analysis.claim_text(analysis.difference(paired(study, value)), expected, claim,
                             unit=CLAIM_UNITS.get(value, ""), scale=PERCENT.get(value, 1),
                             first="dropout", second="no dropout")
-        for value, expected, claim in CLAIMS
+        for value, expected, claim in SPARSITY_CLAIMS
     ]
     reconstruction = analysis.difference_text(
         analysis.difference(paired(study, "reconstruction_error")), unit="",

@@ -23,14 +23,14 @@ def smoke_run(tmp_path_factory):
     return workdir, run_smoke_study("bn_accelerate", workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", bn_accelerate.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
     assert_figure(workdir / name, stdout)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_results_hold_the_claims_and_the_fig3_table(smoke_run):
     workdir, _ = smoke_run
     results = (workdir / "results.md").read_text()

@@ -35,7 +35,7 @@ def run_config(config, momentum):
     return override(config, runs[f"momentum={momentum:g}"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_study_writes_every_row_claim_and_a_valid_figure(smoke_study):
     config, workdir, outputs = smoke_study
     assert outputs == [workdir / "results.md", workdir / bn_ema_momentum.FIGURE]
@@ -56,7 +56,7 @@ def test_smoke_study_writes_every_row_claim_and_a_valid_figure(smoke_study):
     assert (workdir / "records" / "extra" / "staleness.jsonl.gz").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_momentum_changes_the_ema_only_not_training(smoke_study):
     # The EMA is not used by the training forward pass: every momentum trains the same weights,
     # so Alg. 2 (which reads only the weights) scores the same, while the EMAs differ.
@@ -74,7 +74,7 @@ def final_state(config, workdir, momentum):
                                      workdir / "runs" / "final" / f"momentum={momentum:g}")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_staleness_at_lag_0_is_the_runs_own_alg2_accuracy_and_leaves_the_state(smoke_study):
     config, workdir, _ = smoke_study
     result = final_state(config, workdir, 0.9)
@@ -87,7 +87,7 @@ def test_staleness_at_lag_0_is_the_runs_own_alg2_accuracy_and_leaves_the_state(s
     assert jax.tree.all(jax.tree.map(np.array_equal, result.state.params, params_before))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_statistics_go_stale_only_when_the_weights_move(smoke_study):
     config, workdir, _ = smoke_study
     state = final_state(config, workdir, 0.9).state
@@ -103,7 +103,7 @@ def test_statistics_go_stale_only_when_the_weights_move(smoke_study):
     assert not np.array_equal(at_100["own"], at_100["stale"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_adding_momenta_trains_only_the_new_ones(tmp_path):
     study.run(bn_ema_momentum.STUDY, smoke_config(**{"study.momenta": (0.9,)}), tmp_path)
     metrics = tmp_path / "runs" / "final" / "momentum=0.9" / engine.METRICS_FILE

@@ -36,7 +36,7 @@ def test_the_page_lists_every_declared_claim_of_every_study(name):
         assert f"| {statement}" in row
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ON_THE_LAYER)
 def test_a_committed_results_md_and_its_figures_are_what_its_records_give(name, tmp_path):
     module = importlib.import_module(f"experiments.{name}")

@@ -448,7 +448,7 @@ def test_digits_test_split_is_stratified_and_deterministic():
     assert np.all(np.abs(counts - totals * 300 / totals.sum()) < 1)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.skipif(
     not DEBIAN_FASHION_DIR.is_dir(),
     reason="Debian's dataset-fashion-mnist "

@@ -19,14 +19,14 @@ def smoke_run(tmp_path_factory):
     return workdir, run_smoke_study("dropconnect", workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", dropconnect.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
     assert_figure(workdir / name, stdout)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_results_hold_every_cell_verdict_and_inference_row(smoke_run):
     workdir, _ = smoke_run
     results = (workdir / "results.md").read_text()

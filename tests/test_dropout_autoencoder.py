@@ -27,21 +27,21 @@ def smoke_run(tmp_path_factory):
     return workdir, run_smoke_study("dropout_autoencoder", workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", study.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
     assert_figure(workdir / name, stdout)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_results_give_both_nets_and_every_verdict(smoke_run):
     workdir, stdout = smoke_run
     results = (workdir / "results.md").read_text()
     assert results in stdout
     for net in study.NETS:
         assert f"| {study.LABELS[net]} | " in results
-    for _, _, claim in study.CLAIMS:
+    for _, _, claim in study.SPARSITY_CLAIMS:
         assert f"- {claim}: " in results
     assert "- reconstruction error, dropout − no dropout: " in results
 
@@ -230,6 +230,6 @@ def test_verdicts_read_the_paired_intervals(tmp_path, hoyer, zero, mean, outcome
     final = constructed_final(hoyer, zero, mean)
     path = study.write_results(study.get_config("smoke"), constructed_study(final), tmp_path)
     results = path.read_text()
-    for (_, _, claim), outcome in zip(study.CLAIMS, outcomes, strict=True):
+    for (_, _, claim), outcome in zip(study.SPARSITY_CLAIMS, outcomes, strict=True):
         assert f"- {claim}: {outcome} — " in results
     assert "- reconstruction error, dropout − no dropout: +0.00 ± 0.00 (95% interval" in results

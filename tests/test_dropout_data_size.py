@@ -20,7 +20,7 @@ def smoke_run(tmp_path_factory):
     return workdir, run_smoke_study("dropout_data_size", workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_study_writes_the_figure_and_a_verdict_per_size(smoke_run):
     workdir, stdout = smoke_run
     assert_figure(workdir / study.FIGURE, stdout)

@@ -18,14 +18,14 @@ def smoke_run(tmp_path_factory):
     return workdir, run_smoke_study("dropout_nets", workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", dropout_nets.FIGURES)
 def test_smoke_study_writes_valid_figures(smoke_run, name):
     workdir, stdout = smoke_run
     assert_figure(workdir / name, stdout)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_results_name_every_table_and_verdict(smoke_run):
     workdir, stdout = smoke_run
     results = (workdir / "results.md").read_text()

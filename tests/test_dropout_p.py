@@ -21,7 +21,7 @@ def smoke_run(tmp_path_factory):
     return workdir, run_smoke_study("dropout_p", workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_study_writes_the_figure_and_every_verdict(smoke_run):
     workdir, stdout = smoke_run
     assert_figure(workdir / dropout_p.FIGURE, stdout)

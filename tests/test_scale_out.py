@@ -164,7 +164,7 @@ def assert_histories_agree(one, other):
     np.testing.assert_allclose(losses(one), losses(other), rtol=RTOL)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize(("layout", "reference"), [
     ("data2", "one_device"), ("data4", "one_device"),
     # Ghosts of 8 on 4 devices: each device's share is one ghost, normalised by itself.
@@ -181,7 +181,7 @@ def test_a_batch_split_over_devices_gives_one_devices_forward_and_gradients(mesh
             assert np.abs(np.subtract(a, b)).max() <= GRADIENT_RTOL * np.abs(b).max()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize(("layout", "reference", "devices"), [
     # Synchronised BN: as one device with the same global batch.
     ("data2", "one_device", 2), ("data4", "one_device", 4),
@@ -195,7 +195,7 @@ def test_a_run_on_a_mesh_trains_as_on_its_reference_layout(meshes, layout, refer
     assert_histories_agree(meshes["histories"][layout], meshes["histories"][reference])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize(("layout", "per_device"), [("one_device", 32), ("data2", 16),
                                                      ("data4", 8), ("members2_data2", 16)])
 def test_each_device_computes_its_share_of_the_batch(meshes, layout, per_device):
@@ -206,19 +206,19 @@ def test_each_device_computes_its_share_of_the_batch(meshes, layout, per_device)
     assert not rows & {share for share in (32, 16, 8) if share > per_device}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_run_resumes_on_another_mesh(meshes):
     resumed, uninterrupted = meshes["moved"]["resumed"], meshes["moved"]["uninterrupted"]
     # Steps 0–40 were read back from the file; step 60 was trained on the other mesh.
     assert_histories_agree(resumed, uninterrupted)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_every_layout_compiles_its_training_chunk_once(meshes):
     assert set(meshes["chunk_programs"].values()) == {1}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ghost_bn_statistics_need_no_communication(meshes):
     # Synchronised BN reduces its moments across the data axis; ghosts of one device's share
     # do not, which leaves fewer all-reduces (the gradients', fused).
@@ -226,7 +226,7 @@ def test_ghost_bn_statistics_need_no_communication(meshes):
     assert meshes["all_reduces"]["ghost_data4"] < meshes["all_reduces"]["data4"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize(("name", "message"), [
     ("more_devices", r"config.mesh.data is 8, but the run has 4 device"),
     ("members_and_data", r"asks for 4 × 2 = 8 devices"),
@@ -238,14 +238,14 @@ def test_a_bad_mesh_is_an_error_naming_it(meshes, name, message):
     assert re.search(message, meshes["errors"][name])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_bad_meshes_are_refused_before_anything_compiles(meshes):
     assert len(meshes["errors"]) == 6
     assert meshes["compilations_of_bad_meshes"] == 0
     assert meshes["compilations_in_all"] > 0  # the listener hears the good meshes' compilations
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_convnets_members_stay_on_one_device_and_train_as_there(meshes):
     # Split over XLA:CPU devices, an Inception's members train wrongly (devices.py); on one
     # device of the four they train exactly as on a run given one device.
@@ -320,7 +320,7 @@ def two_processes(workdir) -> list[dict]:
     return [output_of(process) for process in processes]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_processes_equal_one_process_with_two_devices_and_resume(tmp_path):
     outputs = two_processes(tmp_path / "two")
     one = output_of(run_script(PROCESS_SCRIPT, str(tmp_path / "one"), "1", "0", "0", devices=2))
@@ -338,7 +338,7 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume(tmp_path):
         (tmp_path / "one" / engine.SUMMARY_FILE).read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_resume_after_sigkill_with_a_mesh_equals_an_uninterrupted_run(tmp_path):
     assert_resume_after_sigkill_equals_an_uninterrupted_run(
         tmp_path, {"mesh.members": 1, "mesh.data": 2}, devices=2)
