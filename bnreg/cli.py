@@ -167,7 +167,11 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
             wait_for_processes("overwrite")
         run_study = (study if not isinstance(study, study_lib.Study)
                      else lambda config, directory: study_lib.run(study, config, directory))
-        results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
+        try:
+            results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
+        except study_lib.StudyConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         if is_main_process():
             print(results.read_text())
             print("Figures: " + ", ".join(str(path) for path in figures))

@@ -109,6 +109,20 @@ def test_a_key_the_protocol_sets_is_refused_on_the_command_line_naming_what_to_s
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("num_steps=-5", "config.num_steps must be ≥ 1"),
+    ("model.bn_backward=Paper", "config.model.bn_backward must be one of"),
+    ("study.drift_from=100000", "drift_from"),
+])
+def test_a_config_mistake_is_one_line_and_exit_code_2_before_anything_is_written(
+        tmp_path, override, message):
+    completed = run_cli(f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",
+                        f"--config.{override}")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().count("\n") == 0 and message in completed.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_overwrite_deletes_the_workdir_before_anything_else(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.md").write_text("an earlier result")

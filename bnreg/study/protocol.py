@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from bnreg.config import override
+from bnreg.config import override, validate_config
 from bnreg.study import records as records_lib
 from bnreg.study.arms import (
     Arm,
@@ -55,6 +55,11 @@ PROTOCOL_KEYS = {
     "tune_eval_every": 0,  # 0: config.eval_every
     "validation_fraction": 1 / 6,  # of the training split: 10,000 of MNIST's 60,000
 }
+
+
+class StudyConfigError(ValueError):
+    """A config or arm that a run of the study cannot take, found before anything trains (the
+    command line prints it as one line)."""
 
 
 class Study(NamedTuple):
@@ -119,6 +124,9 @@ def _check(study: Study, config: ml_collections.ConfigDict, arms: Sequence[Arm])
     if missing:
         raise ValueError(f"config.study lacks the protocol's keys {missing} "
                          "(bnreg.study.PROTOCOL_KEYS).")
+    # The engine's own keys first, so that a bad one is named as itself rather than by a
+    # study check that reads it (a negative num_steps is not the milestones' fault).
+    validate_config(config)
     if study.check:
         study.check(config)
     check_arms(arms)
@@ -143,8 +151,11 @@ def run(study: Study, config: ml_collections.ConfigDict, workdir: str | Path) ->
     from bnreg.engine.devices import is_main_process
 
     workdir = Path(workdir)
-    arms = list(study.arms(config))
-    _check(study, config, arms)
+    try:
+        arms = list(study.arms(config))
+        _check(study, config, arms)
+    except ValueError as error:
+        raise StudyConfigError(str(error)) from error
     records = workdir / RECORDS_DIR
     tuned = {arm.name: tuning_overrides(config, arm) for arm in arms if arm.tune}
     writes = is_main_process()
