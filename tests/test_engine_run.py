@@ -508,7 +508,7 @@ SHARDED_SCRIPT = """
 """
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_members_sharded_over_two_cpu_devices_match_one_device(tmp_path):
     outputs = {n: run_subprocess(SHARDED_SCRIPT, str(tmp_path / str(n)), devices=n)
                for n in (1, 2)}
@@ -548,7 +548,7 @@ CONCURRENT_SCRIPT = """
 """
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_concurrent_runs_on_two_devices_equal_runs_made_alone_and_raise_errors(tmp_path):
     output = run_subprocess(CONCURRENT_SCRIPT, str(tmp_path), devices=2)
     assert output["devices"] == [[0], [1]]
@@ -576,7 +576,7 @@ def start_run(workdir: Path, overrides: dict | None = None, devices: int = 1) ->
                              json.dumps(overrides or {})], env=env)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path)
 
