@@ -31,13 +31,20 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import ml_collections
 
 RunStudy = Callable[[ml_collections.ConfigDict, Path], Sequence[Path]]
 if TYPE_CHECKING:
     from bnreg.study import Study
+
+
+def fail(message: str) -> NoReturn:
+    """Ends the command on a mistake of its user: ``message`` as one line on stderr, exit code
+    2 (a usage error, as argparse and absl give), no traceback."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def use_cpu_cores() -> None:
@@ -99,7 +106,7 @@ def overwrite(workdir: Path, *, delete: bool = True) -> None:
                                                             "*/*/config.json", "*/*/*/config.json")
                                          for p in workdir.glob(pattern))]
     if not any(path.is_file() for path in outputs):
-        sys.exit(f"--overwrite refuses to delete {workdir}: it holds no study's results "
+        fail(f"--overwrite refuses to delete {workdir}: it holds no study's results "
                  "(results.md or a run's config.json). Pass the study's work dir.")
     if delete:
         shutil.rmtree(workdir)
@@ -117,21 +124,21 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
     arguments = sys.argv[1:]
     if any(a.lower() in ("--analyze", "--analyze=true", "--analyze=1") for a in arguments):
         if not isinstance(study, study_lib.Study):
-            sys.exit("--analyze needs a study on the study layer (bnreg.study); this one writes "
+            fail("--analyze needs a study on the study layer (bnreg.study); this one writes "
                      "its results.md only as it trains.")
         if any(a.startswith("--config") for a in arguments):
-            sys.exit("--analyze takes the config from the records (records/study.json): leave "
+            fail("--analyze takes the config from the records (records/study.json): leave "
                      "out --config and its overrides.")
     config = study_config(study_file, arguments)
     if isinstance(study, study_lib.Study):
         protocol = study_lib.protocol_keys(config, study.arms(config))
         for key in override_keys(arguments):
             if key in protocol:
-                sys.exit(f"--config.{key} is set by the study's protocol in every run and would "
+                fail(f"--config.{key} is set by the study's protocol in every run and would "
                          f"be ignored; what to change instead: {protocol[key]}.")
     unknown = unknown_overrides(config, arguments)
     if unknown:
-        sys.exit(f"Unknown config keys {unknown}: every --config.<key> must name a key of the "
+        fail(f"Unknown config keys {unknown}: every --config.<key> must name a key of the "
                  "study's config (bnreg.config.default_config() and the study's config.study); "
                  "check the spelling.")
     flags.DEFINE_string("workdir", workdir, "Where results, figures and checkpoints go.")
@@ -151,7 +158,7 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
                 results, *figures = study_lib.analyze(
                     study, directory / study_lib.RECORDS_DIR, directory)
             except (FileNotFoundError, ValueError) as error:
-                sys.exit(str(error))
+                fail(str(error))
             print(results.read_text())
             print("Figures: " + ", ".join(str(path) for path in figures))
             return
@@ -170,8 +177,7 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
         try:
             results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
         except study_lib.StudyConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            fail(f"error: {error}")
         if is_main_process():
             print(results.read_text())
             print("Figures: " + ", ".join(str(path) for path in figures))

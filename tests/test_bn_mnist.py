@@ -99,27 +99,22 @@ def test_unknown_config_key_on_the_command_line_is_an_error_naming_it(tmp_path, 
     ("model.norm", "it makes arm 'no_bn'"),
     ("validation_fraction", "config.study.validation_fraction"),
 ])
-def test_a_key_the_protocol_sets_is_refused_on_the_command_line_naming_what_to_set(
-        tmp_path, key, instead):
-    completed = run_cli(f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",
-                        f"--config.{key}=1")
-    assert completed.returncode != 0
-    assert f"--config.{key} is set by the study's protocol" in completed.stderr
-    assert instead in completed.stderr and "Traceback" not in completed.stderr
-    assert not (tmp_path / "run").exists()
+def test_a_key_the_protocol_sets_is_named_with_what_to_set_instead(key, instead):
+    config = bn_mnist.get_config("smoke")
+    keys = study.protocol_keys(config, bn_mnist.STUDY.arms(config))
+    assert instead in keys[key]
+    assert "dataset" not in keys and "num_steps" not in keys
 
 
 @pytest.mark.parametrize("override, message", [
+    ("sweep.learning_rate=1", "--config.sweep.learning_rate is set by the study's protocol"),
     ("num_steps=-5", "config.num_steps must be ≥ 1"),
-    ("model.bn_backward=Paper", "config.model.bn_backward must be one of"),
-    ("study.drift_from=100000", "drift_from"),
 ])
-def test_a_config_mistake_is_one_line_and_exit_code_2_before_anything_is_written(
-        tmp_path, override, message):
+def test_a_command_line_mistake_is_one_line_and_nothing_is_written(tmp_path, override, message):
     completed = run_cli(f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",
                         f"--config.{override}")
-    assert completed.returncode == 2
-    assert completed.stderr.strip().count("\n") == 0 and message in completed.stderr
+    assert completed.returncode == 2 and message in completed.stderr
+    assert completed.stderr.strip().count("\n") == 0
     assert not (tmp_path / "run").exists()
 
 
@@ -210,7 +205,7 @@ def test_the_drift_is_the_range_of_the_median_or_spread_from_the_drift_start_on(
 def test_a_study_config_that_cannot_work_is_an_error_before_any_training(tmp_path, overrides,
                                                                          message):
     config = override(bn_mnist.get_config("smoke"), overrides)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(study.StudyConfigError, match=message):  # exit code 2 on the command line
         study.run(bn_mnist.STUDY, config, tmp_path)
     assert not any(tmp_path.iterdir())
 

@@ -153,9 +153,9 @@ def test_build_model_gives_the_registry_entry_of_the_config(name):
 def test_build_model_outputs_the_classes_or_for_an_autoencoder_the_pixels(name, num_outputs):
     model = build_model(model_config(name), (8, 8, 1), num_classes=10)
     x = jnp.ones((2, 8, 8, 1))
-    # Shapes only: traced, not run (op by op, the default Inception takes most of a minute).
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, **INFERENCE))
-    assert jax.eval_shape(lambda: model.apply(variables, x, **INFERENCE)).shape == (2, num_outputs)
+    # Jitted: op by op, the default Inception takes most of a minute.
+    variables = jax.jit(lambda key: model.init(key, x, **INFERENCE))(jax.random.key(0))
+    assert jax.jit(lambda v: model.apply(v, x, **INFERENCE))(variables).shape == (2, num_outputs)
 
 
 def test_build_model_of_an_unknown_name_is_an_error_that_lists_the_models():
