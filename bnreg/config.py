@@ -29,6 +29,8 @@ from ml_collections import config_dict
 
 from bnreg._checks import check_choice
 from bnreg.core.batch_norm import BACKWARDS as BN_BACKWARDS
+from bnreg.core.dropout import MASK_BITS
+from bnreg.core.dropout import SCALINGS as DROPOUT_SCALINGS
 
 # Member axes -> the config key of the value a run uses when the axis is not swept. Crossing
 # order: the first axis varies slowest, the seed fastest, so each setting's seeds are adjacent.
@@ -61,9 +63,7 @@ SCHEDULES = ("constant", "exponential", "step", "inverse_time")
 MOMENTUM_SCHEDULES = ("constant", "linear", "exponential")
 STANDARDIZE = ("none", "global", "per_pixel")
 DROPOUT_NOISE = ("bernoulli", "gaussian")
-MASK_BITS = (32, 16)
 CPU_COLLECTIVES = ("gloo", "mpi")
-DROPOUT_SCALINGS = ("inverted", "paper")
 BN_STATISTICS = ("ema", "population")
 NONFINITE = ("stop", "record")
 # Evaluators by name (bnreg.engine.evaluators); the BN-statistics ones apply to nets with BN.
@@ -116,12 +116,13 @@ def default_config() -> ml_collections.ConfigDict:
     # Random bits per Bernoulli mask entry: 32 (jax.random.bernoulli) or 16 (p resolved to
     # 2^-16, half the random bits: bnreg.core.dropout.bernoulli_mask).
     config.model.dropout_mask_bits = 32
-    # Where dropout's factor p goes (bnreg.core.dropout): "inverted" (kept units ×1/p in
-    # training, frameworks' default) or "paper" (no factor in training, outputs ×p at test).
-    # The same network at test, not the same SGD: a layer after dropout gets 1/p² the paper's
+    # Where the Bernoulli masks' factor p goes, for dropout's masks on units
+    # (bnreg.core.dropout) and DropConnect's on weights (bnreg.core.dropconnect): "inverted"
+    # (×1/p in training, frameworks' default) or "paper" (no factor in training, ×p at test).
+    # The same network at test, not the same SGD: a layer after the mask gets 1/p² the paper's
     # step and max-norm bounds its weights 1/p more loosely, so a learning rate or c held fixed
-    # across p means something else in each (experiments/dropout_p.py). Bernoulli dropout
-    # layers only (DropConnect and Gaussian noise keep their own forms).
+    # across p means something else in each (experiments/dropout_p.py). Gaussian dropout keeps
+    # its own form.
     config.model.dropout_scaling = "inverted"
     config.model.dropconnect = 0.0
     config.model.dropconnect_per_example = True  # a fresh weight mask per example (the paper)

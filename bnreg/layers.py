@@ -172,6 +172,8 @@ class DropConnectDense(nn.Module):
       gaussian_samples: 0 for mean inference (the deterministic layer), Z > 0 for Gaussian
         inference with Z samples.
       mask_bits: random bits per mask entry, 32 or 16 (:func:`bnreg.core.dropout.bernoulli_mask`).
+      scaling: ``"inverted"`` (×1/p in training) or ``"paper"`` (the paper's form: ×p at
+        evaluation).
       kernel_init, bias_init: initialisers.
     """
 
@@ -182,6 +184,7 @@ class DropConnectDense(nn.Module):
     mask_bias: bool = True
     gaussian_samples: int = 0
     mask_bits: int = 32
+    scaling: str = "inverted"
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros
 
@@ -217,6 +220,7 @@ class DropConnectDense(nn.Module):
                 activation=activation,
                 num_samples=self.gaussian_samples,
                 mask_bias=self.mask_bias,
+                scaling=self.scaling,
             )
         return dropconnect_dense(
             self.make_rng("dropout") if noise else None,
@@ -228,4 +232,5 @@ class DropConnectDense(nn.Module):
             per_example=self.per_example,
             mask_bias=self.mask_bias,
             mask_bits=self.mask_bits,
+            scaling=self.scaling,
         )

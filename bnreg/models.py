@@ -172,7 +172,7 @@ class _DropConnectNetwork(_Network):
             h = DropConnectDense(
                 width, self.dropconnect, use_bias=use_bias, kernel_init=init,
                 per_example=self.dropconnect_per_example,
-                mask_bits=self.dropconnect_mask_bits,
+                mask_bits=self.dropconnect_mask_bits, scaling=self.dropout_scaling,
                 gaussian_samples=self.dropconnect_gaussian_samples, name=f"Dense_{index}",
             )(h, noise=noise, activation=ACTIVATIONS[self.activation])
         return self._finish_hidden(h, index, bn_mode=bn_mode, noise=noise, activated=gaussian)
@@ -191,8 +191,9 @@ class MLP(_DropConnectNetwork):
       dropout_noise: ``"bernoulli"`` or ``"gaussian"`` (Srivastava et al. 2014, Sec. 10).
       dropout_mask_bits: random bits per Bernoulli mask entry, 32 or 16
         (:func:`bnreg.core.dropout.bernoulli_mask`: p resolved to 2⁻¹⁶, half the bits).
-      dropout_scaling: ``"inverted"`` (kept units ×1/p in training) or ``"paper"`` (outputs
-        ×p with the noise off); :func:`bnreg.core.dropout.dropout`.
+      dropout_scaling: ``"inverted"`` (kept units or weights ×1/p in training) or ``"paper"``
+        (outputs ×p with the noise off), for dropout (:func:`bnreg.core.dropout.dropout`) and
+        DropConnect (:func:`bnreg.core.dropconnect.dropconnect_dense`) alike.
       dropconnect: drop rate of each hidden weight (a concrete 0 leaves DropConnect out).
       dropconnect_per_example: a fresh weight mask per example (the paper) or one per batch.
       dropconnect_mask_bits: random bits per DropConnect mask entry, 32 or 16.

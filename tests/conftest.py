@@ -23,8 +23,14 @@ def compilation_cache():
     """One persistent XLA compilation cache for the session (and the study commands the tests
     start): the suite compiles the same tiny programs many times, and a cache hit replaces a
     compilation by a file read (the fault-injection module: 105 s → 23 s). A fresh directory
-    per session, so nothing stale is reused; results are the same executables' either way."""
-    directory = tempfile.mkdtemp(prefix="bnreg-test-xla-cache-")
+    per session, so nothing stale is reused, shared by the session's xdist workers (a program
+    one compiles, the other reads); results are the same executables' either way."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run:
+        directory = os.path.join(tempfile.gettempdir(), f"bnreg-test-xla-cache-{run}")
+        os.makedirs(directory, exist_ok=True)
+    else:
+        directory = tempfile.mkdtemp(prefix="bnreg-test-xla-cache-")
     settings = {"jax_compilation_cache_dir": directory,
                 "jax_persistent_cache_min_compile_time_secs": 0.0,
                 "jax_persistent_cache_min_entry_size_bytes": -1}

@@ -445,3 +445,66 @@ def test_16_bit_kernel_gradient_uses_the_forward_masks():
 def test_mask_bits_other_than_32_or_16_are_an_error():
     with pytest.raises(ValueError, match="mask_bits"):
         dropconnect_dense(jax.random.key(0), X, KERNEL, rate=RATE, mask_bits=8)
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+@pytest.mark.parametrize("mask_bias", [True, False])
+def test_the_papers_form_is_the_inverted_layer_without_its_factor_draw_for_draw(per_example,
+                                                                                 mask_bias):
+    key, keep = jax.random.key(20), 1 - RATE
+    inverted = dropconnect_dense(key, X, KERNEL, BIAS, rate=RATE, per_example=per_example,
+                                 mask_bias=mask_bias)
+    paper = dropconnect_dense(key, X, KERNEL, BIAS, rate=RATE, per_example=per_example,
+                              mask_bias=mask_bias, scaling="paper")
+    expected = keep * inverted if mask_bias else keep * (inverted - BIAS) + BIAS
+    np.testing.assert_allclose(paper, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_paper_form_kernel_is_the_inverted_layer_with_p_times_the_weights(deterministic):
+    # The two forms are one network reparametrised (W_inverted = p W_paper), the bias too.
+    key, keep = jax.random.key(21), 1 - RATE
+    paper = dropconnect_dense(key, X, KERNEL, BIAS, rate=RATE, deterministic=deterministic,
+                              scaling="paper")
+    inverted = dropconnect_dense(key, X, keep * KERNEL, keep * BIAS, rate=RATE,
+                                 deterministic=deterministic)
+    np.testing.assert_allclose(paper, inverted, rtol=1e-5, atol=1e-5)
+
+
+def test_the_papers_form_at_evaluation_is_its_mean_network_p_wv(real_samples):
+    keep = 1 - RATE
+    deterministic = dropconnect_dense(None, X, KERNEL, BIAS, rate=RATE, deterministic=True,
+                                      scaling="paper")
+    np.testing.assert_allclose(deterministic, keep * _dense(X, KERNEL, BIAS), rtol=1e-6)
+    mean, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE, scaling="paper")
+    samples = keep * real_samples  # the paper's masked sums under the same masks
+    np.testing.assert_array_less(np.abs(samples.mean(axis=0) - mean),
+                                 Z * np.sqrt(var / NUM_KEYS))
+
+
+def test_the_papers_moments_are_p_wv_and_p_one_minus_p_w2v2(real_samples):
+    keep = 1 - RATE
+    mean, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE, scaling="paper")
+    second = np.square(X) @ np.square(KERNEL) + np.square(BIAS)
+    np.testing.assert_allclose(mean, keep * _dense(X, KERNEL, BIAS), rtol=1e-6)
+    np.testing.assert_allclose(var, keep * (1 - keep) * second, rtol=1e-5)
+    # and the variance of the real masked sums
+    sample_var = (keep * real_samples).var(axis=0, ddof=1)
+    np.testing.assert_allclose(sample_var, var, rtol=Z * np.sqrt(2 / (NUM_KEYS - 1)))
+
+
+def test_gaussian_inference_in_the_papers_form_samples_the_papers_moments():
+    identity = dropconnect_gaussian_inference(
+        jax.random.key(22), X, KERNEL, BIAS, rate=RATE, activation=lambda u: u,
+        num_samples=NUM_KEYS, scaling="paper")
+    mean, var = dropconnect_moments(X, KERNEL, BIAS, rate=RATE, scaling="paper")
+    np.testing.assert_array_less(np.abs(identity - mean), Z * np.sqrt(var / NUM_KEYS))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: dropconnect_dense(jax.random.key(0), X, KERNEL, rate=RATE, scaling="Paper"),
+    lambda: dropconnect_moments(X, KERNEL, rate=RATE, scaling="scaled"),
+])
+def test_an_unknown_scaling_is_an_error(call):
+    with pytest.raises(ValueError, match="scaling"):
+        call()

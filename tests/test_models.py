@@ -296,6 +296,22 @@ def test_the_paper_scaling_multiplies_the_hidden_units_by_p_at_test(scaling, fac
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scaling,factor", [("inverted", 1.0), ("paper", 0.6)])
+def test_the_paper_scaling_multiplies_a_dropconnect_layers_pre_activation_by_p_at_test(
+        scaling, factor):
+    """DropConnect rate 0.4 (p = 0.6) on the hidden layer: with the noise off, its
+    pre-activation is the paper's mean network p·(Wv + b) in the paper's form, Wv + b
+    inverted."""
+    model = MLP(hidden_sizes=(7,), num_outputs=3, activation="relu", dropconnect=0.4,
+                dropout_scaling=scaling)
+    x = jax.random.normal(jax.random.key(1), (4, 5))
+    params = model.init(jax.random.key(0), x, **INFERENCE)["params"]
+    hidden = jax.nn.relu(factor * (x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]))
+    expected = hidden @ params[OUTPUT_LAYER]["kernel"] + params[OUTPUT_LAYER]["bias"]
+    np.testing.assert_allclose(model.apply({"params": params}, x, **INFERENCE), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("scaling,kept", [("inverted", 1 / 0.6), ("paper", 1.0)])
 def test_in_training_kept_inputs_are_scaled_by_1_over_p_only_when_inverted(scaling, kept):
     """Input drop rate 0.4 on an identity-like first layer: each input reaches the first

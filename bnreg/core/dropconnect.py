@@ -4,9 +4,15 @@ Conventions (shared with :mod:`bnreg.core.dropout`):
 
 * ``rate`` is the *drop* probability of each weight; the paper's retain probability is
   :math:`p = 1 - \text{rate}`.
-* Scaling is *inverted*: the masked pre-activation is divided by :math:`p` at train time, so the
-  deterministic (evaluation) layer is the plain dense layer ``x @ kernel + bias`` and the paper's
-  "mean inference" :math:`a(pWv)` becomes ``activation(x @ kernel + bias)``.
+* Scaling: ``scaling="inverted"`` (the default, as for dropout) divides the masked
+  pre-activation by :math:`p` at train time, so the deterministic (evaluation) layer is the plain
+  dense layer ``x @ kernel + bias`` and the paper's "mean inference" :math:`a(pWv)` becomes
+  ``activation(x @ kernel + bias)``. ``scaling="paper"`` is the paper's form: the masked sum
+  unscaled in training, :math:`p\,(x K + \text{bias})` at evaluation. A paper-form layer with
+  kernel :math:`K` computes exactly the inverted layer with kernel :math:`pK` (and bias
+  :math:`p\,\text{bias}`), but SGD's step on :math:`K` is :math:`1/p^2` times smaller in the
+  paper's form, so a learning rate shared across drop rates means one step only there
+  (design §3).
 * ``kernel`` has shape ``(in, out)`` (flax's layout) and ``x`` has shape ``(batch, in)``; the
   paper writes :math:`W v` with :math:`W` of shape ``(out, in)``, i.e. ``W = kernel.T``.
 * The bias is masked too, as in the paper (Wan et al. 2013, Sec. 2, where the biases are masked
@@ -39,6 +45,8 @@ from bnreg._checks import (
 )
 from bnreg.core.dropout import (
     MASK_BITS,
+    SCALINGS,
+    Scaling,
     bernoulli_mask,
     check_mask_resolution,
     keep_probability,
@@ -79,6 +87,18 @@ def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
     return y if bias is None else y + bias
 
 
+def _expected(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, keep: jax.Array,
+              *, scaling: str, mask_bias: bool) -> jax.Array:
+    """The pre-activation's expectation over masks: ``x @ kernel + bias`` (inverted), or
+    ``p · (x @ kernel [+ bias if masked])`` [+ an unmasked bias] (the paper's form)."""
+    if scaling == "inverted":
+        return _add_bias(x @ kernel, bias)
+    factor = keep.astype(kernel.dtype)
+    if mask_bias:
+        return factor * _add_bias(x @ kernel, bias)
+    return _add_bias(factor * (x @ kernel), bias)
+
+
 def _bias_as_weight(
     x: jax.Array, kernel: jax.Array, bias: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -103,6 +123,7 @@ def dropconnect_dense(
     mask_bias: bool = True,
     chunk_size: int | None = None,
     mask_bits: int = 32,
+    scaling: Scaling = "inverted",
 ) -> jax.Array:
     r"""Pre-activations of a DropConnect dense layer (Wan et al. 2013, Sec. 2, Eq. 1).
 
@@ -119,7 +140,10 @@ def dropconnect_dense(
     paper's :math:`W = K^\top` and :math:`v = x_b^\top`), :math:`m_b` masks the bias (the paper's
     bias is a weight like the others; ``mask_bias=False``: :math:`m_b = p`, an unmasked bias) and
     :math:`p = 1 - \text{rate}`. :math:`\mathbb{E}_M[u_b] = x_b K + \text{bias}`, which is what
-    ``deterministic=True`` returns.
+    ``deterministic=True`` returns. ``scaling="paper"`` leaves out the :math:`1/p` (the paper's
+    :math:`(M \star W) v`) and returns the expectation
+    :math:`p\,(x_b K + \text{bias})` (an unmasked bias: :math:`p\, x_b K + \text{bias}`) when
+    deterministic: the paper's mean network :math:`pWv`.
 
     ``per_example=True`` (the paper) draws a fresh mask :math:`M_b` for every example;
     ``per_example=False`` draws one mask for the whole batch (one matmul, ``in × out`` memory).
@@ -170,6 +194,7 @@ def dropconnect_dense(
         from ``DEFAULT_MASK_BUDGET``).
       mask_bits: random bits per mask entry, 32 (:func:`jax.random.bernoulli`) or 16
         (:func:`bnreg.core.dropout.bernoulli_mask`); static.
+      scaling: ``"inverted"`` (default; ×1/p in training) or ``"paper"`` (×p at evaluation).
 
     Returns:
       Pre-activations, shape ``(batch, out)``.
@@ -177,7 +202,8 @@ def dropconnect_dense(
     Raises:
       TypeError: non-scalar ``rate``; traced ``deterministic``/``per_example``/``mask_bias``;
         non-float ``x``/``kernel``; non-int ``chunk_size``.
-      ValueError: ``mask_bits`` not 32 or 16; a concrete ``rate`` outside ``[0, 1)``; shapes of
+      ValueError: ``mask_bits`` not 32 or 16; unknown ``scaling``; a concrete ``rate`` outside
+        ``[0, 1)``; shapes of
         ``x``/``kernel``/``bias`` that do not match; ``chunk_size < 1``; ``key is None`` with
         ``deterministic=False`` and a traced or non-zero ``rate``.
     """
@@ -188,11 +214,14 @@ def dropconnect_dense(
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_choice("mask_bits", mask_bits, MASK_BITS)
+    check_choice("scaling", scaling, SCALINGS)
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
-    if deterministic or (not is_traced(rate) and rate == 0.0):
+    if not is_traced(rate) and rate == 0.0:
         return _add_bias(x @ kernel, bias)
-    check_key(key, "dropconnect_dense")
     keep = keep_probability(rate)
+    if deterministic:
+        return _expected(x, kernel, bias, keep, scaling=scaling, mask_bias=mask_bias)
+    check_key(key, "dropconnect_dense")
     check_mask_resolution(keep, mask_bits)
     masked_x, masked_kernel, unmasked_bias = x, kernel, bias
     if mask_bias and bias is not None:
@@ -202,12 +231,13 @@ def dropconnect_dense(
             chunk_size = max(1, DEFAULT_MASK_BUDGET // max(1, masked_kernel.size))
         y = _per_example_masked_matmul(
             key, masked_x, masked_kernel, keep, chunk_size=min(chunk_size, len(x)),
-            mask_bits=mask_bits,
+            mask_bits=mask_bits, inverted=scaling == "inverted",
         )
     else:
         mask = bernoulli_mask(key, keep, masked_kernel.shape, bits=mask_bits)
         y = masked_x @ jnp.where(mask, masked_kernel, jnp.zeros((), masked_kernel.dtype))
-        y = y / keep.astype(y.dtype)
+        if scaling == "inverted":
+            y = y / keep.astype(y.dtype)
     y = _add_bias(y, unmasked_bias)
     if not is_traced(rate):
         return y
@@ -218,10 +248,10 @@ def dropconnect_dense(
 
 # Jitted so that eager calls reuse one compilation per shape: ``keep`` is a traced argument, so
 # neither a new rate nor a traced one retraces lax.map.
-@functools.partial(jax.jit, static_argnames=("chunk_size", "mask_bits"))
+@functools.partial(jax.jit, static_argnames=("chunk_size", "mask_bits", "inverted"))
 def _per_example_masked_matmul(
     key: jax.Array, x: jax.Array, kernel: jax.Array, keep: jax.Array, *, chunk_size: int,
-    mask_bits: int,
+    mask_bits: int, inverted: bool,
 ) -> jax.Array:
     zero = jnp.zeros((), kernel.dtype)
 
@@ -232,7 +262,7 @@ def _per_example_masked_matmul(
 
     keys = jax.random.split(key, len(x))
     rows = jax.lax.map(lambda args: masked_row(*args), (keys, x), batch_size=chunk_size)
-    return rows / keep.astype(rows.dtype)
+    return rows / keep.astype(rows.dtype) if inverted else rows
 
 
 def dropconnect_moments(
@@ -242,6 +272,7 @@ def dropconnect_moments(
     *,
     rate: float,
     mask_bias: bool = True,
+    scaling: Scaling = "inverted",
 ) -> tuple[jax.Array, jax.Array]:
     r"""Mean and variance of each DropConnect pre-activation over masks (Wan et al. 2013, Sec. 3).
 
@@ -257,7 +288,8 @@ def dropconnect_moments(
     (without the bias term for ``mask_bias=False``). These are the paper's moments
     :math:`\mathbb{E} = pWv`, :math:`\mathrm{Var} = p(1-p)(W \odot W)(v \odot v)`, with the bias
     a column of :math:`W` on a constant input 1, divided by :math:`p` (mean) and :math:`p^2`
-    (variance) — the inverted-scaling convention of this module.
+    (variance) — the inverted-scaling convention. ``scaling="paper"`` returns the paper's
+    moments themselves (an unmasked bias added to the mean unscaled).
 
     Args:
       x: inputs, shape ``(batch, in)``.
@@ -266,23 +298,29 @@ def dropconnect_moments(
       rate: drop probability of each weight, in ``[0, 1)``: a concrete number (checked) or a
         traced scalar (unchecked; the moments are arithmetic in it).
       mask_bias: whether the bias is masked (paper) or added unmasked (mean only).
+      scaling: ``"inverted"`` (default) or ``"paper"``, as in :func:`dropconnect_dense`.
 
     Returns:
       ``(mean, var)``, each of shape ``(batch, out)``.
 
     Raises:
       TypeError: non-scalar ``rate``; non-bool ``mask_bias``; non-float ``x``/``kernel``.
-      ValueError: a concrete ``rate`` outside ``[0, 1)``; mismatched shapes.
+      ValueError: a concrete ``rate`` outside ``[0, 1)``; unknown ``scaling``; mismatched
+        shapes.
     """
     rate = check_rate(rate)
     mask_bias = check_static_bool(mask_bias, "mask_bias")
+    check_choice("scaling", scaling, SCALINGS)
     x, kernel, bias = _check_dense_shapes(x, kernel, bias)
-    mean = _add_bias(x @ kernel, bias)
+    keep = keep_probability(rate)
+    mean = _expected(x, kernel, bias, keep, scaling=scaling, mask_bias=mask_bias)
     second_moment = jnp.square(x) @ jnp.square(kernel)
     if mask_bias and bias is not None:
         second_moment = second_moment + jnp.square(bias)
     rate = jnp.asarray(rate, float)
-    return mean, (rate / (1 - rate)).astype(second_moment.dtype) * second_moment
+    # Var of a Bernoulli(p) mask entry: p(1 − p); inverted scaling divides it by p².
+    factor = rate / (1 - rate) if scaling == "inverted" else rate * (1 - rate)
+    return mean, factor.astype(second_moment.dtype) * second_moment
 
 
 def dropconnect_gaussian_inference(
@@ -295,6 +333,7 @@ def dropconnect_gaussian_inference(
     activation: Callable[[jax.Array], jax.Array],
     num_samples: int,
     mask_bias: bool = True,
+    scaling: Scaling = "inverted",
 ) -> jax.Array:
     r"""The paper's DropConnect inference by moment matching (Wan et al. 2013, Sec. 3, Alg. 2).
 
@@ -326,6 +365,8 @@ def dropconnect_gaussian_inference(
       num_samples: :math:`Z \ge 1`, a Python int.
       mask_bias: whether the training layer masked the bias (paper), as in
         :func:`dropconnect_dense`.
+      scaling: the training layer's, ``"inverted"`` (default) or ``"paper"`` (the paper's
+        moments themselves).
 
     Returns:
       The average of ``activation(u)`` over samples, shape ``(batch, out)``.
@@ -337,7 +378,8 @@ def dropconnect_gaussian_inference(
         shapes; ``key is None``.
     """
     num_samples = check_positive_int(num_samples, "num_samples")
-    mean, var = dropconnect_moments(x, kernel, bias, rate=rate, mask_bias=mask_bias)
+    mean, var = dropconnect_moments(x, kernel, bias, rate=rate, mask_bias=mask_bias,
+                                    scaling=scaling)
     if key is None:
         raise ValueError("dropconnect_gaussian_inference needs a jax.random key to sample u.")
     noise = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)

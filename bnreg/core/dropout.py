@@ -45,7 +45,7 @@ from bnreg._checks import (
 __all__ = ["bernoulli_mask", "dropout", "gaussian_dropout", "monte_carlo_average"]
 
 Scaling = Literal["inverted", "paper"]
-_SCALINGS = ("inverted", "paper")
+SCALINGS = ("inverted", "paper")
 MASK_BITS = (32, 16)
 
 
@@ -178,7 +178,7 @@ def dropout(
     """
     rate = check_rate(rate)
     deterministic = check_static_bool(deterministic, "deterministic")
-    check_choice("scaling", scaling, _SCALINGS)
+    check_choice("scaling", scaling, SCALINGS)
     x = _floating(x, "dropout")
     mask_shape = _mask_shape(x.shape, broadcast_dims)
     if not is_traced(rate) and rate == 0.0:
