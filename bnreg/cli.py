@@ -25,6 +25,7 @@ the devices and ``--config.distributed.*`` starts several processes (README "Sca
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -98,18 +99,48 @@ def unknown_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) ->
 
 def overwrite(workdir: Path, *, delete: bool = True) -> None:
     """Deletes a study's work dir (``--overwrite``; with ``delete`` False only the check, as
-    every process but the first makes it); a directory that holds no study's outputs (no
-    ``results.md``, no run's ``config.json`` within three levels) is refused."""
-    if not workdir.exists():
+    every process but the first makes it); a directory bnreg did not make
+    (:mod:`bnreg.workdir`) is refused, and so is one another process works in."""
+    from bnreg.workdir import DirectoryInUseError, held, owner_of
+
+    if not workdir.exists() or not any(workdir.iterdir()):
         return
-    outputs = [workdir / "results.md", *(p for pattern in ("config.json", "*/config.json",
-                                                            "*/*/config.json", "*/*/*/config.json")
-                                         for p in workdir.glob(pattern))]
-    if not any(path.is_file() for path in outputs):
-        fail(f"--overwrite refuses to delete {workdir}: it holds no study's results "
-                 "(results.md or a run's config.json). Pass the study's work dir.")
+    if owner_of(workdir) is None:
+        fail(f"--overwrite refuses to delete {workdir}: bnreg did not make it (it has no "
+             ".bnreg-workdir marker, no records and no runs). Pass the study's work dir.")
     if delete:
-        shutil.rmtree(workdir)
+        try:
+            with held(workdir):  # never under a process that works there
+                shutil.rmtree(workdir)
+        except DirectoryInUseError as error:
+            fail(f"--overwrite: {error}")
+
+
+# The data loader's fixes name its Python arguments; on the command line they are flags.
+_FLAG_FIXES = {
+    "pass manual_dir=": "pass --config.manual_dir=",
+    "pass data_dir= / set TFDS_DATA_DIR to it":
+        "pass --config.data_dir= or set TFDS_DATA_DIR to it",
+    "call with download=True": "rerun the command",
+}
+
+
+def command_line_fixes(message: str) -> str:
+    """A data error's fixes in the command line's words."""
+    for python, flag in _FLAG_FIXES.items():
+        message = message.replace(python, flag)
+    return message
+
+
+def workdir_path(text: str) -> Path:
+    """``--workdir`` as a shell user means it: ``~`` expanded; an empty path or a file is a
+    mistake (exit 2)."""
+    if not text.strip():
+        fail("--workdir is empty: pass the directory to write into.")
+    path = Path(os.path.expanduser(text))
+    if path.exists() and not path.is_dir():
+        fail(f"--workdir {path} is a file: pass a directory.")
+    return path
 
 
 def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
@@ -137,6 +168,12 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
                 fail(f"--config.{key} is set by the study's protocol in every run and would "
                          f"be ignored; what to change instead: {protocol[key]}.")
     unknown = unknown_overrides(config, arguments)
+    from bnreg.config import AXES
+
+    axes = [key for key in unknown if key.startswith("sweep.") and key[6:] in AXES]
+    if axes:
+        fail(f"--config.{axes[0]}: this study does not sweep {axes[0][6:]!r} (its config.sweep "
+             f"holds {sorted(config.sweep)}); set config.{AXES[axes[0][6:]]} for one value.")
     if unknown:
         fail(f"Unknown config keys {unknown}: every --config.<key> must name a key of the "
                  "study's config (bnreg.config.default_config() and the study's config.study); "
@@ -152,8 +189,8 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
     def run(argv: Sequence[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        directory = workdir_path(flags.FLAGS.workdir)
         if flags.FLAGS.analyze:
-            directory = Path(flags.FLAGS.workdir)
             try:
                 results, *figures = study_lib.analyze(
                     study, directory / study_lib.RECORDS_DIR, directory)
@@ -162,22 +199,50 @@ def main(study_file: str, study: Study | RunStudy, *, workdir: str) -> None:
             print(results.read_text())
             print("Figures: " + ", ".join(str(path) for path in figures))
             return
-        # Orbax logs every checkpoint step at INFO; the progress bars already show progress.
-        logging.set_verbosity(logging.WARNING)
+        # Orbax logs every checkpoint step at INFO, tfds a warning per data dir it looks in:
+        # the progress bars and bnreg's own errors say what matters.
+        logging.set_verbosity(logging.ERROR)
         use_cpu_cores()
         # Several processes meet before any of them touches a device (config.distributed).
+        from bnreg import workdir as workdirs
+        from bnreg.data import DatasetUnavailableError
         from bnreg.engine.devices import initialize_processes, is_main_process, wait_for_processes
+        from bnreg.engine.memory import OutOfMemoryError
+        from bnreg.engine.run import Interrupted
 
         initialize_processes(flags.FLAGS.config.distributed)
         if flags.FLAGS.overwrite:
-            overwrite(Path(flags.FLAGS.workdir), delete=is_main_process())
+            overwrite(directory, delete=is_main_process())
             wait_for_processes("overwrite")
-        run_study = (study if not isinstance(study, study_lib.Study)
-                     else lambda config, directory: study_lib.run(study, config, directory))
+        if isinstance(study, study_lib.Study):
+            def run_study(config, path):
+                return study_lib.run(study, config, path)
+        else:  # a study on its own protocol: the work dir is checked and marked here
+            owner = workdirs.study_owner(Path(study_file).stem)
+
+            def run_study(config, path):
+                workdirs.check_owner(path, owner)
+                with workdirs.held(path, hold=is_main_process()):
+                    workdirs.mark(path, owner, write=is_main_process())
+                    return study(config, path)
         try:
-            results, *figures = run_study(flags.FLAGS.config, Path(flags.FLAGS.workdir))
-        except study_lib.StudyConfigError as error:
+            results, *figures = run_study(flags.FLAGS.config, directory)
+        except DatasetUnavailableError as error:
+            fail(f"error: {command_line_fixes(str(error))}")
+        except (study_lib.StudyConfigError, workdirs.DirectoryInUseError,
+                workdirs.NotOwnedError, workdirs.NotWritableError, OutOfMemoryError) as error:
             fail(f"error: {error}")
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            fail(f"error: the disk is full ({error.filename or 'writing'}): free space, then "
+                 "rerun the same command to resume.")
+        except KeyboardInterrupt as interrupt:
+            said = str(interrupt) if isinstance(interrupt, Interrupted) else "interrupted"
+            print(f"{said}; rerun the same command to resume.", file=sys.stderr, flush=True)
+            # At once, as a kill would (every resume verifies what it reads): a normal exit
+            # would wait on the checkpointer's and XLA's threads, and abort in them.
+            os._exit(130)
         if is_main_process():
             print(results.read_text())
             print("Figures: " + ", ".join(str(path) for path in figures))

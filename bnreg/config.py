@@ -31,6 +31,7 @@ from bnreg._checks import check_choice
 from bnreg.core.batch_norm import BACKWARDS as BN_BACKWARDS
 from bnreg.core.dropout import MASK_BITS
 from bnreg.core.dropout import SCALINGS as DROPOUT_SCALINGS
+from bnreg.data.sources import DATASET_NAMES
 
 # Member axes -> the config key of the value a run uses when the axis is not swept. Crossing
 # order: the first axis varies slowest, the seed fastest, so each setting's seeds are adjacent.
@@ -288,6 +289,10 @@ def _check_sweep(config: ml_collections.ConfigDict) -> None:
             )
         for value in values:
             _check_axis_value(axis, value, f"config.sweep.{axis}")
+    if not all(isinstance(group, tuple | list) and all(isinstance(axis, str) for axis in group)
+               for group in config.sweep_zip):
+        raise ValueError(f"config.sweep_zip must be groups of axis names, e.g. "
+                         f"(('input_dropout', 'hidden_dropout'),), got {config.sweep_zip!r}.")
     zipped = [tuple(group) for group in config.sweep_zip]
     named = [axis for group in zipped for axis in group]
     # A zipped axis may repeat a value (each net of a group at its own rate, two nets at the
@@ -342,6 +347,7 @@ def _check_axis_value(axis: str, value: Any, where: str) -> None:
 
 def _check_choices(config: ml_collections.ConfigDict) -> None:
     for name, value, choices in (
+        ("dataset", config.dataset, DATASET_NAMES),
         ("task.name", config.task.name, TASKS),
         ("task.reconstruction_loss", config.task.reconstruction_loss, RECONSTRUCTION_LOSSES),
         ("model.name", config.model.name, MODELS),
@@ -437,8 +443,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
     if not all(0.0 <= q <= 100.0 for q in probe.percentiles):
         raise ValueError(f"config.probe.percentiles must lie in [0, 100], got "
                          f"{tuple(probe.percentiles)}.")
-    low, high = probe.histogram_range
-    if not low < high:
+    if len(probe.histogram_range) != 2 or not probe.histogram_range[0] < probe.histogram_range[1]:
         raise ValueError(f"config.probe.histogram_range must be (low, high) with low < high, "
                          f"got {tuple(probe.histogram_range)}.")
 
@@ -524,6 +529,12 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.bn_ghost_size ({ghost}) must be ≥ 2 (a ghost of one "
                          "example has no variance in a dense layer) and divide "
                          f"config.batch_size ({config.batch_size}).")
+    if config.distributed.process_id < -1:
+        raise ValueError("config.distributed.process_id must be ≥ 0, or -1 (from the cluster's "
+                         f"environment), got {config.distributed.process_id}.")
+    if any(unit < 0 for unit in config.probe.units):
+        raise ValueError(f"config.probe.units must be unit indices ≥ 0, got "
+                         f"{tuple(config.probe.units)}.")
     if config.distributed.num_processes < 0:
         raise ValueError("config.distributed.num_processes must be ≥ 0 (0: from the cluster's "
                          f"environment), got {config.distributed.num_processes}.")

@@ -17,6 +17,7 @@ from conftest import assert_figure, constructed_results
 from bnreg import engine, study
 from bnreg.config import override
 from bnreg.study.arms import final_runs, final_settings, tuning_overrides
+from bnreg.workdir import mark, study_owner
 from experiments import bn_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +93,15 @@ def test_unknown_config_key_on_the_command_line_is_an_error_naming_it(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sweep_axis_the_study_does_not_sweep_is_named_as_such(tmp_path):
+    completed = run_cli(f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",
+                        "--config.sweep.hidden_dropout=0.5")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        "--config.sweep.hidden_dropout: this study does not sweep 'hidden_dropout' (its "
+        "config.sweep holds ['seed']); set config.model.hidden_dropout for one value."]
+
+
 @pytest.mark.parametrize("key, instead", [
     ("optimizer.learning_rate", "config.study.learning_rates"),
     ("sweep.learning_rate", "config.study.learning_rates"),
@@ -119,7 +129,7 @@ def test_a_command_line_mistake_is_one_line_and_nothing_is_written(tmp_path, ove
 
 
 def test_overwrite_deletes_the_workdir_before_anything_else(tmp_path):
-    (tmp_path / "run").mkdir()
+    mark(tmp_path / "run", study_owner("bn_mnist"))  # the study's own work dir
     (tmp_path / "run" / "results.md").write_text("an earlier result")
     # A config the study refuses before training: only --overwrite touches the directory.
     args = (f"--workdir={tmp_path / 'run'}", "--config=experiments/bn_mnist.py:smoke",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -223,3 +224,62 @@ def test_the_configs_model_choices_are_the_models():
 def test_a_bad_inception_net_is_an_error_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         override(default_config(), overrides)
+
+
+def schema_keys(config=None, prefix=""):
+    """Every leaf key of the schema (``default_config()``), dotted; ``sweep`` as one key."""
+    config = default_config() if config is None else config
+    for key, value in config.items():
+        if hasattr(value, "items") and key != "sweep":
+            yield from schema_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+# Keys with no invalid value of their type (any bool, any path, any address), and why.
+FREE_KEYS = {
+    "binarize": "True, False or None (the dataset's default)",
+    "data_dir": "any directory (tfds's data dir)",
+    "manual_dir": "any directory (the raw files)",
+    "distributed.coordinator_address": "any host:port",
+    "sweep": "its axes are checked as the member axes (test_members.py)",
+    "evaluation.test_too": "a bool", "model.dropconnect_per_example": "a bool",
+    "model.inception_stem_pool": "a bool", "optimizer.dampening": "a bool",
+    "optimizer.nesterov": "a bool", "progress": "a bool", "tensorboard": "a bool",
+    "unroll_steps": "a bool",
+}
+# An invalid value where the type's own (below) is valid.
+INVALID = {"distributed.process_id": -2, "probe.layers": (99,), "model.norm": "layer"}
+
+
+def invalid_value(key, value):
+    if key in INVALID:
+        return INVALID[key]
+    if isinstance(value, int):
+        return -1
+    if isinstance(value, float):
+        return math.nan
+    if isinstance(value, str):
+        return "no-such-choice"
+    if value and isinstance(value[0], tuple):
+        return ((-1,),)
+    if value and isinstance(value[0], str):
+        return ("no-such-choice",)
+    return (math.nan,) if value and isinstance(value[0], float) else (-1,)
+
+
+@pytest.mark.parametrize("key,value", [(key, value) for key, value in schema_keys()
+                                       if key not in FREE_KEYS])
+def test_every_key_of_the_schema_is_checked_before_anything_is_written(key, value):
+    """A new key fails here until it has a check (or a reason in FREE_KEYS): ``engine.check``,
+    the pre-flight every run and study makes, refuses an invalid value naming the key."""
+    from conftest import tiny_config
+
+    from bnreg import engine
+
+    with pytest.raises((ValueError, TypeError), match=key.rsplit(".", 1)[-1]):
+        engine.check(tiny_config(**{key: invalid_value(key, value)}))
+
+
+def test_the_free_keys_are_keys_of_the_schema():
+    assert set(FREE_KEYS) <= {key for key, _ in schema_keys()}

@@ -392,6 +392,7 @@ def _no_network(*args, **kwargs):
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
 def test_offline_without_data_fails_fast_listing_each_source_tried(tmp_path, monkeypatch, name):
     monkeypatch.setattr(socket, "create_connection", _no_network)
+    monkeypatch.setattr(sources, "SYSTEM_RAW_DIRS", {})  # no operating-system package either
     data_dir, manual_dir = tmp_path / "data", tmp_path / "empty"
     manual_dir.mkdir()
     start = time.perf_counter()
@@ -404,6 +405,25 @@ def test_offline_without_data_fails_fast_listing_each_source_tried(tmp_path, mon
         assert tried in message
     assert "manual_dir=" in message
     assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion_mnist")
+
+
+def test_a_wrong_manual_dir_does_not_hide_the_installed_copy(tmp_path, monkeypatch,
+                                                           tiny_fashion_mnist):
+    monkeypatch.setattr(sources, "SYSTEM_RAW_DIRS", {"fashion_mnist": (str(tiny_fashion_mnist),)})
+    dataset = data.load_dataset("fashion_mnist", data_dir=tmp_path / "data",
+                                manual_dir=tmp_path / "typo", download=False)
+    assert str(tiny_fashion_mnist) in dataset.source
+
+
+def test_the_debian_package_is_suggested_only_where_it_is_not_installed(tmp_path, monkeypatch):
+    installed = tmp_path / "installed"
+    installed.mkdir()  # present, but without the files
+    monkeypatch.setattr(sources, "SYSTEM_RAW_DIRS", {"fashion_mnist": (str(installed),)})
+    with pytest.raises(DatasetUnavailableError) as caught:
+        data.load_dataset("fashion_mnist", data_dir=tmp_path / "data",
+                          manual_dir=tmp_path / "none", download=False)
+    assert "apt-get install" not in str(caught.value)
+    assert f"raw files in {installed}: missing" in str(caught.value)
 
 
 def test_download_false_reports_that_download_was_not_attempted(tmp_path):

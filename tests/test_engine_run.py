@@ -431,6 +431,33 @@ def test_a_run_that_had_ended_returns_its_summary_without_evaluating_again(tmp_p
     assert len(evaluated) == 0
 
 
+def test_an_ended_run_without_checkpoints_returns_its_records_without_training(tmp_path,
+                                                                                monkeypatch):
+    first = engine.train_and_evaluate(tiny_config(), tmp_path)  # checkpoint_every=0
+    monkeypatch.setattr(engine.Engine, "train", lambda *args: pytest.fail("trained again"))
+    monkeypatch.setattr(engine.Engine, "evaluate", lambda *args: pytest.fail("evaluated"))
+    again = engine.train_and_evaluate(tiny_config(), tmp_path)
+    assert again.summary == first.summary and again.history == first.history
+    assert again.state is None
+
+
+def test_a_run_trained_again_drops_its_old_summary_before_training(tmp_path, monkeypatch):
+    """A summary whose digest disagrees is retrained; killed in that training, the run leaves no
+    summary beside its cut records."""
+    engine.train_and_evaluate(tiny_config(), tmp_path)
+    (tmp_path / engine.SUMMARY_FILE).write_text("{}")  # its digest no longer agrees
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    from bnreg.engine import run as run_module
+
+    monkeypatch.setattr(run_module, "_train_interval", killed)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train_and_evaluate(tiny_config(), tmp_path)
+    assert not (tmp_path / engine.SUMMARY_FILE).exists()
+
+
 def test_more_runs_than_devices_make_one_run_at_a_time_per_share(tmp_path, monkeypatch):
     import threading
 

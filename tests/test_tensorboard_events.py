@@ -146,5 +146,6 @@ def test_no_events_unless_asked(tmp_path):
 
 def test_a_run_without_events_refuses_a_workdir_with_stale_events(run_with_events, tmp_path):
     shutil.copytree(run_with_events[0] / TENSORBOARD_DIR, tmp_path / TENSORBOARD_DIR)
+    shutil.copy(run_with_events[0] / engine.MARKER_FILE, tmp_path)  # an engine run's dir
     with pytest.raises(ValueError, match="TensorBoard events of an earlier attempt"):
         engine.train_and_evaluate(tiny_config(num_steps=20), tmp_path)

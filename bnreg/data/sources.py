@@ -319,7 +319,8 @@ def _unreachable_reason(urls: Sequence[str]) -> str | None:
 def _fixes(name: str, builder: Any, data_root: Path) -> list[str]:
     registered = sorted(info.filename for info in (builder.url_infos or {}).values())
     fixes = []
-    if name == "fashion_mnist":
+    installed = any(Path(d).is_dir() for d in SYSTEM_RAW_DIRS.get(name, ()))
+    if name == "fashion_mnist" and not installed:
         fixes.append(
             "install the raw files: `sudo apt-get install dataset-fashion-mnist` (Debian/"
             "Ubuntu; they land in /usr/share/datasets/fashion-mnist and are found there)"
@@ -391,10 +392,10 @@ def _prepare(
         return f"{full_name} prepared in {builder.data_dir}"
     attempts = [f"prepared tfds data: none in {builder.data_dir}"]
 
-    if manual_dir is not None:
-        search_dirs = [Path(manual_dir).expanduser()]
-    else:
-        search_dirs = [Path(d) for d in SYSTEM_RAW_DIRS.get(name, ())]
+    # The given manual_dir first, then where operating-system packages put the files: a wrong
+    # manual_dir does not hide an installed copy.
+    search_dirs = [] if manual_dir is None else [Path(manual_dir).expanduser()]
+    search_dirs += [Path(d) for d in SYSTEM_RAW_DIRS.get(name, ()) if Path(d) not in search_dirs]
     for search_dir in search_dirs:
         with tempfile.TemporaryDirectory(prefix=f"bnreg-{name}-") as staging:
             staged, note = _stage_raw_files(name, builder, search_dir, Path(staging, "manual"))

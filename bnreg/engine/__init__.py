@@ -27,7 +27,8 @@ Modules: ``members`` (axes, sweeps, key streams), ``run_data`` (data and subsets
 parallelism, several processes), ``bn_statistics``, ``evaluators``, ``checks`` (what a run's
 members, model and evaluators must agree on), ``engine`` (:class:`Engine`: build, init, train
 k steps, evaluate), ``rundir`` (config check, checkpoints, metrics files), ``writers``
-(TensorBoard, progress bar), ``run`` (the run loop and groups).
+(TensorBoard, progress bar), ``run`` (the run loop and groups). A run's directory is one process's
+at a time and bnreg's own (:mod:`bnreg.workdir`).
 """
 
 from bnreg.engine.bn_statistics import (
@@ -42,6 +43,7 @@ from bnreg.engine.evaluators import Evaluator, ProbeSpec, evaluate
 from bnreg.engine.members import Members, Stream, members_from_config, stream_key
 from bnreg.engine.optimizer import build_optimizer
 from bnreg.engine.run import (
+    Interrupted,
     NonFiniteLossError,
     RunResult,
     member_records,
@@ -61,19 +63,25 @@ from bnreg.engine.step import (
     train_step,
 )
 from bnreg.engine.tasks import Task, build_task
+from bnreg.workdir import LOCK_FILE, MARKER_FILE, DirectoryInUseError, NotOwnedError
 
 __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
+    "LOCK_FILE",
+    "MARKER_FILE",
     "METRICS_FILE",
     "SUMMARY_FILE",
     "DataOrder",
+    "DirectoryInUseError",
     "Engine",
     "Evaluator",
+    "Interrupted",
     "Layout",
     "Members",
     "Network",
     "NonFiniteLossError",
+    "NotOwnedError",
     "ProbeSpec",
     "RunData",
     "RunResult",

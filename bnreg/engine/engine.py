@@ -33,6 +33,7 @@ from bnreg.engine.devices import (
     to_host,
 )
 from bnreg.engine.members import Members, members_from_config
+from bnreg.engine.memory import check_memory
 from bnreg.engine.optimizer import build_optimizer
 from bnreg.engine.run_data import RunData, load_run_data, member_subsets
 from bnreg.engine.step import (
@@ -300,6 +301,7 @@ def _plan(config: ml_collections.ConfigDict, data: RunData | None = None) -> _Pl
             model_config[AXES[axis].split(".", 1)[1]] = float(members.constant(axis))
     model = build_model(model_config, data.image_shape, data.num_classes)
     network = Network(model, build_task(config.task), build_optimizer(config.optimizer, members))
+    check_memory(network, members, data.image_shape, jax.devices())
     expand = functools.partial(
         evaluators.expand,
         has_bn=config.model.norm == "batch",

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from bnreg import workdir as workdirs
 from bnreg.config import override
 from bnreg.engine import rundir
 from bnreg.engine.devices import is_main_process, to_host, wait_for_processes
@@ -31,6 +32,22 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite training or evaluation loss."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``steps``: each interrupted run's directory -> its last
+    evaluated step (a rerun resumes each from its newest checkpoint)."""
+
+    def __init__(self, steps: Mapping[str, int]):
+        self.steps = dict(steps)
+        super().__init__("interrupted at " + ", ".join(
+            f"step {step:,} ({workdir})" for workdir, step in self.steps.items()))
+
+
+def _last_step(workdir: Path) -> int:
+    """The step of the last whole record in ``workdir``'s metrics (0 if none)."""
+    records = rundir.read_history(workdir / rundir.METRICS_FILE, 2**62)
+    return records[-1]["step"] if records else 0
+
+
 @dataclasses.dataclass
 class RunResult:
     """What :func:`train_and_evaluate` returns.
@@ -39,13 +56,15 @@ class RunResult:
       history: the metrics records, one per (evaluation, member), as in ``metrics.jsonl``.
       summary: the run's data and the final evaluation per member with every final evaluator
         (``summary.json``).
-      state: the final :class:`~bnreg.engine.step.TrainState` (members on the leading axis).
+      state: the final :class:`~bnreg.engine.step.TrainState` (members on the leading axis);
+        None for a run that had ended without checkpoints (``checkpoint_every=0``), returned
+        from its records without training again.
       members: the members, in the order of the member axis.
     """
 
     history: list[dict]
     summary: dict
-    state: TrainState
+    state: TrainState | None
     members: Members
 
 
@@ -193,25 +212,54 @@ def train_and_evaluate(
     the runs then differ like different seeds do: equal in distribution, not in bits. Compare
     runs made with the same layout.
 
+    One process at a time, in a directory of its own: the run refuses a ``workdir`` that holds
+    anything but an engine run's files, and holds its lock while it works there
+    (:mod:`bnreg.workdir`).
+
     Raises:
       ValueError: an invalid config (:func:`bnreg.engine.build`), or a workdir that holds a run
         with another config.
+      DirectoryInUseError: another process works in ``workdir``.
+      NotOwnedError: ``workdir`` holds files an engine run did not make.
+      NotWritableError: ``workdir`` or its checkpoints cannot be written (before training).
       NonFiniteLossError: a NaN/inf training or evaluation loss; the last good checkpoint is
         kept, and metrics are recorded up to the last finite evaluation. With
         ``config.nonfinite = "record"`` a diverged member trains on instead, its metrics NaN.
     """
-    engine = build(config, devices)
     workdir = Path(workdir)
+    workdirs.check_owner(workdir, workdirs.RUN)  # before the data is loaded
+    engine = build(config, devices)
     # With several processes, every one checks the work dir and process 0 writes it.
     writes = is_main_process()
-    workdir.mkdir(parents=True, exist_ok=True)
+    with workdirs.held(workdir, hold=writes):
+        workdirs.mark(workdir, workdirs.RUN, write=writes)
+        if writes:
+            for directory in (workdir, workdir / rundir.CHECKPOINT_DIR):
+                workdirs.check_writable(directory)
+        return _train_and_evaluate(engine, config, workdir, writes, progress_position)
+
+
+def _train_and_evaluate(engine: Engine, config: ml_collections.ConfigDict, workdir: Path,
+                        writes: bool, progress_position: int) -> RunResult:
     rundir.write_config(workdir, config, write=writes)
+    metrics_path = workdir / rundir.METRICS_FILE
+    if not config.checkpoint_every:
+        # An ended run without checkpoints is its records: its summary (digest verified) and
+        # every evaluation up to the last step. Training it again would only repeat them.
+        ended = rundir.read_summary(workdir)
+        history = rundir.read_history(metrics_path, config.num_steps)
+        if ended is not None and history and history[-1]["step"] == config.num_steps:
+            return RunResult(history=history, summary=ended, state=None,
+                             members=engine.members)
     events = _tensorboard(engine, workdir, write=writes)  # refuses stale events first
     checkpoints = rundir.Checkpoints(workdir, config.checkpoint_every)
     state = checkpoints.restore_latest(engine.init())
     order = engine.empty_order()
     step = int(state.step)
-    metrics_path = workdir / rundir.METRICS_FILE
+    if writes and step < config.num_steps:
+        # A summary beside a run that trains again is stale: a kill during the training must
+        # not leave it beside records that disagree with it.
+        rundir.remove_summary(workdir)
     history = rundir.read_history(metrics_path, step) if step else []
     wait_for_processes("resumed")  # every process has read the records before they are cut
     if writes:
@@ -246,22 +294,25 @@ def train_and_evaluate(
             log(member_records(engine, 0, engine.evaluate(state, engine.during), None))
         else:
             progress.evaluated([r for r in history if r["step"] == step])
-        while step < config.num_steps:
-            next_evaluation = min((step // config.eval_every + 1) * config.eval_every,
-                                  config.num_steps)
-            state, order, losses = _train_interval(
-                engine, state, order, next_evaluation, steps_per_call, progress,
-                lambda: checkpoints.note(workdir),
-            )
-            step = int(state.step)
-            results = engine.evaluate(state, engine.during)
-            if step in engine.config.evaluation.full_steps:
-                results.update(engine.evaluate(state, engine.full))
-            records = member_records(engine, step, results, losses)
-            _check_evaluation(records, engine, checkpoints.note(workdir))
-            log(records)
-            if checkpoints.save_if_due(step, state, last=step == config.num_steps) and events:
-                events.flush()
+        try:
+            while step < config.num_steps:
+                next_evaluation = min((step // config.eval_every + 1) * config.eval_every,
+                                      config.num_steps)
+                state, order, losses = _train_interval(
+                    engine, state, order, next_evaluation, steps_per_call, progress,
+                    lambda: checkpoints.note(workdir),
+                )
+                step = int(state.step)
+                results = engine.evaluate(state, engine.during)
+                if step in engine.config.evaluation.full_steps:
+                    results.update(engine.evaluate(state, engine.full))
+                records = member_records(engine, step, results, losses)
+                _check_evaluation(records, engine, checkpoints.note(workdir))
+                log(records)
+                if checkpoints.save_if_due(step, state, last=step == config.num_steps) and events:
+                    events.flush()
+        except KeyboardInterrupt:
+            raise Interrupted({str(workdir): step}) from None
         summary = ended
         if summary is None:
             final = member_records(engine, step, engine.evaluate(state, engine.final), None)
@@ -327,8 +378,14 @@ def train_concurrently(
                for worker in range(workers)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        raise Interrupted({str(workdir): _last_step(Path(workdir))
+                           for (_, workdir), (result, error) in zip(runs, outcomes, strict=True)
+                           if result is None and error is None
+                           and (Path(workdir) / rundir.METRICS_FILE).exists()}) from None
     for _, error in outcomes:
         if error is not None:
             raise error

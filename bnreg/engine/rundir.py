@@ -160,6 +160,13 @@ def write_summary(workdir: Path, summary: dict) -> None:
     write_atomically(workdir / SUMMARY_DIGEST_FILE, hashlib.sha256(text.encode()).hexdigest())
 
 
+def remove_summary(workdir: Path) -> None:
+    """Deletes ``summary.json`` and its digest, the digest first (a kill between the two leaves
+    a summary :func:`read_summary` does not trust)."""
+    for name in (SUMMARY_DIGEST_FILE, SUMMARY_FILE):
+        (workdir / name).unlink(missing_ok=True)
+
+
 def read_summary(workdir: Path) -> dict | None:
     """The summary :func:`write_summary` wrote, or None when it or its digest is missing, or
     the text differs from the digest (cut, changed, a flipped bit). With several processes

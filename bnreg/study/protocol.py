@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
+from bnreg import workdir as workdirs
 from bnreg.config import override, validate_config
 from bnreg.study import records as records_lib
 from bnreg.study.arms import (
@@ -143,22 +144,38 @@ def run(study: Study, config: ml_collections.ConfigDict, workdir: str | Path) ->
     Returns:
       results.md's path, then the figures'.
 
+    One process at a time, in a directory of its own: a ``workdir`` that holds anything but
+    this study's files is refused before anything is written, and the study holds its lock
+    (:mod:`bnreg.workdir`).
+
     Raises:
-      ValueError: a config or arm any run cannot take (before anything trains), or a tuned
-        arm whose every setting diverged.
+      StudyConfigError: a config or arm any run cannot take, or a ``workdir`` holding what
+        is not this study's (before anything is written).
+      ValueError: a tuned arm whose every setting diverged.
+      DirectoryInUseError: another process works in ``workdir``.
     """
-    from bnreg import engine
     from bnreg.engine.devices import is_main_process
 
     workdir = Path(workdir)
+    owner = workdirs.study_owner(study.name)
     try:
+        workdirs.check_owner(workdir, owner)
         arms = list(study.arms(config))
         _check(study, config, arms)
-    except ValueError as error:
+    except (ValueError, NotADirectoryError) as error:
         raise StudyConfigError(str(error)) from error
+    writes = is_main_process()
+    with workdirs.held(workdir, hold=writes):
+        workdirs.mark(workdir, owner, write=writes)
+        return _run(study, config, workdir, arms, writes)
+
+
+def _run(study: Study, config: ml_collections.ConfigDict, workdir: Path, arms: Sequence[Arm],
+         writes: bool) -> list[Path]:
+    from bnreg import engine
+
     records = workdir / RECORDS_DIR
     tuned = {arm.name: tuning_overrides(config, arm) for arm in arms if arm.tune}
-    writes = is_main_process()
     if tuned:
         engine.train_group(config, tuned, workdir / RUNS_DIR / "tune")
         if writes:
