@@ -54,8 +54,9 @@ def use_cpu_cores() -> None:
     import jax
 
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        jax.config.update("jax_num_cpu_devices", cores or 1)
+        from bnreg.study.records import usable_cores
+
+        jax.config.update("jax_num_cpu_devices", usable_cores())
 
 
 def study_config(study_file: str, argv: Sequence[str]) -> ml_collections.ConfigDict:

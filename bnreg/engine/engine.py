@@ -301,7 +301,6 @@ def _plan(config: ml_collections.ConfigDict, data: RunData | None = None) -> _Pl
             model_config[AXES[axis].split(".", 1)[1]] = float(members.constant(axis))
     model = build_model(model_config, data.image_shape, data.num_classes)
     network = Network(model, build_task(config.task), build_optimizer(config.optimizer, members))
-    check_memory(network, members, data.image_shape, jax.devices())
     expand = functools.partial(
         evaluators.expand,
         has_bn=config.model.norm == "batch",
@@ -326,6 +325,8 @@ def _plan(config: ml_collections.ConfigDict, data: RunData | None = None) -> _Pl
         )
         for evaluator in (*final, *full)
     }
+    # Last: it traces the model's init (from shapes), after every check on the config itself.
+    check_memory(network, members, data.image_shape, jax.devices())
     return _Plan(members, data, subsets, network, during, final, full, functions)
 
 

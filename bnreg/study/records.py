@@ -74,7 +74,7 @@ def _cpu() -> dict[str, Any]:
             fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     flags = set(fields.get("flags", "").split())
     return {
         "cpu": fields.get("model name") or platform.processor() or platform.machine(),
@@ -83,6 +83,12 @@ def _cpu() -> dict[str, Any]:
         "cpu_flags": " ".join(flag for flag in CPU_FLAGS if flag in flags),
         "cores": cores,
     }
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the platform has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
 
 
 def machine() -> dict[str, Any]:
