@@ -168,14 +168,6 @@ def run_command(workdir, *extra) -> subprocess.CompletedProcess:
         timeout=300)
 
 
-def test_overwrite_refuses_a_directory_bnreg_did_not_make(tmp_path):
-    (tmp_path / "thesis.tex").write_text("years of work")
-    completed = run_command(tmp_path, "--overwrite")
-    assert completed.returncode == 2, completed.stderr[-2000:]
-    assert "bnreg did not make it" in completed.stderr.strip().splitlines()[-1]
-    assert (tmp_path / "thesis.tex").read_text() == "years of work"
-
-
 def test_the_command_on_another_studys_work_dir_is_one_line_and_exit_code_2(tmp_path):
     mark(tmp_path, study_owner("dropout_p"))
     completed = run_command(tmp_path)
