@@ -262,7 +262,7 @@ def test_paper_backward_over_two_devices_equals_autodiff_of_the_whole_batch(layo
     env = dict(
         os.environ,
         PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2",
         JAX_PLATFORMS="cpu",
     )
     completed = subprocess.run(

@@ -517,7 +517,8 @@ def test_an_evaluator_is_found_by_its_column_or_its_config_name():
 
 def run_subprocess(script: str, *args: str, devices: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"{os.environ['XLA_FLAGS']} "
+                         f"--xla_force_host_platform_device_count={devices}")
     completed = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=env,
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -598,7 +599,8 @@ RUN_SCRIPT = """
 def start_run(workdir: Path, overrides: dict | None = None, devices: int = 1) -> subprocess.Popen:
     """The run of RUN_SCRIPT (with ``overrides``) in ``workdir``, on ``devices`` CPU devices."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"{os.environ['XLA_FLAGS']} "
+                         f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUN_SCRIPT), str(workdir),
                              json.dumps(overrides or {})], env=env)
 

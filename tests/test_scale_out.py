@@ -139,7 +139,9 @@ MESH_SCRIPT = """
 
 def run_script(script: str, *args: str, devices: int, extra_env=None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(extra_env or {}))
+               XLA_FLAGS=f"{os.environ['XLA_FLAGS']} "
+                         f"--xla_force_host_platform_device_count={devices}",
+               **(extra_env or {}))
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
