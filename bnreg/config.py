@@ -235,6 +235,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.distributed.coordinator_address = config_dict.placeholder(str)
     config.distributed.process_id = -1
     config.distributed.cpu_collectives = "gloo"
+    # Seconds every process waits for the others to join (jax.distributed's
+    # initialization_timeout); past it JAX ends the processes.
+    config.distributed.timeout_s = 300
 
     config.progress = True
     # TensorBoard events of the metrics in <workdir>/tensorboard (bnreg.engine.writers).
@@ -529,6 +532,9 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.bn_ghost_size ({ghost}) must be ≥ 2 (a ghost of one "
                          "example has no variance in a dense layer) and divide "
                          f"config.batch_size ({config.batch_size}).")
+    if config.distributed.timeout_s < 1:
+        raise ValueError("config.distributed.timeout_s must be ≥ 1 second, got "
+                         f"{config.distributed.timeout_s}.")
     if config.distributed.process_id < -1:
         raise ValueError("config.distributed.process_id must be ≥ 0, or -1 (from the cluster's "
                          f"environment), got {config.distributed.process_id}.")

@@ -280,6 +280,31 @@ def test_several_processes_without_a_coordinator_or_an_id_are_an_error(distribut
         engine.initialize_processes(config.distributed)
 
 
+ALONE_SCRIPT = """
+    import sys
+    from conftest import tiny_config
+    from bnreg import engine
+
+    config = tiny_config(**{"distributed.num_processes": 2, "distributed.process_id": 0,
+                            "distributed.coordinator_address": f"localhost:{sys.argv[1]}",
+                            "distributed.timeout_s": 2})
+    engine.initialize_processes(config.distributed)
+"""
+
+
+def test_a_process_whose_peers_never_come_ends_after_the_stated_timeout():
+    """JAX ends the waiting process (from C++) after ``distributed.timeout_s``, not its 300 s
+    default; the wait is announced first."""
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    alone = run_script(ALONE_SCRIPT, str(port), devices=1)
+    _, stderr = alone.communicate(timeout=120)
+    assert alone.returncode != 0
+    assert (f"process 0: waiting up to 2 s for 2 processes at localhost:{port} "
+            "(config.distributed.timeout_s)") in stderr.splitlines()
+
+
 def test_more_devices_than_the_process_has_is_an_error(tmp_path):
     import jax
 

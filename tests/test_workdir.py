@@ -194,9 +194,11 @@ def test_the_command_expands_a_tilde_in_the_work_dir(tmp_path):
 def test_ctrl_c_ends_the_command_with_one_line_and_exit_code_130_and_a_rerun_resumes(tmp_path):
     arguments = [sys.executable, "-m", "experiments.bn_mnist", f"--workdir={tmp_path}",
                  "--config=experiments/bn_mnist.py:smoke", "--config.progress=False"]
+    # As from a terminal: an xdist worker ignores SIGINT, and a child would inherit that.
     command = subprocess.Popen([*arguments, "--config.study.tune_steps=1000"], cwd=REPO,
                                env=dict(os.environ, PYTHONPATH=str(REPO)),
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = tmp_path / "runs" / "tune" / "no_bn" / "metrics.jsonl"
     # Two evaluations in: the training loop runs.
     while not (metrics.exists() and metrics.read_text().count("\n") >= 4):

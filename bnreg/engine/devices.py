@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -207,7 +208,9 @@ def initialize_processes(distributed: ml_collections.ConfigDict) -> None:
     and ``process_id`` from the config or, unset, from the standard environment
     (``JAX_COORDINATOR_ADDRESS``, ``JAX_PROCESS_ID``); 0 leaves all three to JAX's cluster
     detection (SLURM, Open MPI, Kubernetes, Cloud TPU) and ``JAX_COORDINATOR_ADDRESS``. On CPUs
-    the processes exchange data through gloo (``jax_cpu_collectives_implementation``).
+    the processes exchange data through gloo (``jax_cpu_collectives_implementation``). Every
+    process waits ``distributed.timeout_s`` for the others; past it JAX aborts the process (a
+    C++ abort, not a Python error), so the wait is announced on stderr first.
 
     Raises:
       ValueError: ``num_processes`` > 1 without a coordinator address or process id.
@@ -216,7 +219,8 @@ def initialize_processes(distributed: ml_collections.ConfigDict) -> None:
         return
     if distributed.num_processes == 0:
         jax.config.update("jax_cpu_collectives_implementation", distributed.cpu_collectives)
-        jax.distributed.initialize(coordinator_address=distributed.coordinator_address)
+        jax.distributed.initialize(coordinator_address=distributed.coordinator_address,
+                                   initialization_timeout=distributed.timeout_s)
         return
     address = distributed.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     process_id = distributed.process_id
@@ -230,5 +234,11 @@ def initialize_processes(distributed: ml_collections.ConfigDict) -> None:
             f"its environment (a process id in [0, {distributed.num_processes})); "
             "num_processes 0 lets JAX detect a cluster (SLURM, MPI, TPU).")
     jax.config.update("jax_cpu_collectives_implementation", distributed.cpu_collectives)
+    # Past the timeout JAX aborts the process from C++ (no Python error to catch): say first
+    # what it waits for.
+    print(f"process {process_id}: waiting up to {distributed.timeout_s} s for "
+          f"{distributed.num_processes} processes at {address} (config.distributed.timeout_s)",
+          file=sys.stderr, flush=True)
     jax.distributed.initialize(coordinator_address=address,
-                               num_processes=distributed.num_processes, process_id=process_id)
+                               num_processes=distributed.num_processes, process_id=process_id,
+                               initialization_timeout=distributed.timeout_s)
