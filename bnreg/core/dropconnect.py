@@ -55,9 +55,10 @@ from bnreg.core.dropout import (
 __all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
 
 # Default bound on the mask entries alive at once in per-example mode. XLA keeps about 20 bytes per
-# entry alive (random bits, mask, masked kernel), so 2**20 entries is ~25 MiB; on CPU, chunks beyond
-# one 1024 x 1024 kernel were measured no faster.
-DEFAULT_MASK_BUDGET = 2**20
+# entry alive (random bits, mask, masked kernel), so 2**17 entries is ~3 MiB. On a CPU, chunks
+# whose masks outgrow the caches were measured slower: one example at a time is fastest for a
+# 784 x 100 kernel, about a dozen for 100 x 100.
+DEFAULT_MASK_BUDGET = 2**17
 
 
 def _check_dense_shapes(
@@ -151,7 +152,7 @@ def dropconnect_dense(
     Memory of per-example masks: all masks together hold ``batch × in × out`` entries (``in + 1``
     rows with a masked bias), so they are never materialised at once. Examples are processed by
     :func:`jax.lax.map` in chunks of
-    ``chunk_size`` (default: as many as fit in ``DEFAULT_MASK_BUDGET = 2**20`` mask entries, at
+    ``chunk_size`` (default: as many as fit in ``DEFAULT_MASK_BUDGET = 2**17`` mask entries, at
     least one), each example under :func:`jax.checkpoint` so that the backward pass regenerates
     its mask from its key instead of storing it. Peak temporary memory is therefore about
     ``chunk × in × out`` entries (XLA keeps ~20 bytes per entry: random bits, mask, masked kernel)
