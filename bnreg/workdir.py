@@ -49,6 +49,11 @@ class NotWritableError(PermissionError):
     """A directory bnreg must write into and cannot."""
 
 
+def _not_writable(directory: Path, error: OSError) -> NotWritableError:
+    return NotWritableError(f"{directory} is not writable ({error.strerror}): pass a directory "
+                            "you can write to, or fix its permissions.")
+
+
 def check_writable(directory: str | Path) -> None:
     """Refuses an existing ``directory`` this process cannot create a file in, before a run
     needs to (orbax would fail only at the first checkpoint).
@@ -63,8 +68,7 @@ def check_writable(directory: str | Path) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
-        raise NotWritableError(f"{directory} is not writable ({error.strerror}): pass a "
-                               "directory you can write to, or fix its permissions.") from None
+        raise _not_writable(directory, error) from None
 
 
 def _holder(path: Path) -> str:
@@ -99,8 +103,7 @@ def held(directory: str | Path, *, hold: bool = True) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError as error:
-        raise NotWritableError(f"{directory} is not writable ({error.strerror}): pass a "
-                               "directory you can write to, or fix its permissions.") from None
+        raise _not_writable(directory, error) from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,6 +10,9 @@ functions that need them.
 The module is longer than the others (about 500 lines) for a reason: the resolution order, the
 cache and the one error that lists every source tried are one unit, which split over modules
 would have to share their private state.
+
+Longer than the project's ~450 lines: the offline resolution (cache, prepared data, staged raw
+files, download) is one chain whose steps share the builder and the attempts they report.
 """
 
 from __future__ import annotations
