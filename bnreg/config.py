@@ -88,6 +88,9 @@ def default_config() -> ml_collections.ConfigDict:
     # None: binarize MNIST only (the BN paper's input is a binary image), keep grey levels else.
     config.binarize = config_dict.placeholder(bool)
     config.standardize = "none"
+    # k > 1: average-pool every image over k×k blocks before the model (28×28 → 14×14 at k = 2),
+    # before binarize and standardize; 1: the images as stored.
+    config.image_pool = 1
     # >0: hold out this fraction of the training split (class-stratified, rounded to whole
     # examples) as a validation split, and evaluate on it instead of the test split.
     config.validation_fraction = 0.0
@@ -262,7 +265,7 @@ _STRUCTURAL = {
     "batch_size", "kernel_init", "init_stddev", "dropout_noise", "dropout_mask_bits",
     "dropout_scaling", "dropconnect_mask_bits", "bn_ghost_size", "inception_stem",
     "inception_stem_pool", "inception_modules", "inception_pool_after",
-    "inception_branch_pool", "num_steps",
+    "inception_branch_pool", "num_steps", "image_pool",
 }
 
 
@@ -455,7 +458,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_counts(config: ml_collections.ConfigDict) -> None:
-    for name in ("batch_size", "num_steps", "eval_every", "eval_batch_size"):
+    for name in ("batch_size", "num_steps", "eval_every", "eval_batch_size", "image_pool"):
         if config[name] < 1:
             raise ValueError(f"config.{name} must be ≥ 1, got {config[name]}.")
     if config.steps_per_call < 0:

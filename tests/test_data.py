@@ -513,6 +513,32 @@ def test_flatten_keeps_examples_and_row_major_order():
     np.testing.assert_array_equal(data.flatten(images), np.arange(12).reshape(2, 6))
 
 
+def test_average_pool_is_the_mean_of_each_block():
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 6, 4, 2)).astype(np.float32)
+    pooled = data.average_pool(images, 2)
+    assert pooled.shape == (3, 3, 2, 2)
+    np.testing.assert_allclose(pooled[1, 2, 1, 0], images[1, 4:6, 2:4, 0].mean(), rtol=1e-6)
+    np.testing.assert_array_equal(data.average_pool(images, 1), images)
+
+
+def test_average_pool_refuses_blocks_that_do_not_tile_the_image():
+    with pytest.raises(ValueError, match="do not split into 4×4 blocks"):
+        data.average_pool(np.zeros((1, 6, 6, 1)), 4)
+
+
+def test_the_run_data_are_pooled_before_the_model_sees_them():
+    from conftest import tiny_config
+
+    from bnreg.engine.run_data import load_run_data
+
+    plain = load_run_data(tiny_config())
+    pooled = load_run_data(tiny_config(image_pool=2))
+    assert plain.image_shape == (8, 8, 1) and pooled.image_shape == (4, 4, 1)
+    np.testing.assert_allclose(pooled.evaluation.images,
+                               data.average_pool(plain.evaluation.images, 2), rtol=1e-6)
+
+
 def test_binarize_is_strictly_greater_than_threshold():
     images = np.array([0.0, 0.4999, 0.5, 0.5001, 1.0], dtype=np.float32)
     np.testing.assert_array_equal(data.binarize(images), [0, 0, 0, 1, 1])

@@ -24,8 +24,8 @@ Three layers, one submodule each (every public name is re-exported here, so
   :class:`DataFileError`.
 
 * **Preprocessing** (:mod:`bnreg.data.preprocess`) — pure numpy functions: :func:`flatten`,
-  :func:`binarize`, :func:`standardize`, :func:`stratified_indices`, :func:`stratified_subset`,
-  :func:`train_validation_split`.
+  :func:`average_pool`, :func:`binarize`, :func:`standardize`, :func:`stratified_indices`,
+  :func:`stratified_subset`, :func:`train_validation_split`.
 
 * **On-device batching** (:mod:`bnreg.data.batching`) — pure jax functions
   (:func:`epoch_permutation`, :func:`batch_from_permutation`, :func:`batch_at_step`,
@@ -53,6 +53,7 @@ from bnreg.data.files import (
     restore_gzip_header,
 )
 from bnreg.data.preprocess import (
+    average_pool,
     binarize,
     flatten,
     standardize,
@@ -83,6 +84,7 @@ __all__ = [
     "DatasetUnavailableError",
     "GzipMemberHeader",
     "Split",
+    "average_pool",
     "batch_at_step",
     "batch_from_permutation",
     "batch_indices",

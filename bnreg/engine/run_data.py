@@ -41,8 +41,9 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
     """Loads ``config.dataset`` and applies the configured preprocessing.
 
     Order: carve the class-stratified validation split (if any, a fixed draw, the same for
-    every seed) from train, binarize, then standardize with statistics of the (final) train
-    split. Members' subsets (:func:`member_subsets`) are drawn from that train split.
+    every seed) from train, average-pool (``config.image_pool``), binarize, then standardize
+    with statistics of the (final) train split. Members' subsets (:func:`member_subsets`) are
+    drawn from that train split.
 
     Raises:
       ValueError: a validation fraction that leaves no split.
@@ -63,6 +64,8 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
         split = "validation"
     scored = [evaluation] + ([dataset.test] if config.evaluation.test_too else [])
     images = [train.images, *(s.images for s in scored)]
+    if config.image_pool > 1:
+        images = [data_lib.average_pool(x, config.image_pool) for x in images]
     binarize = config.dataset == "mnist" if config.binarize is None else config.binarize
     if binarize:
         images = [data_lib.binarize(x) for x in images]
