@@ -129,6 +129,9 @@ def test_arms_of_one_run_with_the_same_settings_are_an_error():
     ([Arm("a", "a", {"model.norm": None}, run="r"), Arm("b", "b", {"model.norm": "batch"},
                                                        run="r")], "not their overrides"),
     ([Arm("a", "a", tune={"learning_rate": (1.0,)}, final=False)], "final phase"),
+    ([Arm("a", "a", settings={"learning_rate": 0.1}, run="r"),
+      Arm("b", "b", settings={"learning_rate": 1.0}, run="r",
+          final_overrides={"evaluation.final": ("gaussian",)})], "not their overrides"),
 ])
 def test_arms_that_cannot_work_together_are_an_error(arms, message):
     with pytest.raises(ValueError, match=message):
@@ -154,6 +157,16 @@ def test_a_tuning_run_crosses_the_grid_with_the_tuning_seeds_on_a_validation_spl
     assert overrides["sweep.seed"] == (3, 4) and overrides["validation_fraction"] == 0.25
     assert (overrides["num_steps"], overrides["eval_every"]) == (100, 50)
     assert overrides["nonfinite"] == "record" and overrides["model.norm"] == "batch"
+
+
+def test_final_overrides_reach_the_final_run_and_not_the_tuning_run():
+    arm = Arm("dc", "dc", {"model.dropconnect": 0.5}, tune={"learning_rate": (0.1, 1.0)},
+              final_overrides={"evaluation.final": ("gaussian",)})
+    config = study_config()
+    assert "evaluation.final" not in tuning_overrides(config, arm)
+    final = final_runs(config, [arm], {"dc": {"learning_rate": 1.0}})["dc"]
+    assert final["evaluation.final"] == ("gaussian",)
+    assert final["model.dropconnect"] == 0.5
 
 
 # Claims and verdicts on constructed results -------------------------------------------------

@@ -42,6 +42,8 @@ class Arm(NamedTuple):
         run must have equal ``overrides`` and differ in their settings.
       final: whether it trains in the final phase (False: tuned only, e.g. to choose for
         others).
+      final_overrides: dotted config keys of its final run only, e.g. an evaluator the choice
+        does not need (``{"evaluation.final": ("gaussian",)}``).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Arm(NamedTuple):
     settings: Mapping[str, float | Chosen] = {}
     run: str = ""
     final: bool = True
+    final_overrides: Mapping[str, Any] = {}
 
     @property
     def run_name(self) -> str:
@@ -87,7 +90,8 @@ def check_arms(arms: Sequence[Arm]) -> None:
     runs: dict[str, Arm] = {}
     for arm in (a for a in arms if a.final):
         first = runs.setdefault(arm.run_name, arm)
-        if dict(first.overrides) != dict(arm.overrides):
+        if (dict(first.overrides), dict(first.final_overrides)) != (
+                dict(arm.overrides), dict(arm.final_overrides)):
             raise ValueError(f"Arms {first.name!r} and {arm.name!r} share the run "
                              f"{arm.run_name!r} but not their overrides: give them runs of "
                              "their own.")
@@ -165,7 +169,8 @@ def final_runs(config: ml_collections.ConfigDict, arms: Sequence[Arm],
                              f"same settings {values}: members must differ.")
         varying = [axis for axis in axes if len(set(values[axis])) > 1]
         # The test split, unless the arms evaluate on a validation split themselves.
-        overrides = {"validation_fraction": 0.0, **members[0].overrides}
+        overrides = {"validation_fraction": 0.0, **members[0].overrides,
+                     **members[0].final_overrides}
         for axis in axes:
             if axis in varying:
                 overrides[f"sweep.{axis}"] = values[axis]
@@ -209,6 +214,6 @@ def protocol_keys(config: ml_collections.ConfigDict, arms: Sequence[Arm]) -> dic
             keys.setdefault(f"sweep.{axis}", instead)
         for axis in arm.settings:
             keys.setdefault(AXES[axis], f"the study's arms: arm {arm.name!r} sets {axis}")
-        for key in arm.overrides:
+        for key in (*arm.overrides, *arm.final_overrides):
             keys.setdefault(key, f"config.study or the study's arms: it makes arm {arm.name!r}")
     return keys

@@ -118,18 +118,22 @@ def configure(config: ml_collections.ConfigDict, variants: Mapping[str, Mapping[
     return config
 
 
-def _check(study: Study, config: ml_collections.ConfigDict, arms: Sequence[Arm]) -> None:
-    from bnreg import engine
-
+def _check_config(study: Study, config: ml_collections.ConfigDict) -> None:
     missing = [key for key in PROTOCOL_KEYS if key not in config.study]
     if missing:
         raise ValueError(f"config.study lacks the protocol's keys {missing} "
                          "(bnreg.study.PROTOCOL_KEYS).")
     # The engine's own keys first, so that a bad one is named as itself rather than by a
-    # study check that reads it (a negative num_steps is not the milestones' fault).
+    # study check that reads it (a negative num_steps is not the milestones' fault); the
+    # study's own before its arms are made from them.
     validate_config(config)
     if study.check:
         study.check(config)
+
+
+def _check(config: ml_collections.ConfigDict, arms: Sequence[Arm]) -> None:
+    from bnreg import engine
+
     check_arms(arms)
     for arm in (a for a in arms if a.tune):
         engine.check(override(config, tuning_overrides(config, arm)))
@@ -160,8 +164,9 @@ def run(study: Study, config: ml_collections.ConfigDict, workdir: str | Path) ->
     owner = workdirs.study_owner(study.name)
     try:
         workdirs.check_owner(workdir, owner)
+        _check_config(study, config)
         arms = list(study.arms(config))
-        _check(study, config, arms)
+        _check(config, arms)
     except (ValueError, NotADirectoryError) as error:
         raise StudyConfigError(str(error)) from error
     writes = is_main_process()
