@@ -104,7 +104,7 @@ def test_every_p_and_seed_of_design_a_trains_in_one_compiled_program():
         state, order, losses = run_engine.train(state, order, 2)
     assert losses.shape == (2, len(run_engine.members))
     assert "hidden_dropout" in run_engine.members.traced_axes  # one program for every p
-    assert run_engine._chunk._cache_size() == 1
+    assert run_engine.train_programs == 1
 
 
 def test_retaining_every_unit_trains_exactly_the_net_without_dropout():

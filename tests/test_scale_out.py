@@ -93,17 +93,15 @@ MESH_SCRIPT = """
         config = tiny_config(**seeds, **overrides)
         run = engine.build(config, devices)
         state, order = run.init(), run.empty_order()
-        arrays = run._arrays
         # The chunk train_and_evaluate compiles next (then a hit in the compilation cache).
-        compiled = run._chunk.lower(state, order, arrays["train_images"], arrays["train_labels"],
-                                    arrays["subsets"], config.eval_every).compile().as_text()
+        compiled = run.lower_train(state, order, config.eval_every).compile().as_text()
         output["dot_batches"][name] = sorted({int(m) for m in re.findall(
             r"= f32\\[(?:\\d+,)?(\\d+),24\\]\\{[^}]*\\} dot\\(", compiled)})
         output["all_reduces"][name] = compiled.count("all-reduce(")
         output["first_batch"][name] = first_batch_gradients(run, state)
         for _ in range(3):  # the state the chunk returns goes back in without a new program
             state, order, _ = run.train(state, order, config.eval_every)
-        output["chunk_programs"][name] = run._chunk._cache_size()
+        output["chunk_programs"][name] = run.train_programs
         result = engine.train_and_evaluate(config, f"{workdir}/{name}", devices=devices)
         output["histories"][name] = result.history
         kernel = result.state.params["Dense_0"]["kernel"]

@@ -137,6 +137,12 @@ class Engine:
             num_steps,
         )
 
+    @property
+    def train_programs(self) -> int:
+        """How many programs :meth:`train` has compiled so far (one per chunk length: a state
+        it returned goes back in without another)."""
+        return self._chunk._cache_size()
+
     def lower_train(
         self, state: TrainState, order: DataOrder, num_steps: int
     ) -> jax.stages.Lowered:
