@@ -26,6 +26,7 @@ from bnreg.core.dropconnect import (
     dropconnect_dense,
     dropconnect_gaussian_inference,
     dropconnect_moments,
+    gaussian_dropconnect_dense,
 )
 from bnreg.core.dropout import dropout, gaussian_dropout, monte_carlo_average
 from bnreg.core.max_norm import max_norm, project_max_norm
@@ -42,6 +43,7 @@ __all__ = [
     "dropconnect_moments",
     "dropout",
     "fold_batch_norm",
+    "gaussian_dropconnect_dense",
     "gaussian_dropout",
     "init_batch_norm",
     "max_norm",

@@ -17,6 +17,7 @@ from bnreg.core.dropconnect import (
     dropconnect_dense,
     dropconnect_gaussian_inference,
     dropconnect_moments,
+    gaussian_dropconnect_dense,
 )
 
 RATE = 0.4
@@ -226,6 +227,32 @@ def test_result_does_not_depend_on_chunk_size(chunk_size):
     reference = dropconnect_dense(key, X, KERNEL, BIAS, rate=RATE)  # one chunk of all 6 examples
     out = dropconnect_dense(key, X, KERNEL, BIAS, rate=RATE, chunk_size=chunk_size)
     np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("chunk_size", "mask_bits"), [(1, 32), (4, 16), (6, 16)])
+def test_the_stored_mask_backward_is_autodiff_through_the_same_masks(chunk_size, mask_bits):
+    """The backward pass reads the forward's masks (one byte per entry) instead of drawing them
+    again: its gradients equal autodiff of ``x_b @ (M_b ⊙ K)`` with the masks drawn explicitly,
+    for chunks that divide the batch and one that does not (4 of 6: a padded chunk)."""
+    from bnreg.core.dropout import bernoulli_mask
+
+    key, keep = jax.random.key(12), 1.0 - RATE
+    cotangent = jax.random.normal(jax.random.key(13), (6, 5))
+    masks = jnp.stack([bernoulli_mask(k, jnp.float32(keep), KERNEL.shape, bits=mask_bits)
+                       for k in jax.random.split(key, 6)])
+
+    def explicit(x, kernel):
+        return jnp.sum(jnp.einsum("bi,bio->bo", x, masks * kernel) * cotangent)
+
+    def layer(x, kernel):
+        return jnp.sum(_per_example_masked_matmul(
+            key, x, kernel, jnp.float32(keep), chunk_size=chunk_size, mask_bits=mask_bits,
+            inverted=False) * cotangent)
+
+    expected = jax.grad(explicit, argnums=(0, 1))(X, KERNEL)
+    found = jax.jit(jax.grad(layer, argnums=(0, 1)))(X, KERNEL)
+    for want, got in zip(expected, found, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_gradient_uses_the_forward_masks():
@@ -508,3 +535,56 @@ def test_gaussian_inference_in_the_papers_form_samples_the_papers_moments():
 def test_an_unknown_scaling_is_an_error(call):
     with pytest.raises(ValueError, match="scaling"):
         call()
+
+
+# Gaussian DropConnect by the local reparameterization trick -----------------------------------
+
+
+@pytest.mark.parametrize("scaling", ["inverted", "paper"])
+def test_gaussian_dropconnect_draws_dropconnects_moments(scaling):
+    """Over many keys, each pre-activation's mean and variance are DropConnect's
+    (``dropconnect_moments``): unbiased, and its noise as large as the masks'."""
+    keys = jax.random.split(jax.random.key(20), 20_000)
+    draws = jax.vmap(lambda k: gaussian_dropconnect_dense(k, X, KERNEL, BIAS, rate=RATE,
+                                                          scaling=scaling))(keys)
+    mean, variance = dropconnect_moments(X, KERNEL, BIAS, rate=RATE, scaling=scaling)
+    standard_error = np.sqrt(variance / len(keys))
+    assert np.all(np.abs(draws.mean(0) - mean) < 5 * standard_error)
+    np.testing.assert_allclose(draws.var(0), variance, rtol=0.05)
+
+
+def test_gaussian_dropconnect_repeats_for_a_key_and_differs_across_keys_and_examples():
+    first = gaussian_dropconnect_dense(jax.random.key(21), X, KERNEL, BIAS, rate=RATE)
+    np.testing.assert_array_equal(
+        first, gaussian_dropconnect_dense(jax.random.key(21), X, KERNEL, BIAS, rate=RATE))
+    other = gaussian_dropconnect_dense(jax.random.key(22), X, KERNEL, BIAS, rate=RATE)
+    assert not np.allclose(first, other)
+    repeated = jnp.tile(X[:1], (6, 1))
+    rows = np.asarray(gaussian_dropconnect_dense(jax.random.key(21), repeated, KERNEL, BIAS,
+                                                 rate=RATE))
+    assert len({row.tobytes() for row in rows}) == len(rows)
+
+
+def test_gaussian_dropconnect_at_rate_zero_is_the_plain_layer_with_finite_gradients():
+    plain = X @ KERNEL + BIAS
+    np.testing.assert_array_equal(gaussian_dropconnect_dense(None, X, KERNEL, BIAS, rate=0.0),
+                                  plain)
+
+    def loss(kernel, rate):
+        return jnp.sum(gaussian_dropconnect_dense(jax.random.key(23), X, kernel, BIAS,
+                                                  rate=rate) ** 2)
+
+    rates = jnp.asarray([0.0, 0.3, 0.6])
+    values, gradients = jax.jit(jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0)))(
+        KERNEL, rates)
+    assert np.isfinite(np.asarray(gradients)).all()
+    np.testing.assert_allclose(values[0], jnp.sum(plain**2), rtol=1e-6)
+    assert len(set(np.asarray(values).tolist())) == 3  # one program, three members, all noisy
+    np.testing.assert_array_equal(
+        gaussian_dropconnect_dense(None, X, KERNEL, BIAS, rate=RATE, deterministic=True),
+        dropconnect_moments(X, KERNEL, BIAS, rate=RATE)[0])
+
+
+def test_gaussian_dropconnect_in_training_without_a_key_is_an_error():
+    with pytest.raises(ValueError, match="key"):
+        gaussian_dropconnect_dense(None, X, KERNEL, BIAS, rate=RATE)

@@ -31,6 +31,7 @@ from bnreg.core.dropconnect import (
     dropconnect_dense,
     dropconnect_gaussian_inference,
     dropconnect_moments,
+    gaussian_dropconnect_dense,
 )
 from bnreg.core.dropout import dropout, gaussian_dropout, monte_carlo_average
 from bnreg.core.ghost_batch_norm import ghost_batch_norm
@@ -46,6 +47,7 @@ __all__ = [
     "dropconnect_moments",
     "dropout",
     "fold_batch_norm",
+    "gaussian_dropconnect_dense",
     "gaussian_dropout",
     "ghost_batch_norm",
     "init_batch_norm",

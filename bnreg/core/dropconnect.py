@@ -52,12 +52,15 @@ from bnreg.core.dropout import (
     keep_probability,
 )
 
-__all__ = ["dropconnect_dense", "dropconnect_gaussian_inference", "dropconnect_moments"]
+__all__ = [
+    "dropconnect_dense",
+    "dropconnect_gaussian_inference",
+    "dropconnect_moments",
+    "gaussian_dropconnect_dense",
+]
 
-# Default bound on the mask entries alive at once in per-example mode. XLA keeps about 20 bytes per
-# entry alive (random bits, mask, masked kernel), so 2**17 entries is ~3 MiB. On a CPU, chunks
-# whose masks outgrow the caches were measured slower: one example at a time is fastest for a
-# 784 x 100 kernel, about a dozen for 100 x 100.
+# Default bound on the mask entries drawn at once in per-example mode: a chunk's random bits,
+# masks and masked kernel stay within the CPU's caches (larger chunks were measured slower).
 DEFAULT_MASK_BUDGET = 2**17
 
 
@@ -149,29 +152,16 @@ def dropconnect_dense(
     ``per_example=True`` (the paper) draws a fresh mask :math:`M_b` for every example;
     ``per_example=False`` draws one mask for the whole batch (one matmul, ``in × out`` memory).
 
-    Memory of per-example masks: all masks together hold ``batch × in × out`` entries (``in + 1``
-    rows with a masked bias), so they are never materialised at once. Examples are processed by
-    :func:`jax.lax.map` in chunks of
-    ``chunk_size`` (default: as many as fit in ``DEFAULT_MASK_BUDGET = 2**17`` mask entries, at
-    least one), each example under :func:`jax.checkpoint` so that the backward pass regenerates
-    its mask from its key instead of storing it. Peak temporary memory is therefore about
-    ``chunk × in × out`` entries (XLA keeps ~20 bytes per entry: random bits, mask, masked kernel)
-    in both the forward and the backward pass. Measured XLA temp sizes on CPU (jax 0.10, float32,
-    ``x`` ``(256, 1024)``, kernel ``(1024, 1024)``, forward / gradient):
-
-    ========================================== ==================
-    full ``(batch, in, out)`` vmap              4096 / 4096 MiB
-    chunk 1 (the default for this layer)        25 / 30 MiB
-    chunk 4                                     73 / 105 MiB
-    chunk 16                                    265 / 393 MiB
-    chunk 1 without ``jax.checkpoint``          — / 286 MiB
-    ``per_example=False``                       16 MiB forward
-    ========================================== ==================
-
-    Time still scales with ``batch × in × out`` (one mask entry per weight per example), and on a
-    CPU the random bits are most of it: ``mask_bits=16`` (:func:`bnreg.core.dropout.
-    bernoulli_mask`: p resolved to 2⁻¹⁶) draws half of them. The mask of example ``b`` depends
-    only on ``key``, ``b`` and ``mask_bits``, so results do not depend on ``chunk_size``.
+    Memory and time of per-example masks: the masks hold ``batch × in × out`` entries (``in + 1``
+    rows with a masked bias). They are drawn by :func:`jax.lax.map` in chunks of ``chunk_size``
+    examples (default: as many as fit in ``DEFAULT_MASK_BUDGET = 2**17`` mask entries, at least
+    one), so the random bits of only one chunk are alive at once, and kept as one byte per entry
+    for the backward pass, which reads them (a custom VJP, chunk by chunk) instead of drawing them
+    again: random bits are most of a mask's cost on a CPU. Time scales with
+    ``batch × in × out``; ``mask_bits=16`` (:func:`bnreg.core.dropout.bernoulli_mask`: p
+    resolved to 2⁻¹⁶) draws half the bits of 32. The mask of example ``b`` depends only on
+    ``key``, ``b`` and ``mask_bits``, so results do not depend on ``chunk_size``
+    (``benchmarks/dropconnect_throughput.py`` measures speed and memory).
 
     A traced ``rate`` (e.g. vmapped over the members of a sweep) takes the masked path even when
     it is 0, and ``B`` per-example matvecs (or a matmul with the bias folded into the kernel)
@@ -254,16 +244,56 @@ def _per_example_masked_matmul(
     key: jax.Array, x: jax.Array, kernel: jax.Array, keep: jax.Array, *, chunk_size: int,
     mask_bits: int, inverted: bool,
 ) -> jax.Array:
+    keys = jax.random.split(key, len(x))
+    rows = _masked_rows(keys, x, kernel, keep, chunk_size, mask_bits)
+    return rows / keep.astype(rows.dtype) if inverted else rows
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _masked_rows(keys: jax.Array, x: jax.Array, kernel: jax.Array, keep: jax.Array,
+                 chunk_size: int, mask_bits: int) -> jax.Array:
+    """Row ``b`` is ``x[b] @ (M_b ⊙ kernel)``, ``M_b`` drawn from ``keys[b]``; the backward pass
+    reads the forward's masks, kept as one byte per entry, instead of drawing them again."""
+    return _masked_rows_forward(keys, x, kernel, keep, chunk_size, mask_bits)[0]
+
+
+def _masked_rows_forward(keys, x, kernel, keep, chunk_size, mask_bits):
     zero = jnp.zeros((), kernel.dtype)
 
-    @jax.checkpoint
-    def masked_row(example_key: jax.Array, row: jax.Array) -> jax.Array:
+    def masked_row(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        example_key, row = args
         mask = bernoulli_mask(example_key, keep, kernel.shape, bits=mask_bits)
-        return row @ jnp.where(mask, kernel, zero)
+        return row @ jnp.where(mask, kernel, zero), mask
 
-    keys = jax.random.split(key, len(x))
-    rows = jax.lax.map(lambda args: masked_row(*args), (keys, x), batch_size=chunk_size)
-    return rows / keep.astype(rows.dtype) if inverted else rows
+    rows, masks = jax.lax.map(masked_row, (keys, x), batch_size=chunk_size)
+    return rows, (x, kernel, masks, keep)
+
+
+def _masked_rows_backward(chunk_size, mask_bits, residuals, cotangent):
+    del mask_bits
+    x, kernel, masks, keep = residuals
+    zero = jnp.zeros((), kernel.dtype)
+    batch = len(x)
+    chunks = -(-batch // chunk_size)
+
+    def in_chunks(a: jax.Array) -> jax.Array:
+        # Padded rows carry a zero cotangent and an all-dropped mask: they add nothing.
+        a = jnp.pad(a, [(0, chunks * chunk_size - batch)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(chunks, chunk_size, *a.shape[1:])
+
+    def chunk_gradients(kernel_gradient, args):
+        mask, rows, row_cotangents = args
+        x_gradient = jnp.einsum("cio,co->ci", jnp.where(mask, kernel, zero), row_cotangents)
+        outer = rows[:, :, None] * row_cotangents[:, None, :]
+        return kernel_gradient + jnp.sum(jnp.where(mask, outer, zero), axis=0), x_gradient
+
+    kernel_gradient, x_gradient = jax.lax.scan(
+        chunk_gradients, jnp.zeros_like(kernel), (in_chunks(masks), in_chunks(x),
+                                                  in_chunks(cotangent)))
+    return None, x_gradient.reshape(-1, x.shape[1])[:batch], kernel_gradient, jnp.zeros_like(keep)
+
+
+_masked_rows.defvjp(_masked_rows_forward, _masked_rows_backward)
 
 
 def dropconnect_moments(
@@ -322,6 +352,72 @@ def dropconnect_moments(
     # Var of a Bernoulli(p) mask entry: p(1 − p); inverted scaling divides it by p².
     factor = rate / (1 - rate) if scaling == "inverted" else rate * (1 - rate)
     return mean, factor.astype(second_moment.dtype) * second_moment
+
+
+def gaussian_dropconnect_dense(
+    key: jax.Array | None,
+    x: jax.typing.ArrayLike,
+    kernel: jax.typing.ArrayLike,
+    bias: jax.typing.ArrayLike | None = None,
+    *,
+    rate: float,
+    deterministic: bool = False,
+    mask_bias: bool = True,
+    scaling: Scaling = "inverted",
+) -> jax.Array:
+    r"""Pre-activations of a dense layer with Gaussian DropConnect, sampled by the local
+    reparameterization trick (Kingma, Salimans & Welling 2015, Sec. 2.3 and 3.2).
+
+    Multiplicative noise :math:`\xi_{ij} \sim \mathcal{N}(1, \alpha)` on every weight, with
+    :math:`\alpha = \text{rate}/(1 - \text{rate})` — the variance of DropConnect's inverted mask
+    entry :math:`M_{ij}/p` — is not drawn per weight and example: the pre-activation it induces
+    is Gaussian given :math:`x_b`, and is drawn directly,
+
+    .. math::
+
+        u_b = x_b K + \text{bias}
+              + \sqrt{\alpha\,\big((x_b \odot x_b)(K \odot K) + \text{bias} \odot
+              \text{bias}\big)} \odot \varepsilon_b, \qquad
+        \varepsilon_b \sim \mathcal{N}(0, I),
+
+    one :math:`\varepsilon` per example and unit: two matmuls a step and no per-example masks,
+    with DropConnect's mean and variance per pre-activation (:func:`dropconnect_moments`, whose
+    moments this samples; ``scaling="paper"``: the paper's :math:`\mathcal{N}(pWv,
+    p(1-p)(W \odot W)(v \odot v))`, Wan et al. 2013, Sec. 3). ``deterministic=True`` returns the
+    mean, as :func:`dropconnect_dense` does. ``mask_bias=False`` leaves the bias noise-free.
+
+    Args:
+      key: a ``jax.random`` key; may be ``None`` when ``deterministic=True`` or ``rate`` is a
+        concrete 0.
+      x: inputs, shape ``(batch, in)``.
+      kernel: weights, shape ``(in, out)``.
+      bias: optional bias, shape ``(out,)``.
+      rate: the DropConnect drop rate whose moments the noise matches, in ``[0, 1)``; concrete
+        (checked) or traced (e.g. vmapped over members; a traced 0 is the plain layer exactly).
+      deterministic: ``True`` for evaluation: the mean pre-activation.
+      mask_bias: whether the bias carries noise (as DropConnect masks it) or not.
+      scaling: ``"inverted"`` (default) or ``"paper"``, as in :func:`dropconnect_dense`.
+
+    Returns:
+      Pre-activations, shape ``(batch, out)``.
+
+    Raises:
+      TypeError: non-scalar ``rate``; traced ``deterministic``; non-float ``x``/``kernel``.
+      ValueError: a concrete ``rate`` outside ``[0, 1)``; unknown ``scaling``; mismatched
+        shapes; ``key is None`` in training with a traced or non-zero ``rate``.
+    """
+    rate = check_rate(rate)
+    deterministic = check_static_bool(deterministic, "deterministic")
+    mean, variance = dropconnect_moments(x, kernel, bias, rate=rate, mask_bias=mask_bias,
+                                         scaling=scaling)
+    if deterministic or (not is_traced(rate) and rate == 0.0):
+        return mean
+    check_key(key, "gaussian_dropconnect_dense")
+    # sqrt's gradient is infinite at 0 (a rate of 0, or an input row of zeros): there the
+    # noise is 0 and so is its gradient.
+    positive = variance > 0
+    deviation = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)
+    return mean + deviation * jax.random.normal(key, mean.shape, mean.dtype)
 
 
 def dropconnect_gaussian_inference(
