@@ -142,12 +142,12 @@ plt.close(fig)
 #
 # The committed Fashion-MNIST run (`experiments/results/dropconnect_fashion_mnist`): the
 # 3 × 4 table of activations × {no drop, dropout, DropConnect, DropConnect with one mask per
-# batch}, the verdicts, mean against Gaussian inference, and Fig. 2b/2c analogues.
+# batch}, the claims with their regime gates, mean against Gaussian inference, and Fig. 2a/b/c.
 
 # %%
 study = Path(experiments.__file__).parent / "results" / "dropconnect_fashion_mnist"
 display(Markdown((study / "results.md").read_text()))
 
 # %%
-for figure in ("inference.png", "convergence.png", "rates.png"):
+for figure in ("inference.png", "convergence.png", "sizes.png", "rates.png"):
     display(Image(filename=str(study / figure)))
