@@ -18,8 +18,9 @@ mask entry per weight per example, so the CPU budget shrinks the *data* and keep
 class-stratified subset of ``train_subset`` images per seed, trained ``num_steps`` updates
 (300 epochs), the images average-pooled 2×2 to 14×14 (``image_pool``, a third of the first
 layer's weights: the arithmetic is in results.md's setup; the ``pixels28`` variant checks the
-relu cells on 28×28 images at one seed, committed beside the study's results), widths × ⅛. The plain net's
-overfitting and the regularized nets' plateau are every regularization claim's gate.
+relu cells on 28×28 images at one seed, committed beside the study's results), widths × ⅛.
+The plain net's overfitting and the regularized nets' plateau are every regularization claim's
+gate.
 
 Commands::
 
