@@ -52,6 +52,10 @@ use 16 random bits per entry (p resolved to 2⁻¹⁶; 0.5 exactly). DropConnect
 layers' weights and biases; the classifier is plain. The ``cifar10`` variant's dropout net drops
 after every layer, conv blocks included (:class:`bnreg.models.ConvNet`); DropConnect masks the
 dense head only.
+
+Longer than one figure's study: the table, Fig. 2a, 2b and 2c share its cells and their lr0
+choices, and its sections and figures are the paper's five readouts; the protocol, claims and
+tables are the library's (:mod:`bnreg.study`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ Conventions (shared with :mod:`bnreg.core.dropout`):
   traced rate of exactly 0 gives the plain dense layer ``x @ kernel + bias`` bit for bit.
   The flags (``deterministic``, ``per_example``, ``mask_bias``) and ``chunk_size``,
   ``num_samples`` select code paths or shapes and are static.
+
+One module for the layer, its moments and both inferences from them (mean, Gaussian sampling,
+the local reparameterization), longer than ~450 lines: they share the shape checks, the
+conventions above and the moments, and split apart they would restate them.
 """
 
 from __future__ import annotations
